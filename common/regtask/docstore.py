@@ -1,0 +1,181 @@
+"""Atomic updates of the JSON documents stored in Redis hashes.
+
+Every change to a registry document is a list of small operations (set, add to a set-like
+array, remove, guard...) applied by one Lua script in one round trip, so concurrent writers never
+lose each other's updates. Each script touches one key (plus an optional PUBLISH), which keeps
+it valid on Redis Cluster / serverless Valkey where multi-key scripts must share a slot.
+
+The operation lists are plain data built by :mod:`regtask.registry`; :class:`DocStore` and
+:class:`AsyncDocStore` only carry them to Redis, so sync and async callers share one logic.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from regtask.keys import DATA_FIELD
+
+log = structlog.get_logger(__name__)
+
+Path = tuple[str, ...]
+Model = TypeVar("Model", bound=BaseModel)
+
+DOC_APPLY_LUA = resources.files("regtask").joinpath("lua/doc_apply.lua").read_text()
+
+
+class DocumentError(RuntimeError):
+    """A stored document is not what the contract says (not JSON, wrong shape).
+
+    Raised instead of overwriting it: the stored bytes stay for an operator to inspect.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"malformed registry document at {key!r}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+class DocumentMissing(KeyError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no registry document at {self.key!r}"
+
+
+def op_set(path: Path, value: Any) -> dict[str, Any]:
+    return {"op": "set", "path": list(path), "value": value}
+
+
+def op_default(path: Path, value: Any) -> dict[str, Any]:
+    """Set only where nothing is stored yet (keeps ``created_at`` on re-registration)."""
+    return {"op": "default", "path": list(path), "value": value}
+
+
+def op_delete(path: Path) -> dict[str, Any]:
+    return {"op": "del", "path": list(path)}
+
+
+def op_add(path: Path, value: Any, cap: int | None = None) -> dict[str, Any]:
+    """Append ``value`` to the array unless present; keep the newest ``cap`` items."""
+    return {"op": "add", "path": list(path), "value": value, "cap": cap}
+
+
+def op_remove(path: Path, value: Any) -> dict[str, Any]:
+    return {"op": "remove", "path": list(path), "value": value}
+
+
+def op_guard_not(path: Path, values: list[Any]) -> dict[str, Any]:
+    """Abort the whole update (nothing written, nothing published) if the value is one of these."""
+    return {"op": "guard", "path": list(path), "none_of": values}
+
+
+def op_guard_equals(path: Path, value: Any) -> dict[str, Any]:
+    """Abort the whole update unless the stored value is exactly ``value``."""
+    return {"op": "guard", "path": list(path), "equals": value}
+
+
+@dataclass(frozen=True)
+class DocUpdate:
+    key: str
+    ops: list[dict[str, Any]]
+    # Document to start from when the key does not exist; None = fail with DocumentMissing.
+    init: dict[str, Any] | None = None
+    ttl_s: int = 0
+    extra_fields: dict[str, str | int | float] = field(default_factory=dict)
+    # Hash fields written only when this update creates the key (``created_at``).
+    init_fields: dict[str, str | int | float] = field(default_factory=dict)
+    # Remove the key once every guard passed (the ops' writes are then moot).
+    delete: bool = False
+    publish: tuple[str, str] | None = None
+    return_doc: bool = False
+
+    def script_arg(self) -> str:
+        return json.dumps(
+            {
+                "field": DATA_FIELD,
+                "ops": json.dumps(self.ops),
+                "init": json.dumps(self.init) if self.init is not None else None,
+                "ttl": self.ttl_s,
+                "fields": {k: str(v) for k, v in self.extra_fields.items()} or None,
+                "init_fields": {k: str(v) for k, v in self.init_fields.items()} or None,
+                "delete": self.delete,
+                "publish": list(self.publish) if self.publish else None,
+                "nonce": secrets.token_hex(16),
+                "return_doc": self.return_doc,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class DocResult:
+    applied: bool
+    doc: dict[str, Any] | None = None
+
+
+def _interpret(update: DocUpdate, reply: list[Any]) -> DocResult:
+    code = _text(reply[0])
+    detail = _text(reply[1])
+    if code == "ok":
+        return DocResult(True, json.loads(detail) if detail else None)
+    if code == "guard":
+        return DocResult(False)
+    if code == "missing":
+        raise DocumentMissing(update.key)
+    log.error("registry_document_malformed", key=update.key, detail=detail)
+    raise DocumentError(update.key, detail)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_document(key: str, raw: bytes | str | None, model: type[Model]) -> Model | None:
+    """Validate a stored document; a malformed one is logged and raised, never patched over."""
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        log.error("registry_document_malformed", key=key, detail=str(exc))
+        raise DocumentError(key, str(exc)) from exc
+
+
+class DocStore:
+    """Synchronous carrier of :class:`DocUpdate` (runners, CLI, benchmarks)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._script = client.register_script(DOC_APPLY_LUA)
+
+    def apply(self, update: DocUpdate) -> DocResult:
+        reply = self._script(keys=[update.key], args=[update.script_arg()])
+        return _interpret(update, reply)
+
+    def read(self, key: str, model: type[Model]) -> Model | None:
+        return parse_document(key, self.client.hget(key, DATA_FIELD), model)
+
+
+class AsyncDocStore:
+    """asyncio carrier of :class:`DocUpdate` (operator, shim)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._script = client.register_script(DOC_APPLY_LUA)
+
+    async def apply(self, update: DocUpdate) -> DocResult:
+        reply = await self._script(keys=[update.key], args=[update.script_arg()])
+        return _interpret(update, reply)
+
+    async def read(self, key: str, model: type[Model]) -> Model | None:
+        return parse_document(key, await self.client.hget(key, DATA_FIELD), model)

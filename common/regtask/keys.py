@@ -1,0 +1,77 @@
+"""Every Redis key and channel name of the platform, and their lifetimes.
+
+The formats below are the compatibility contract with the web app (CONTRACT.md section 1):
+change nothing here without changing the contract. Every other module builds keys only through
+these functions.
+"""
+
+from __future__ import annotations
+
+# Hash field that holds the JSON document in every registry key.
+DATA_FIELD = "data"
+# Extra hash fields the contract names beside ``data``.
+LAST_UPDATE_FIELD = "last_update"
+CREATED_AT_FIELD = "created_at"
+
+UNIFIED_USER_TTL_S = 24 * 3600
+COMPANY_TTL_S = 24 * 3600
+LEGACY_USER_TTL_S = 24 * 3600
+LEGACY_CHROMA_TTL_S = 90
+CONVERSATION_TTL_S = 24 * 3600
+HEARTBEAT_TTL_S = 90
+# A task document lives for its max duration plus this margin, renewed on every update.
+TASK_TTL_MARGIN_S = 300
+
+UNIFIED_USER_PREFIX = "registry:unified:"
+TASK_PREFIX = "registry:task:"
+COMPANY_PREFIX = "registry:company:"
+LEGACY_USER_PREFIX = "registry:user:"
+LEGACY_CHROMA_PREFIX = "registry:chroma:"
+CONVERSATION_PREFIX = "conversation:"
+# Ours: session id -> user id, so ``REGISTRY.unregister_session(session_id)`` finds its user.
+SESSION_PREFIX = "registry:session:"
+# Ours: sliding-window counters of LLM requests per company and hour.
+LLM_RATE_PREFIX = "quota:llm:"
+# Ours: real-time events, one pub/sub channel per user.
+EVENTS_PREFIX = "events:user:"
+
+
+def unified_user(user_id: str) -> str:
+    return f"{UNIFIED_USER_PREFIX}{user_id}"
+
+
+def task(task_id: str) -> str:
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def company(company_id: str) -> str:
+    return f"{COMPANY_PREFIX}{company_id}"
+
+
+def legacy_user(user_id: str) -> str:
+    return f"{LEGACY_USER_PREFIX}{user_id}"
+
+
+def legacy_chroma(user_id: str, collection_name: str) -> str:
+    return f"{LEGACY_CHROMA_PREFIX}{user_id}:{collection_name}"
+
+
+def conversation(company_id: str, user_id: str, conversation_id: str) -> str:
+    return f"{CONVERSATION_PREFIX}{company_id}:{user_id}:{conversation_id}"
+
+
+def session(session_id: str) -> str:
+    return f"{SESSION_PREFIX}{session_id}"
+
+
+def llm_rate(company_id: str, hour_bucket: int) -> str:
+    return f"{LLM_RATE_PREFIX}{company_id}:{hour_bucket}"
+
+
+def events_channel(user_id: str) -> str:
+    """The pub/sub channel that carries one user's real-time events."""
+    return f"{EVENTS_PREFIX}{user_id}"
+
+
+def task_ttl(max_duration_s: int) -> int:
+    return max_duration_s + TASK_TTL_MARGIN_S

@@ -1,0 +1,64 @@
+"""A throwaway Debian ``redis-server`` on a free loopback port (tests, demo)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from regtask_dev.procs import free_port, port_open, start_process, stop_process, tail, wait_for
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="regtask-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: run `bash .ci/run` or apt-get install redis-server")
+        log = self.workdir / "redis.log"
+        self.proc = start_process(
+            [
+                binary,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+                "--protected-mode", "yes",
+            ],
+            log,
+        )
+        try:
+            wait_for(lambda: port_open(self.port), 10, f"redis-server on {self.port}")
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{tail(log)}") from exc
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
