@@ -2,4 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.redis",
+    "tests.fixtures.firestore",
+    "tests.fixtures.kube",
+    "tests.fixtures.platform",
 ]

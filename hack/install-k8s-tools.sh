@@ -16,6 +16,7 @@ HELM_VERSION="v4.3.1"
 
 TOOLS_DIR="${REGTASK_TOOLS_DIR:-$HOME/.cache/regtask/tools}"
 BIN_DIR="$TOOLS_DIR/bin"
+GO=""  # resolved only when something has to be built
 
 WORK_DIRS=()
 cleanup() { rm -rf "${WORK_DIRS[@]}"; }
@@ -48,16 +49,18 @@ build_from_module() {
         return 0
     fi
     local work start gomod go_directive
+    GO=${GO:-$(find_go)}
     work=$(mktemp -d)
     WORK_DIRS+=("$work")
     start=$(date +%s)
     log "$name $version: building $package (this takes minutes on a cold cache)"
 
-    gomod=$("$GO" mod download -json "$module@$version" | jq -r .GoMod)
+    gomod=$("$GO" mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
     go_directive=$(awk '$1 == "go" { print $2; exit }' "$gomod")
 
     (
         cd "$work"
+        export GOFLAGS=-mod=mod
         "$GO" mod init regtask.local/build-"$name" >/dev/null 2>&1
         "$GO" mod edit -go="$go_directive"
         awk '
@@ -82,6 +85,7 @@ install_helm() {
         log "helm $HELM_VERSION: cached at $dest/helm"
         return 0
     fi
+    GO=${GO:-$(find_go)}
     start=$(date +%s)
     log "helm $HELM_VERSION: go install helm.sh/helm/v4/cmd/helm"
     rm -rf "$dest.tmp"
@@ -105,7 +109,6 @@ main() {
         echo "$BIN_DIR"
         return 0
     fi
-    GO=$(find_go)
     mkdir -p "$TOOLS_DIR"
 
     local k8s_minor_version k8s_ldflags build_date

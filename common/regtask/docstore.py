@@ -111,7 +111,7 @@ class DocUpdate:
                 "init_fields": {k: str(v) for k, v in self.init_fields.items()} or None,
                 "delete": self.delete,
                 "publish": list(self.publish) if self.publish else None,
-                "nonce": secrets.token_hex(16),
+                "nonce": -(10**12 + secrets.randbelow(9 * 10**12)),
                 "return_doc": self.return_doc,
             }
         )

@@ -195,4 +195,3 @@ class ConversationDoc(Document):
     temperature: float
     timestamp: str = Field(default_factory=now_iso)
     tokens_used: int = Field(ge=0)
-

@@ -42,3 +42,6 @@ def configure_logging(debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Client libraries dump whole HTTP bodies at DEBUG: too much even for REGISTRY_DEBUG.
+    for noisy in ("kubernetes_asyncio", "kubernetes", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))

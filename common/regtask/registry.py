@@ -75,7 +75,12 @@ class Registry:
         if self.unified:
             await self.apply(
                 registry_ops.unified_register_user(
-                    user_id, session_id, backend_route, company_id, authorized_companies, company_roles
+                    user_id,
+                    session_id,
+                    backend_route,
+                    company_id,
+                    authorized_companies,
+                    company_roles,
                 )
             )
         log.info("user_registered", user_id=user_id, session_id=session_id, company_id=company_id)
@@ -93,7 +98,9 @@ class Registry:
         user_id = await self.session_user(session_id)
         if user_id is None:
             return False
-        found = await self._apply_tolerant(registry_ops.legacy_unregister_session(user_id, session_id))
+        found = await self._apply_tolerant(
+            registry_ops.legacy_unregister_session(user_id, session_id)
+        )
         await self._apply_tolerant(registry_ops.drop_session_index(session_id, user_id))
         if self.unified:
             current = await self._unified_doc_or_none(user_id)
@@ -110,7 +117,9 @@ class Registry:
 
     # -------------------------------------------------------------- chroma collections
 
-    async def register_collection(self, user_id: str, collection_name: str, session_id: str) -> None:
+    async def register_collection(
+        self, user_id: str, collection_name: str, session_id: str
+    ) -> None:
         await self.store.apply(
             registry_ops.legacy_register_collection(user_id, collection_name, session_id)
         )
@@ -255,9 +264,7 @@ class Registry:
                 continue
             if company is None:
                 continue
-            stale_tasks = await self._missing(
-                company.services.active_tasks, keys.task
-            )
+            stale_tasks = await self._missing(company.services.active_tasks, keys.task)
             stale_users = await self._missing(list(company.active_users), keys.unified_user)
             cutoff = utc_now() - timedelta(seconds=keys.UNIFIED_USER_TTL_S)
             stale_users += [

@@ -204,9 +204,7 @@ def mark_offline_if_stale(user_id: str, seen_heartbeat: str) -> DocUpdate:
 # ------------------------------------------------------------------ chroma (CHROMA_VECTOR.*)
 
 
-def legacy_register_collection(
-    user_id: str, collection_name: str, session_id: str
-) -> DocUpdate:
+def legacy_register_collection(user_id: str, collection_name: str, session_id: str) -> DocUpdate:
     doc = _dump(
         LegacyChromaDoc(user_id=user_id, collection_name=collection_name, session_id=session_id)
     )
@@ -241,7 +239,9 @@ def unified_register_collection(
     ]
     if company_id:
         updates.append(
-            _company_update(company_id, [op_add(("services", "chroma_collections"), collection_name)])
+            _company_update(
+                company_id, [op_add(("services", "chroma_collections"), collection_name)]
+            )
         )
     return updates
 
@@ -267,7 +267,9 @@ def register_task(doc: TaskDoc, unified: bool) -> list[DocUpdate]:
     ]
     if unified:
         updates.append(
-            _user_update(info.user_id, [op_add(("services", "tasks", "active_tasks"), info.task_id)])
+            _user_update(
+                info.user_id, [op_add(("services", "tasks", "active_tasks"), info.task_id)]
+            )
         )
         updates.append(
             _company_update(info.company_id, [op_add(("services", "active_tasks"), info.task_id)])
@@ -369,7 +371,9 @@ def finish_task(
                 ],
             )
         )
-        updates.append(_company_update(company_id, [op_remove(("services", "active_tasks"), task_id)]))
+        updates.append(
+            _company_update(company_id, [op_remove(("services", "active_tasks"), task_id)])
+        )
     return updates
 
 
@@ -413,4 +417,3 @@ def store_conversation(doc: ConversationDoc, unified: bool) -> list[DocUpdate]:
 def prune_list(key: str, path: tuple[str, ...], stale: list[str]) -> DocUpdate:
     """Remove ids found stale by the cleanup (no init: a vanished document stays vanished)."""
     return DocUpdate(key=key, ops=[op_remove(path, item) for item in stale])
-

@@ -27,7 +27,9 @@ class TaskTypeInfo:
 
 
 TASK_TYPES: dict[TaskType, TaskTypeInfo] = {
-    TaskType.DOCUMENT_ANALYSIS: TaskTypeInfo(TaskType.DOCUMENT_ANALYSIS, "doc_analysis_", 1800, False),
+    TaskType.DOCUMENT_ANALYSIS: TaskTypeInfo(
+        TaskType.DOCUMENT_ANALYSIS, "doc_analysis_", 1800, False
+    ),
     TaskType.VECTOR_COMPUTATION: TaskTypeInfo(TaskType.VECTOR_COMPUTATION, "vector_", 3600, False),
     TaskType.LLM_CONVERSATION: TaskTypeInfo(TaskType.LLM_CONVERSATION, "llm_", 300, True),
 }

@@ -18,7 +18,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+def wait_for(
+    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -33,8 +35,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def start_process(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start_process(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start in its own session so a stop can take the whole process group down."""
     log_file = log_path.open("ab")
     try:

@@ -33,7 +33,7 @@ def test_empty_arrays_and_objects_keep_their_shape(redis_sync: redis.Redis) -> N
     init = {
         "a": [],
         "b": {},
-        "c": {"d": [], "e": "text with [] and [ ] and \"quoted [ ]\" and \\"},
+        "c": {"d": [], "e": 'text with [] and [ ] and "quoted [ ]" and \\'},
         "f": [[], {}, [1]],
     }
     store.apply(DocUpdate(key="k", ops=[op_set(("x",), 1)], init=init))
@@ -108,8 +108,14 @@ def test_publish_happens_with_the_write(redis_sync: redis.Redis) -> None:
 def test_ttl_and_fields(redis_sync: redis.Redis) -> None:
     store = DocStore(redis_sync)
     store.apply(
-        DocUpdate(key="k", ops=[], init={}, ttl_s=90, extra_fields={"last_update": 12.5},
-                  init_fields={"created_at": 1.0})
+        DocUpdate(
+            key="k",
+            ops=[],
+            init={},
+            ttl_s=90,
+            extra_fields={"last_update": 12.5},
+            init_fields={"created_at": 1.0},
+        )
     )
     store.apply(DocUpdate(key="k", ops=[], init={}, init_fields={"created_at": 2.0}))
     assert 0 < redis_sync.ttl("k") <= 90
@@ -130,7 +136,7 @@ def test_concurrent_adds_lose_nothing(redis_server: object, redis_sync: redis.Re
         try:
             for n in range(per_writer):
                 store.apply(DocUpdate(key="k", ops=[op_add(("items",), f"{writer}-{n}")]))
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             client.close()

@@ -57,7 +57,11 @@ async def test_switch_off_writes_legacy_keys_only(redis_async: aioredis.Redis) -
     await registry.register_collection("user123", "klk_space_id_002e0b", "session456")
     chroma = await raw_doc(redis_async, "registry:chroma:user123:klk_space_id_002e0b")
     assert set(chroma) == {
-        "user_id", "collection_name", "session_id", "registered_at", "last_heartbeat"
+        "user_id",
+        "collection_name",
+        "session_id",
+        "registered_at",
+        "last_heartbeat",
     }
     assert 0 < await redis_async.ttl("registry:chroma:user123:klk_space_id_002e0b") <= 90
     assert await registry.unregister_session("session456") is True
@@ -79,7 +83,11 @@ async def test_switch_on_dual_writes_contract_shapes(redis_async: aioredis.Redis
     unified = await raw_doc(redis_async, "registry:unified:user123")
     assert set(unified) == {"user_info", "companies", "services", "heartbeat"}
     assert set(unified["user_info"]) == {
-        "user_id", "session_id", "backend_route", "last_seen_at", "status"
+        "user_id",
+        "session_id",
+        "backend_route",
+        "last_seen_at",
+        "status",
     }
     assert unified["user_info"]["status"] == "online"
     assert unified["companies"] == {
@@ -93,13 +101,16 @@ async def test_switch_on_dual_writes_contract_shapes(redis_async: aioredis.Redis
         "tasks": {"active_tasks": [], "task_history": []},
     }
     assert unified["heartbeat"]["ttl_seconds"] == 90
-    assert float(await redis_async.hget("registry:unified:user123", "last_update")) > 0
+    last_update = await redis_async.hget("registry:unified:user123", "last_update")
+    assert last_update is not None and float(last_update) > 0
     company = await raw_doc(redis_async, "registry:company:company_abc")
     assert set(company) == {"company_info", "active_users", "services", "quotas"}
     assert company["active_users"]["user123"]["role"] == "admin"
     assert company["active_users"]["user123"]["session_id"] == "session456"
     assert company["quotas"] == {
-        "max_tasks_per_user": 10, "max_llm_requests_per_hour": 1000, "storage_limit_mb": 5000
+        "max_tasks_per_user": 10,
+        "max_llm_requests_per_hour": 1000,
+        "storage_limit_mb": 5000,
     }
     assert await registry.get_company_active_users("company_abc") == ["user123"]
 
@@ -126,15 +137,22 @@ async def test_task_lifecycle_documents_and_events(redis_async: aioredis.Redis) 
     assert set(task) >= {"task_info", "isolation", "progress", "resources"}
     assert task["task_info"]["status"] == "queued"
     assert task["progress"] == {
-        "current_step": "queued", "progress_percent": 0, "estimated_completion": None
+        "current_step": "queued",
+        "progress_percent": 0,
+        "estimated_completion": None,
     }
     assert task["resources"] == {"worker_id": None, "memory_usage": None, "cpu_usage": None}
     assert 600 < await redis_async.ttl("registry:task:doc_analysis_job456") <= 900
     assert await redis_async.hget("registry:task:doc_analysis_job456", "created_at") is not None
 
     applied = await registry.update_task_progress(
-        "doc_analysis_job456", "user123", RegistryStatus.PROCESSING, 75, "entity_recognition",
-        600, data={"entities_found": 15},
+        "doc_analysis_job456",
+        "user123",
+        RegistryStatus.PROCESSING,
+        75,
+        "entity_recognition",
+        600,
+        data={"entities_found": 15},
     )
     assert applied
     message = None
@@ -158,7 +176,11 @@ async def test_task_lifecycle_documents_and_events(redis_async: aioredis.Redis) 
     user = await raw_doc(redis_async, "registry:unified:user123")
     assert user["services"]["tasks"]["active_tasks"] == ["doc_analysis_job456"]
     recorded = await registry.finish_task(
-        "doc_analysis_job456", "user123", "company_abc", RegistryStatus.COMPLETED, 600,
+        "doc_analysis_job456",
+        "user123",
+        "company_abc",
+        RegistryStatus.COMPLETED,
+        600,
         result={"entities_found": 15},
     )
     assert recorded is True
@@ -173,7 +195,8 @@ async def test_task_lifecycle_documents_and_events(redis_async: aioredis.Redis) 
     assert stored.result == {"entities_found": 15}
     user = await raw_doc(redis_async, "registry:unified:user123")
     assert user["services"]["tasks"] == {
-        "active_tasks": [], "task_history": ["doc_analysis_job456"]
+        "active_tasks": [],
+        "task_history": ["doc_analysis_job456"],
     }
     company = await raw_doc(redis_async, "registry:company:company_abc")
     assert company["services"]["active_tasks"] == []
@@ -278,14 +301,27 @@ async def test_conversation_and_quotas(redis_async: aioredis.Redis) -> None:
     assert company["quotas"]["max_tasks_per_user"] == 3
     assert company["company_info"]["company_name"] == "ACME Corp"
     conv = ConversationDoc(
-        conversation_id="conv_abc123", user_id="user123", company_id="company_abc",
-        prompt="Hi", response="Hello", model="gemma", temperature=0.7, tokens_used=12,
+        conversation_id="conv_abc123",
+        user_id="user123",
+        company_id="company_abc",
+        prompt="Hi",
+        response="Hello",
+        model="gemma",
+        temperature=0.7,
+        tokens_used=12,
     )
     await registry.store_conversation(conv)
     stored = await raw_doc(redis_async, "conversation:company_abc:user123:conv_abc123")
     assert set(stored) == {
-        "conversation_id", "user_id", "company_id", "prompt", "response", "model",
-        "temperature", "timestamp", "tokens_used",
+        "conversation_id",
+        "user_id",
+        "company_id",
+        "prompt",
+        "response",
+        "model",
+        "temperature",
+        "timestamp",
+        "tokens_used",
     }
     assert stored["temperature"] == 0.7
     assert await redis_async.hget("conversation:company_abc:user123:conv_abc123", "created_at")

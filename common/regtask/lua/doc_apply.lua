@@ -4,64 +4,25 @@
 -- ARGV[1]  JSON spec: {field, ops, init, ttl, fields, init_fields, publish, nonce, return_doc,
 --          delete}: with delete, the key is removed once every guard has passed.
 --
--- Redis' cjson cannot tell "[]" from "{}": before decoding, every empty array outside string
--- literals is replaced by a per-call sentinel string (a random nonce), and put back after
--- encoding, so documents keep their exact shape.
+-- Redis' cjson cannot tell "[]" from "{}". Before decoding, every "[]" becomes "[N]" where N is
+-- a random per-call integer: valid JSON both as structure (a one-element array, recognised below
+-- as empty) and inside string literals (plain text). After encoding, every "[N]" is turned back
+-- into "[]", so documents and strings keep their exact bytes. Two C-speed gsubs, no Lua scan.
 --
 -- Returns {code, detail}: code is "ok", "missing", "guard" or "malformed"; on "ok" detail is
 -- the new document (when asked) or "".
 
-local function mark_empty_arrays(text, sentinel)
-  local out = {}
-  local pos = 1
-  local len = #text
-  while pos <= len do
-    local s = string.find(text, '[%["]', pos)
-    if not s then
-      out[#out + 1] = string.sub(text, pos)
-      break
-    end
-    local ch = string.sub(text, s, s)
-    if ch == '"' then
-      -- copy the whole string literal, honouring backslash escapes
-      local e = s + 1
-      while true do
-        local q = string.find(text, '["\\]', e)
-        if not q then error('unterminated string') end
-        if string.sub(text, q, q) == '\\' then
-          e = q + 2
-        else
-          e = q
-          break
-        end
-      end
-      out[#out + 1] = string.sub(text, pos, e)
-      pos = e + 1
-    else
-      local close = string.match(text, '^%s*()%]', s + 1)
-      if close then
-        out[#out + 1] = string.sub(text, pos, s - 1)
-        out[#out + 1] = sentinel
-        pos = close + 1
-      else
-        out[#out + 1] = string.sub(text, pos, s)
-        pos = s + 1
-      end
-    end
-  end
-  return table.concat(out)
-end
-
 local spec = cjson.decode(ARGV[1])
 local nonce = spec.nonce
-local quoted_sentinel = '"' .. nonce .. '"'
+local marked = '[' .. nonce .. ']'
+local marked_pattern = '%[' .. string.gsub(tostring(nonce), '%-', '%%-') .. '%]'
 
 local function decode(text)
-  return cjson.decode(mark_empty_arrays(text, quoted_sentinel))
+  return cjson.decode((string.gsub(text, '%[%]', marked)))
 end
 
 local function is_empty_array(v)
-  return v == nonce
+  return type(v) == 'table' and v[1] == nonce and v[2] == nil
 end
 
 local field = spec.field
@@ -84,7 +45,7 @@ else
 end
 
 local ops = decode(spec.ops)
-if type(ops) ~= 'table' then ops = {} end
+if is_empty_array(ops) then ops = {} end
 
 -- Walk to the parent table of the last path element; create missing objects when asked.
 local function parent_of(path, create)
@@ -116,7 +77,7 @@ local function array_at(parent, k, path)
 end
 
 local function store_array(parent, k, arr)
-  if #arr == 0 then parent[k] = nonce else parent[k] = arr end
+  if #arr == 0 then parent[k] = {nonce} else parent[k] = arr end
 end
 
 local function apply(op)
@@ -194,7 +155,7 @@ if spec.delete then
 end
 
 local created = (raw == false or raw == nil)
-local encoded = string.gsub(cjson.encode(doc), quoted_sentinel, '[]')
+local encoded = string.gsub(cjson.encode(doc), marked_pattern, '[]')
 local hset = {KEYS[1], field, encoded}
 if spec.fields and spec.fields ~= cjson.null then
   for k, v in pairs(spec.fields) do

@@ -1,0 +1,39 @@
+# Everyday targets. `make test` and `make demo` work on a fresh machine: both run `make setup`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PATH := $(HOME)/.local/bin:$(PATH)
+TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: setup test check lint typecheck crds unit bench-registry clean
+
+setup:
+	bash hack/setup.sh
+
+## test: everything CI checks — lint, types, generated files, the whole suite on real servers
+test: setup check
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck
+	$(PY) -m regtask.crdgen --check
+	shellcheck hack/*.sh .ci/run
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck:
+	.venv/bin/mypy
+
+## crds: regenerate manifests/crds and charts/regtask/crds from common/regtask/crmodels.py
+crds:
+	$(PY) -m regtask.crdgen
+
+unit:
+	$(PY) -m pytest tests/unit
+
+bench-registry: setup
+	$(PY) -m bench.bench_registry
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache bench/results/*.json

@@ -1,0 +1,72 @@
+"""Kubernetes names derived from the platform's ids: valid, stable and collision-free.
+
+Ids such as ``doc_analysis_job456`` or ``user@example`` are not DNS-1123 labels. Each name is a
+sanitised, readable prefix plus a hash of the raw ids, so two different inputs never meet in the
+same name, and the same input always gives the same name (creating twice is harmless).
+The raw ids travel in annotations (:data:`ANNOTATION_USER` ...), never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+DNS_LABEL_MAX = 63
+HASH_LENGTH = 10
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "regtask-operator"
+LABEL_TENANT = "regtask.io/tenant"
+LABEL_TASK = "regtask.io/task"
+LABEL_TASK_TYPE = "regtask.io/task-type"
+LABEL_COMPANY = "regtask.io/company"
+ANNOTATION_USER = "regtask.io/user-id"
+ANNOTATION_COMPANY = "regtask.io/company-id"
+ANNOTATION_TASK = "regtask.io/task-id"
+ANNOTATION_TASK_NAMESPACE = "regtask.io/task-namespace"
+
+_INVALID = re.compile(r"[^a-z0-9-]+")
+
+
+def _digest(*raw: str) -> str:
+    # NUL cannot occur in ids, so ("a_b", "c") and ("a", "b_c") hash differently.
+    return hashlib.sha256("\0".join(raw).encode()).hexdigest()[:HASH_LENGTH]
+
+
+def _slug(value: str) -> str:
+    return _INVALID.sub("-", value.lower()).strip("-")
+
+
+def derived_name(prefix: str, *raw: str, max_length: int = DNS_LABEL_MAX) -> str:
+    """``{prefix}-{slug of each id}-{hash}``, cut to ``max_length``; a valid DNS-1123 label."""
+    suffix = _digest(*raw)
+    readable = "-".join(part for part in (_slug(v) for v in raw) if part)
+    room = max_length - len(prefix) - len(suffix) - 2
+    readable = readable[:room].strip("-") if room > 0 else ""
+    return "-".join(part for part in (prefix, readable, suffix) if part)
+
+
+def tenant_namespace(user_id: str, company_id: str) -> str:
+    """The isolation namespace of one (user, company) pair."""
+    return derived_name("rt", user_id, company_id)
+
+
+def tenant_label(user_id: str, company_id: str) -> str:
+    return _digest(user_id, company_id)
+
+
+def company_label(company_id: str) -> str:
+    return derived_name("c", company_id)
+
+
+def task_resource_name(task_id: str) -> str:
+    """``metadata.name`` of the RegistryTask that carries ``task_id``."""
+    return derived_name("task", task_id)
+
+
+def job_name(task_id: str) -> str:
+    return derived_name("rt", task_id)
+
+
+def token_secret_name(task_id: str) -> str:
+    return derived_name("rt-token", task_id)

@@ -1,0 +1,153 @@
+"""Pieces of a local platform (tests and ``make demo``): CRDs, namespaces, the operator process.
+
+Everything runs as real processes against the real control plane; nothing is imitated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO_ROOT / "manifests" / "crds"
+
+
+def apply_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout_s: float = 30) -> list[str]:
+    """Create or replace the project's CRDs and wait until the apiserver serves them."""
+    ext = client.ApiextensionsV1Api(api)
+    names: list[str] = []
+    for path in sorted(crd_dir.glob("*.yaml")):
+        body: Any = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        names.append(name)
+        try:
+            ext.create_custom_resource_definition(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resourceVersion  # type: ignore[union-attr]
+            ext.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        for name in names:
+            crd = ext.read_custom_resource_definition(name)
+            conditions = (crd.status.conditions if crd.status else None) or []
+            if not any(c.type == "Established" and c.status == "True" for c in conditions):
+                return False
+        return True
+
+    wait_for(established, timeout_s, "CRDs established", interval_s=0.2)
+    return names
+
+
+def ensure_namespace(api: client.ApiClient, name: str) -> None:
+    body: Any = {"metadata": {"name": name}}
+    try:
+        client.CoreV1Api(api).create_namespace(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+class OperatorProcess:
+    """``python -m regtask_operator`` as a child process, with its own liveness port."""
+
+    def __init__(self, kubeconfig: Path, env: dict[str, str], workdir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.env = env
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "operator.log"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def liveness_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+    def start(self, timeout_s: float = 60) -> OperatorProcess:
+        self.starts += 1
+        self.proc = start_process(
+            [
+                sys.executable,
+                "-m",
+                "regtask_operator",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--liveness",
+                self.liveness_url,
+            ],
+            self.log_path,
+            env=self.env,
+        )
+        try:
+            wait_for(self._alive, timeout_s, "operator liveness", interval_s=0.2)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"operator exited with {self.proc.returncode}\n{tail(self.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(self.liveness_url, timeout=1) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a restart-safety test needs (no cleanup handlers run)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=15)
+            self.proc = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    """Poll ``check`` until it returns a truthy value, and return that value."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what}: not reached after {timeout_s:.0f}s (last: {last!r})")

@@ -1,0 +1,204 @@
+"""Quota decisions: who runs now, who waits, in which order. Pure state, no I/O.
+
+One :class:`AdmissionState` lives in the single active operator (Kopf peering) and is only
+mutated by the scheduler's decision step, under one lock, so a burst of concurrent submissions
+can never be admitted over quota. It is rebuilt from the cluster's live Jobs at start-up and by
+a reconcile timer, so a crash between "admit" and "create Job" cannot leak a slot.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from regtask.crmodels import PRIORITY_RANK, Priority, RateLimitPolicy
+from regtask.documents import Quotas
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """The RegistryTask's namespace and name."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: TaskKey
+    task_id: str
+    user_id: str
+    company_id: str
+    priority: Priority
+    # creationTimestamp of the CR as epoch seconds: FIFO order within a priority.
+    created: float
+    uses_llm: bool = False
+
+
+@dataclass(frozen=True)
+class RateVerdict:
+    """What the company's hourly LLM window allows right now."""
+
+    allowed: bool
+    retry_after_s: int = 0
+
+
+class WaitReason(StrEnum):
+    USER_CONCURRENCY = "UserConcurrencyQuota"
+    LLM_RATE = "LlmRateQuota"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    candidate: Candidate
+    position: int  # 1-based, within the company's queue
+    reason: WaitReason
+    retry_after_s: int = 0
+
+
+@dataclass(frozen=True)
+class Refused:
+    candidate: Candidate
+    message: str
+
+
+@dataclass
+class Decisions:
+    admitted: list[Candidate] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+
+
+QuotaLookup = Callable[[str], tuple[Quotas, RateLimitPolicy]]
+# (company_id, LLM tasks admitted by this decision so far) -> verdict. Callers pre-fetch the
+# window's counters so that the decision itself stays synchronous and atomic.
+RateCheck = Callable[[str, int], RateVerdict]
+
+
+class AdmissionState:
+    def __init__(self) -> None:
+        self._running: dict[TaskKey, Candidate] = {}
+        self._queued: dict[TaskKey, tuple[int, Candidate]] = {}
+        self._seq = itertools.count()
+
+    # ---------------------------------------------------------------- state changes
+
+    def submit(self, candidate: Candidate) -> None:
+        """Queue a task for admission; a no-op when it is already queued or running."""
+        if candidate.key in self._running or candidate.key in self._queued:
+            return
+        self._queued[candidate.key] = (next(self._seq), candidate)
+
+    def mark_running(self, candidate: Candidate) -> None:
+        """Record a task whose Job already exists (start-up, resume, reconcile)."""
+        self._queued.pop(candidate.key, None)
+        self._running[candidate.key] = candidate
+
+    def release(self, key: TaskKey) -> Candidate | None:
+        """Forget a task (finished, cancelled, deleted); frees its slot if it had one."""
+        self._queued.pop(key, None)
+        return self._running.pop(key, None)
+
+    def rebuild(self, running: Iterable[Candidate]) -> tuple[int, int]:
+        """Make the running set equal to the cluster's truth; returns (added, dropped)."""
+        truth = {c.key: c for c in running}
+        dropped = [key for key in self._running if key not in truth]
+        for key in dropped:
+            del self._running[key]
+        added = 0
+        for key, candidate in truth.items():
+            if key not in self._running:
+                added += 1
+            self.mark_running(candidate)
+        return added, len(dropped)
+
+    # ---------------------------------------------------------------- queries
+
+    def is_running(self, key: TaskKey) -> bool:
+        return key in self._running
+
+    def is_queued(self, key: TaskKey) -> bool:
+        return key in self._queued
+
+    def running_count(self, company_id: str, user_id: str | None = None) -> int:
+        return sum(
+            1
+            for c in self._running.values()
+            if c.company_id == company_id and (user_id is None or c.user_id == user_id)
+        )
+
+    def queued_count(self, company_id: str) -> int:
+        return sum(1 for _, c in self._queued.values() if c.company_id == company_id)
+
+    def companies(self) -> set[str]:
+        return {c.company_id for c in self._running.values()} | {
+            c.company_id for _, c in self._queued.values()
+        }
+
+    def running(self) -> list[Candidate]:
+        return list(self._running.values())
+
+    # ---------------------------------------------------------------- the decision
+
+    def decide(self, quotas: QuotaLookup, rate: RateCheck) -> Decisions:
+        """Admit every queued task that fits, in priority then FIFO order, per company.
+
+        A user at their concurrency limit does not block other users of the same company: the
+        scan goes on past them. Admitted tasks move to the running set before this returns.
+        """
+        decisions = Decisions()
+        ordered = sorted(
+            self._queued.values(),
+            key=lambda item: (-PRIORITY_RANK[item[1].priority], item[1].created, item[0]),
+        )
+        users_running: dict[tuple[str, str], int] = {}
+        for candidate in self._running.values():
+            slot = (candidate.company_id, candidate.user_id)
+            users_running[slot] = users_running.get(slot, 0) + 1
+        positions: dict[str, int] = {}
+        llm_admitted: dict[str, int] = {}
+        for _, candidate in ordered:
+            company_quotas, policy = quotas(candidate.company_id)
+            slot = (candidate.company_id, candidate.user_id)
+            if users_running.get(slot, 0) >= company_quotas.max_tasks_per_user:
+                positions[candidate.company_id] = positions.get(candidate.company_id, 0) + 1
+                decisions.waiting.append(
+                    Waiting(candidate, positions[candidate.company_id], WaitReason.USER_CONCURRENCY)
+                )
+                continue
+            if candidate.uses_llm:
+                pending = llm_admitted.get(candidate.company_id, 0)
+                verdict = rate(candidate.company_id, pending)
+                if not verdict.allowed:
+                    if policy is RateLimitPolicy.REFUSE:
+                        self._queued.pop(candidate.key)
+                        decisions.refused.append(
+                            Refused(
+                                candidate,
+                                "company LLM quota exhausted "
+                                f"({company_quotas.max_llm_requests_per_hour} requests/hour); "
+                                f"retry after {verdict.retry_after_s}s",
+                            )
+                        )
+                        continue
+                    positions[candidate.company_id] = positions.get(candidate.company_id, 0) + 1
+                    decisions.waiting.append(
+                        Waiting(
+                            candidate,
+                            positions[candidate.company_id],
+                            WaitReason.LLM_RATE,
+                            verdict.retry_after_s,
+                        )
+                    )
+                    continue
+                llm_admitted[candidate.company_id] = pending + 1
+            users_running[slot] = users_running.get(slot, 0) + 1
+            self._queued.pop(candidate.key)
+            self._running[candidate.key] = candidate
+            decisions.admitted.append(candidate)
+        return decisions

@@ -1,0 +1,71 @@
+"""Operator configuration, from the environment (Helm values end up here)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from regtask.crmodels import RateLimitPolicy
+from regtask.tasktypes import TaskType
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGTASK_", extra="ignore", frozen=True)
+
+    # Where RegistryTasks and CompanyQuotas live (the shim creates tasks here).
+    namespace: str = "regtask-system"
+    # Identity of this operator in finalizers, Kopf storage and field managers.
+    operator_name: str = "regtask.io"
+    peering_name: str = "regtask-operator"
+    standalone: bool = Field(default=False, description="no peering (tests, single dev run)")
+
+    runner_image: str = "ghcr.io/regtask/runner:0.1.0"
+    # Optional image per task type, e.g. REGTASK_RUNNER_IMAGES='{"llm_conversation": "..."}'.
+    runner_images: dict[TaskType, str] = Field(default_factory=dict)
+    image_pull_policy: str = "IfNotPresent"
+    gateway_url: str = "http://regtask-gateway.regtask-system.svc:8081"
+    # Signs per-task tokens; shared with the gateway only. Required.
+    token_secret: str = Field(default="", repr=False)
+
+    # Job shape
+    backoff_limit: int = Field(default=2, ge=0)
+    ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    termination_grace_period_s: int = Field(default=30, ge=1)
+    runner_cpu_request: str = "100m"
+    runner_cpu_limit: str = "1"
+    runner_memory_request: str = "128Mi"
+    runner_memory_limit: str = "1Gi"
+
+    # Tenant namespaces
+    tenant_pods_quota: int = Field(default=20, ge=1)
+    tenant_cpu_quota: str = "4"
+    tenant_memory_quota: str = "8Gi"
+    namespace_idle_seconds: int = Field(default=3600, ge=60)
+    # Where runners may connect besides DNS: the gateway's pods, selected by labels in the
+    # control namespace (a NetworkPolicy peer).
+    gateway_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "regtask-gateway"}
+    )
+    gateway_port: int = 8081
+
+    # Quotas
+    default_max_tasks_per_user: int = Field(default=10, ge=0)
+    default_max_llm_requests_per_hour: int = Field(default=1000, ge=0)
+    default_storage_limit_mb: int = Field(default=5000, ge=0)
+    rate_limit_policy: RateLimitPolicy = RateLimitPolicy.WAIT
+
+    # Cadences
+    status_sync_interval_s: float = Field(default=2.0, gt=0)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    maintenance_interval_s: float = Field(default=60.0, gt=0)
+    watch_timeout_s: int = Field(default=300, ge=10)
+
+    def image_for(self, task_type: TaskType) -> str:
+        return self.runner_images.get(task_type, self.runner_image)
+
+
+@lru_cache(maxsize=1)
+def get_operator_settings() -> OperatorSettings:
+    return OperatorSettings()

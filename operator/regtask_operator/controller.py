@@ -1,0 +1,544 @@
+"""The task lifecycle: admit, launch, follow, finish. Called by the thin Kopf handlers.
+
+Every decision goes through one :class:`~regtask_operator.admission.AdmissionState` under one
+lock (the scheduler step), and every side effect is idempotent (derived names, create tolerating
+"already exists", status guards), so a handler retried after a crash converges to the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from regtask import naming, tokens
+from regtask.crmodels import (
+    TERMINAL_PHASES,
+    ConditionStatus,
+    Phase,
+    Priority,
+    RateLimitPolicy,
+    RegistryTaskSpec,
+)
+from regtask.documents import Quotas
+from regtask.tasktypes import TASK_TYPES
+from regtask.timeutil import now_iso, parse_iso
+from regtask_operator import isolation, jobs
+from regtask_operator.admission import (
+    AdmissionState,
+    Candidate,
+    Decisions,
+    RateVerdict,
+    TaskKey,
+    Waiting,
+)
+from regtask_operator.config import OperatorSettings
+from regtask_operator.kube import Kube, task_path
+from regtask_operator.mirror import Mirror, TaskSnapshot
+
+log = structlog.get_logger(__name__)
+
+# Re-run the tenant namespace apply at most this often per namespace (drift repair).
+NAMESPACE_REFRESH_S = 300.0
+TOKEN_MARGIN_S = 600
+
+
+@dataclass
+class TrackedTask:
+    key: TaskKey
+    uid: str
+    spec: RegistryTaskSpec
+    created: str
+    phase: Phase = Phase.QUEUED
+    progress: int = 0
+    current_step: str = ""
+    reported_wait: tuple[int, str, int] | None = None
+
+    @property
+    def tenant_namespace(self) -> str:
+        return naming.tenant_namespace(self.spec.user_id, self.spec.company_id)
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            key=self.key,
+            task_id=self.spec.task_id,
+            user_id=self.spec.user_id,
+            company_id=self.spec.company_id,
+            priority=self.spec.priority,
+            created=parse_iso(self.created).timestamp(),
+            uses_llm=TASK_TYPES[self.spec.task_type].uses_llm,
+        )
+
+    def snapshot(self, phase: Phase, **changes: Any) -> TaskSnapshot:
+        base = TaskSnapshot(
+            task_id=self.spec.task_id,
+            task_type=self.spec.task_type.value,
+            user_id=self.spec.user_id,
+            company_id=self.spec.company_id,
+            namespace=self.tenant_namespace,
+            priority=self.spec.priority.value,
+            max_duration_s=jobs.max_duration(self.spec),
+            created_at=self.created,
+            phase=phase,
+            progress=self.progress,
+            current_step=self.current_step,
+        )
+        return replace(base, **changes)
+
+
+@dataclass
+class CompanyLimits:
+    quotas: Quotas
+    policy: RateLimitPolicy
+
+
+EventSink = Callable[[TrackedTask, str, str, str], None]
+LlmWindow = Callable[[str], "asyncio.Future[tuple[int, int]]"]
+
+
+def _condition(kind: str, status: ConditionStatus, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status.value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now_iso(),
+    }
+
+
+@dataclass
+class Controller:
+    settings: OperatorSettings
+    kube: Kube
+    mirror: Mirror
+    # (company_id) -> (requests counted in the current hour window, seconds until it resets)
+    llm_window: Callable[[str], Any]
+    emit: EventSink = field(default=lambda task, kind, reason, message: None)
+    state: AdmissionState = field(default_factory=AdmissionState)
+    tasks: dict[TaskKey, TrackedTask] = field(default_factory=dict)
+    limits: dict[str, CompanyLimits] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _kick: asyncio.Event = field(default_factory=asyncio.Event)
+    _namespaces_fresh: dict[str, float] = field(default_factory=dict)
+    _launching: set[TaskKey] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ quotas
+
+    def company_limits(self, company_id: str) -> tuple[Quotas, RateLimitPolicy]:
+        known = self.limits.get(company_id)
+        if known is not None:
+            return known.quotas, known.policy
+        defaults = Quotas(
+            max_tasks_per_user=self.settings.default_max_tasks_per_user,
+            max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
+            storage_limit_mb=self.settings.default_storage_limit_mb,
+        )
+        return defaults, self.settings.rate_limit_policy
+
+    def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> None:
+        self.limits[company_id] = CompanyLimits(quotas, policy)
+        self.kick()
+
+    def drop_limits(self, company_id: str) -> None:
+        self.limits.pop(company_id, None)
+        self.kick()
+
+    # ------------------------------------------------------------------ tracking
+
+    def track(
+        self, key: TaskKey, uid: str, spec: RegistryTaskSpec, created: str, status: dict[str, Any]
+    ) -> TrackedTask:
+        """Remember a task (create or resume) and queue it unless it already ended or runs."""
+        task = self.tasks.get(key)
+        phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
+        if task is None:
+            task = TrackedTask(
+                key,
+                uid,
+                spec,
+                created,
+                phase,
+                int(status.get("progress") or 0),
+                str(status.get("currentStep") or ""),
+            )
+            self.tasks[key] = task
+        if phase in TERMINAL_PHASES:
+            return task
+        if not self.state.is_running(key):
+            self.state.submit(task.candidate())
+        self.kick()
+        return task
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # ------------------------------------------------------------------ the scheduler
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The single decision loop: wakes on every kick, and at least every few seconds."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._kick.wait(), timeout=self.settings.status_sync_interval_s
+                )
+            self._kick.clear()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("scheduler_step_failed")
+
+    async def step(self) -> Decisions:
+        windows = await self._llm_windows()
+
+        def rate(company_id: str, pending: int) -> RateVerdict:
+            used, reset_in = windows.get(company_id, (0, 0))
+            limit = self.company_limits(company_id)[0].max_llm_requests_per_hour
+            return RateVerdict(used + pending < limit, reset_in)
+
+        async with self._lock:
+            decisions = self.state.decide(self.company_limits, rate)
+        await asyncio.gather(
+            *(self._launch_guarded(c) for c in decisions.admitted),
+            *(self._report_waiting(w) for w in decisions.waiting),
+            *(self._refuse(r.candidate, r.message) for r in decisions.refused),
+        )
+        return decisions
+
+    async def _llm_windows(self) -> dict[str, tuple[int, int]]:
+        companies = {
+            t.spec.company_id
+            for t in self.tasks.values()
+            if self.state.is_queued(t.key) and TASK_TYPES[t.spec.task_type].uses_llm
+        }
+        windows: dict[str, tuple[int, int]] = {}
+        for company_id in companies:
+            try:
+                windows[company_id] = await self.llm_window(company_id)
+            except Exception as exc:  # noqa: BLE001 - Redis down: admit, the gateway still counts
+                log.warning("llm_window_unavailable", company_id=company_id, error=str(exc))
+        return windows
+
+    # ------------------------------------------------------------------ launching
+
+    async def _launch_guarded(self, candidate: Candidate) -> None:
+        task = self.tasks.get(candidate.key)
+        if task is None or candidate.key in self._launching:
+            return
+        self._launching.add(candidate.key)
+        try:
+            await self.launch(task)
+        except Exception as exc:
+            log.exception("task_launch_failed", task=str(task.key))
+            async with self._lock:
+                self.state.release(task.key)
+                self.state.submit(task.candidate())
+            self.emit(task, "Warning", "LaunchFailed", str(exc)[:500])
+            await asyncio.sleep(1.0)
+            self.kick()
+        finally:
+            self._launching.discard(candidate.key)
+
+    async def ensure_tenant(self, user_id: str, company_id: str) -> str:
+        namespace = naming.tenant_namespace(user_id, company_id)
+        fresh = self._namespaces_fresh.get(namespace, 0.0)
+        if time.monotonic() - fresh < NAMESPACE_REFRESH_S:
+            return namespace
+        await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
+        for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
+            await self.kube.apply(manifest)
+        self._namespaces_fresh[namespace] = time.monotonic()
+        return namespace
+
+    def forget_namespace(self, namespace: str) -> None:
+        self._namespaces_fresh.pop(namespace, None)
+
+    async def launch(self, task: TrackedTask) -> None:
+        spec = task.spec
+        namespace = await self.ensure_tenant(spec.user_id, spec.company_id)
+        claims = tokens.TaskClaims(
+            task_id=spec.task_id,
+            task_type=spec.task_type.value,
+            user_id=spec.user_id,
+            company_id=spec.company_id,
+            namespace=namespace,
+            conversation_id=spec.conversation_id,
+            expires_at=int(time.time()) + jobs.max_duration(spec) * 2 + TOKEN_MARGIN_S,
+        )
+        token = tokens.mint(claims, self.settings.token_secret)
+        await self.kube.create(jobs.token_secret(spec, task.key.name, task.key.namespace, token))
+        job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
+        created = await self.kube.create(job)
+        task.phase = Phase.RUNNING
+        await self.patch_status(
+            task,
+            {
+                "phase": Phase.RUNNING.value,
+                "namespace": namespace,
+                "jobName": job["metadata"]["name"],
+                "admittedAt": now_iso(),
+                "queuePosition": None,
+                "retryAfter": None,
+                "reason": "Admitted",
+                "message": f"running in namespace {namespace}",
+                "conditions": [
+                    _condition(
+                        "Admitted",
+                        ConditionStatus.TRUE,
+                        "QuotaAvailable",
+                        "within the company's quotas",
+                    ),
+                ],
+            },
+        )
+        await self.mirror.publish(task.snapshot(Phase.RUNNING, current_step="starting"))
+        self.emit(
+            task,
+            "Normal",
+            "Admitted",
+            f"Job {job['metadata']['name']} {'created' if created else 'already existed'}"
+            f" in {namespace}",
+        )
+        log.info(
+            "task_started",
+            task_id=spec.task_id,
+            task_type=spec.task_type.value,
+            user_id=spec.user_id,
+            company_id=spec.company_id,
+            isolation_namespace=namespace,
+            timestamp=now_iso(),
+        )
+
+    async def _report_waiting(self, waiting: Waiting) -> None:
+        task = self.tasks.get(waiting.candidate.key)
+        if task is None:
+            return
+        marker = (waiting.position, waiting.reason.value, waiting.retry_after_s // 60)
+        if task.reported_wait == marker:
+            return
+        task.reported_wait = marker
+        task.phase = Phase.WAITING
+        quotas, _ = self.company_limits(task.spec.company_id)
+        if waiting.retry_after_s:
+            message = (
+                f"company LLM quota of {quotas.max_llm_requests_per_hour}/hour reached; "
+                f"position {waiting.position} in the company queue"
+            )
+            retry_after: str | None = datetime.fromtimestamp(
+                time.time() + waiting.retry_after_s, UTC
+            ).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            message = (
+                f"user has {quotas.max_tasks_per_user} running tasks (the company's "
+                f"limit); position {waiting.position} in the company queue"
+            )
+            retry_after = None
+        await self.patch_status(
+            task,
+            {
+                "phase": Phase.WAITING.value,
+                "queuePosition": waiting.position,
+                "retryAfter": retry_after,
+                "reason": waiting.reason.value,
+                "message": message,
+                "conditions": [
+                    _condition("Admitted", ConditionStatus.FALSE, waiting.reason.value, message)
+                ],
+            },
+        )
+        await self.mirror.publish(
+            task.snapshot(
+                Phase.WAITING,
+                queue_position=waiting.position,
+                reason=waiting.reason.value,
+                current_step="waiting_quota",
+            )
+        )
+
+    async def _refuse(self, candidate: Candidate, message: str) -> None:
+        task = self.tasks.get(candidate.key)
+        if task is not None:
+            self.emit(task, "Warning", "QuotaExceeded", message)
+            await self.finish(task, Phase.FAILED, "QuotaExceeded", message)
+
+    # ------------------------------------------------------------------ following and finishing
+
+    async def patch_status(self, task: TrackedTask, status: dict[str, Any]) -> bool:
+        """Merge-patch the task's status; False when the task is gone."""
+        body = await self.kube.patch_merge(
+            task_path(task.key.namespace, task.key.name, status=True), {"status": status}
+        )
+        return body is not None
+
+    async def job_changed(self, key: TaskKey, outcome: jobs.JobOutcome) -> None:
+        task = self.tasks.get(key)
+        if task is None or task.phase in TERMINAL_PHASES:
+            return
+        if outcome.phase is None:
+            return
+        await self.finish(
+            task,
+            outcome.phase,
+            outcome.reason,
+            outcome.message,
+            attempts=outcome.attempts,
+            start_time=outcome.start_time,
+        )
+
+    async def finish(
+        self,
+        task: TrackedTask,
+        phase: Phase,
+        reason: str,
+        message: str,
+        attempts: int | None = None,
+        start_time: str | None = None,
+    ) -> None:
+        """Record the end everywhere, release the slot, clean the token. Idempotent."""
+        if task.phase in TERMINAL_PHASES:
+            return
+        task.phase = phase
+        result: dict[str, Any] | None = None
+        if phase is Phase.SUCCEEDED:
+            task.progress = 100
+            try:
+                stored = await self.mirror.registry.get_task(task.spec.task_id)
+                result = stored.result if stored else None
+            except Exception as exc:  # noqa: BLE001 - the result is a bonus in the CR
+                log.warning("task_result_unavailable", task_id=task.spec.task_id, error=str(exc))
+        status: dict[str, Any] = {
+            "phase": phase.value,
+            "reason": reason,
+            "message": message,
+            "completionTime": now_iso(),
+            "queuePosition": None,
+            "conditions": [
+                _condition("Finished", ConditionStatus.TRUE, reason, message or phase.value)
+            ],
+        }
+        if phase is Phase.SUCCEEDED:
+            status["progress"] = 100
+        if attempts is not None:
+            status["attempts"] = attempts
+        if start_time:
+            status["startTime"] = start_time
+        if result is not None:
+            status["result"] = result
+        await self.patch_status(task, status)
+        await self.mirror.publish(
+            task.snapshot(phase, reason=reason, message=message, result=result)
+        )
+        async with self._lock:
+            self.state.release(task.key)
+        with contextlib.suppress(ApiException):
+            await self.kube.delete(
+                "v1", "Secret", task.tenant_namespace, naming.token_secret_name(task.spec.task_id)
+            )
+        self.emit(
+            task,
+            "Normal" if phase is Phase.SUCCEEDED else "Warning",
+            reason or phase.value,
+            message or f"task {phase.value.lower()}",
+        )
+        self.kick()
+
+    async def cancel(self, task: TrackedTask, reason: str, message: str) -> None:
+        """Stop the Job if any and end as Cancelled."""
+        if task.phase in TERMINAL_PHASES:
+            return
+        await self.kube.delete(
+            "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.spec.task_id)
+        )
+        await self.finish(task, Phase.CANCELLED, reason, message)
+
+    async def forget(self, key: TaskKey) -> None:
+        async with self._lock:
+            self.state.release(key)
+        self.tasks.pop(key, None)
+        self.kick()
+
+    # ------------------------------------------------------------------ reconciliation
+
+    async def reconcile(self, live_jobs: list[dict[str, Any]]) -> None:
+        """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs."""
+        running: list[Candidate] = []
+        finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
+        for job in live_jobs:
+            meta = job.get("metadata") or {}
+            annotations = meta.get("annotations") or {}
+            labels = meta.get("labels") or {}
+            task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
+            task_name = labels.get(naming.LABEL_TASK)
+            if not task_ns or not task_name:
+                continue
+            key = TaskKey(task_ns, task_name)
+            outcome = jobs.read_job_status(job.get("status"))
+            if outcome.phase is not None:
+                finished.append((key, outcome))
+                continue
+            if meta.get("deletionTimestamp"):
+                continue
+            task = self.tasks.get(key)
+            if task is not None:
+                if task.phase not in TERMINAL_PHASES:
+                    running.append(task.candidate())
+                continue
+            # A Job whose task has not been seen yet (start-up): its slot counts all the same.
+            running.append(
+                Candidate(
+                    key=key,
+                    task_id=annotations.get(naming.ANNOTATION_TASK, task_name),
+                    user_id=annotations.get(naming.ANNOTATION_USER, ""),
+                    company_id=annotations.get(naming.ANNOTATION_COMPANY, ""),
+                    priority=Priority.NORMAL,
+                    created=parse_iso(meta.get("creationTimestamp") or now_iso()).timestamp(),
+                )
+            )
+        launching = self._launching
+        async with self._lock:
+            truth = running + [self.tasks[k].candidate() for k in launching if k in self.tasks]
+            added, dropped = self.state.rebuild(truth)
+            for task in self.tasks.values():
+                if task.phase in TERMINAL_PHASES:
+                    continue
+                if not self.state.is_running(task.key) and not self.state.is_queued(task.key):
+                    self.state.submit(task.candidate())
+        if added or dropped:
+            log.warning("admission_counters_rebuilt", added=added, dropped=dropped)
+        for key, outcome in finished:
+            await self.job_changed(key, outcome)
+        self.kick()
+
+    async def sync_progress(self) -> int:
+        """Copy runner progress from the registry into CR status (throttled by the caller)."""
+        patched = 0
+        for task in list(self.tasks.values()):
+            if task.phase is not Phase.RUNNING:
+                continue
+            try:
+                stored = await self.mirror.registry.get_task(task.spec.task_id)
+            except Exception:  # noqa: BLE001 - Redis down: the next round will catch up
+                return patched
+            if stored is None:
+                continue
+            progress = stored.progress.progress_percent
+            step = stored.progress.current_step
+            if (progress, step) == (task.progress, task.current_step):
+                continue
+            task.progress, task.current_step = progress, step
+            if task.phase is Phase.RUNNING:
+                await self.patch_status(task, {"progress": progress, "currentStep": step})
+                patched += 1
+        return patched
+
+    def queue_summary(self, company_id: str) -> dict[str, int]:
+        return {
+            "activeTasks": self.state.running_count(company_id),
+            "waitingTasks": self.state.queued_count(company_id),
+        }

@@ -1,0 +1,223 @@
+"""Kopf handlers: thin adapters from watch events to the task controller.
+
+Imported by ``python -m regtask_operator`` (and by tests that run the operator in-process).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+import structlog
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from regtask import naming
+from regtask.crmodels import (
+    API_GROUP,
+    API_VERSION,
+    TERMINAL_PHASES,
+    CompanyQuotaSpec,
+    Phase,
+    RegistryTaskSpec,
+)
+from regtask.documents import Quotas
+from regtask.settings import get_settings
+from regtask.timeutil import now_iso
+from regtask_operator import jobs
+from regtask_operator.admission import TaskKey
+from regtask_operator.config import get_operator_settings
+from regtask_operator.controller import TrackedTask
+from regtask_operator.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+TASKS = (API_GROUP, API_VERSION, "registrytasks")
+QUOTAS = (API_GROUP, API_VERSION, "companyquotas")
+MANAGED_JOBS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
+
+
+def _runtime(memo: kopf.Memo) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+def _task_body(task: TrackedTask) -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "RegistryTask",
+            "metadata": {"name": task.key.name, "namespace": task.key.namespace, "uid": task.uid},
+        }
+    )
+
+
+def _emit(task: TrackedTask, kind: str, reason: str, message: str) -> None:
+    """Decisions become Kubernetes Events on the task (``kubectl describe`` shows them)."""
+    kopf.event(_task_body(task), type=kind, reason=reason, message=message)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster ServiceAccount, else KUBECONFIG: Kopf's own logins, no client library needed."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = get_operator_settings()
+    settings.persistence.finalizer = f"{config.operator_name}/finalizer"
+    # Kopf's progress and diffbase live in the status: one PATCH fewer per task than
+    # annotations, and invisible to `kubectl apply` diffs of the spec.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+        name=config.operator_name, field="status.operatorState.progress"
+    )
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        name=config.operator_name, field="status.operatorState.diffbase"
+    )
+    # Hung watches are Kopf's best-known failure: bound every watch request.
+    settings.watching.server_timeout = config.watch_timeout_s
+    settings.watching.client_timeout = config.watch_timeout_s + 30
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = config.watch_timeout_s + 60
+    settings.peering.name = config.peering_name
+    settings.peering.standalone = config.standalone
+    # One active replica: with peering on, the KopfPeering CRDs are required (shipped in
+    # manifests/ and the chart); standalone (tests, a single dev process) needs none.
+    settings.peering.mandatory = not config.standalone
+    settings.posting.level = logging.INFO
+    runtime = await Runtime.start(config, get_settings(), memo.get("kubeconfig"))
+    runtime.controller.emit = _emit
+    memo["runtime"] = runtime
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    runtime = memo.get("runtime")
+    if runtime is not None:
+        await runtime.close()
+
+
+@kopf.on.probe(id="redis")
+async def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
+    try:
+        return bool(await _runtime(memo).redis.ping())
+    except RedisError:
+        return False
+
+
+@kopf.on.create(*TASKS)
+@kopf.on.resume(*TASKS)
+async def task_seen(
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
+) -> None:
+    controller = _runtime(memo).controller
+    try:
+        task_spec = RegistryTaskSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        patch.status["phase"] = Phase.FAILED.value
+        patch.status["reason"] = "InvalidSpec"
+        patch.status["message"] = str(exc)[:1000]
+        return
+    key = TaskKey(namespace or "", name)
+    current = dict(status)
+    task = controller.track(
+        key, uid, task_spec, meta.get("creationTimestamp") or now_iso(), current
+    )
+    if task.phase in TERMINAL_PHASES:
+        return
+    if not current.get("phase"):
+        patch.status["phase"] = Phase.QUEUED.value
+        patch.status["reason"] = "Queued"
+        patch.status["message"] = "waiting for admission"
+        await controller.mirror.publish(task.snapshot(Phase.QUEUED, current_step="queued"))
+    if task_spec.cancel:
+        await controller.cancel(task, "CancelRequested", "cancelled before it started")
+
+
+@kopf.on.field(*TASKS, field="spec.cancel")
+async def cancel_requested(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    if not new:
+        return
+    controller = _runtime(memo).controller
+    task = controller.tasks.get(TaskKey(namespace or "", name))
+    if task is not None:
+        await controller.cancel(task, "CancelRequested", "cancelled by request")
+
+
+@kopf.on.delete(*TASKS)
+async def task_deleted(
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    memo: Any,
+    **_: Any,
+) -> None:
+    controller = _runtime(memo).controller
+    key = TaskKey(namespace or "", name)
+    task = controller.tasks.get(key)
+    if task is None:
+        try:
+            task_spec = RegistryTaskSpec.model_validate(dict(spec))
+        except ValidationError:
+            return  # never admitted: nothing outside this object to clean
+        phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
+        task = TrackedTask(key, uid, task_spec, meta.get("creationTimestamp") or now_iso(), phase)
+    await controller.cancel(task, "Deleted", "the task was deleted")
+    await controller.forget(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)
+async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        return  # an unexpected deletion is caught by the reconcile loop (the task is requeued)
+    labels = body.get("metadata", {}).get("labels") or {}
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
+    task_name = labels.get(naming.LABEL_TASK)
+    if not task_ns or not task_name:
+        return
+    outcome = jobs.read_job_status(dict(body.get("status") or {}))
+    await _runtime(memo).controller.job_changed(TaskKey(task_ns, task_name), outcome)
+
+
+@kopf.on.create(*QUOTAS)
+@kopf.on.update(*QUOTAS)
+@kopf.on.resume(*QUOTAS)
+async def quota_changed(spec: kopf.Spec, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    runtime = _runtime(memo)
+    try:
+        quota = CompanyQuotaSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid CompanyQuota: {exc}") from exc
+    quotas = Quotas(
+        max_tasks_per_user=quota.max_tasks_per_user,
+        max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
+        storage_limit_mb=quota.storage_limit_mb,
+    )
+    runtime.controller.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
+    patch.status.update(runtime.controller.queue_summary(quota.company_id))
+    try:
+        await runtime.registry.set_company_quotas(quota.company_id, quotas, quota.company_name)
+    except RedisError as exc:
+        # Redis is a mirror; the reconcile of quotas happens on the next change or restart.
+        log.warning("quota_mirror_failed", company_id=quota.company_id, error=str(exc))
+
+
+@kopf.on.delete(*QUOTAS, optional=True)
+async def quota_deleted(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+    company_id = spec.get("companyId")
+    if company_id:
+        _runtime(memo).controller.drop_limits(company_id)

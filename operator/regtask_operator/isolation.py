@@ -1,0 +1,153 @@
+"""The tenant namespace of one (user, company) pair and everything that fences it in.
+
+Desired state only (plain dicts); :mod:`regtask_operator.kube` applies it with server-side
+apply, which both creates and repairs drift, so calling this for every admitted task is safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regtask import naming
+from regtask_operator.config import OperatorSettings
+
+RUNNER_SERVICE_ACCOUNT = "regtask-runner"
+ANNOTATION_LAST_USED = "regtask.io/last-used"
+
+
+def tenant_labels(user_id: str, company_id: str) -> dict[str, str]:
+    return {
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        naming.LABEL_TENANT: naming.tenant_label(user_id, company_id),
+        naming.LABEL_COMPANY: naming.company_label(company_id),
+    }
+
+
+def namespace_manifest(user_id: str, company_id: str, last_used: str) -> dict[str, Any]:
+    labels = tenant_labels(user_id, company_id)
+    labels.update(
+        {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+        }
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": naming.tenant_namespace(user_id, company_id),
+            "labels": labels,
+            "annotations": {
+                naming.ANNOTATION_USER: user_id,
+                naming.ANNOTATION_COMPANY: company_id,
+                ANNOTATION_LAST_USED: last_used,
+            },
+        },
+    }
+
+
+def namespaced_manifests(
+    user_id: str, company_id: str, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """NetworkPolicies, ResourceQuota, LimitRange and ServiceAccount of the tenant namespace."""
+    namespace = naming.tenant_namespace(user_id, company_id)
+    labels = tenant_labels(user_id, company_id)
+
+    def meta(name: str) -> dict[str, Any]:
+        return {"name": name, "namespace": namespace, "labels": labels}
+
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(RUNNER_SERVICE_ACCOUNT),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta("default-deny-all"),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta("allow-dns-and-gateway"),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                                },
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                            }
+                        ],
+                        "ports": [
+                            {"protocol": "UDP", "port": 53},
+                            {"protocol": "TCP", "port": 53},
+                        ],
+                    },
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {
+                                        "kubernetes.io/metadata.name": settings.namespace
+                                    }
+                                },
+                                "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
+                            }
+                        ],
+                        "ports": [{"protocol": "TCP", "port": settings.gateway_port}],
+                    },
+                ],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": meta("tenant-quota"),
+            "spec": {
+                "hard": {
+                    "pods": str(settings.tenant_pods_quota),
+                    "requests.cpu": settings.tenant_cpu_quota,
+                    "limits.cpu": settings.tenant_cpu_quota,
+                    "requests.memory": settings.tenant_memory_quota,
+                    "limits.memory": settings.tenant_memory_quota,
+                    "count/jobs.batch": str(settings.tenant_pods_quota),
+                    "services": "0",
+                    "persistentvolumeclaims": "0",
+                }
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": meta("tenant-limits"),
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "default": {
+                            "cpu": settings.runner_cpu_limit,
+                            "memory": settings.runner_memory_limit,
+                        },
+                        "defaultRequest": {
+                            "cpu": settings.runner_cpu_request,
+                            "memory": settings.runner_memory_request,
+                        },
+                        "max": {
+                            "cpu": settings.tenant_cpu_quota,
+                            "memory": settings.tenant_memory_quota,
+                        },
+                    }
+                ]
+            },
+        },
+    ]

@@ -1,0 +1,188 @@
+"""The Job that runs one task, and how its status reads as a task phase. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from regtask import naming, runner_contract
+from regtask.crmodels import Phase, RegistryTaskSpec
+from regtask.runner_contract import ExitCode
+from regtask.tasktypes import TASK_TYPES
+from regtask_operator.config import OperatorSettings
+from regtask_operator.isolation import RUNNER_SERVICE_ACCOUNT
+
+CONTAINER_NAME = "runner"
+RUNNER_UID = 10001
+
+
+def max_duration(spec: RegistryTaskSpec) -> int:
+    return spec.max_duration_seconds or TASK_TYPES[spec.task_type].default_max_duration_s
+
+
+def job_labels(spec: RegistryTaskSpec, task_name: str) -> dict[str, str]:
+    return {
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+        naming.LABEL_TASK: task_name,
+        naming.LABEL_TASK_TYPE: spec.task_type.value,
+        naming.LABEL_TENANT: naming.tenant_label(spec.user_id, spec.company_id),
+    }
+
+
+def job_annotations(spec: RegistryTaskSpec, task_namespace: str) -> dict[str, str]:
+    """Raw ids and the way back to the task (cross-namespace owner references do not exist)."""
+    return {
+        naming.ANNOTATION_TASK: spec.task_id,
+        naming.ANNOTATION_TASK_NAMESPACE: task_namespace,
+        naming.ANNOTATION_USER: spec.user_id,
+        naming.ANNOTATION_COMPANY: spec.company_id,
+    }
+
+
+def token_secret(
+    spec: RegistryTaskSpec, task_name: str, task_namespace: str, token: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": naming.token_secret_name(spec.task_id),
+            "namespace": naming.tenant_namespace(spec.user_id, spec.company_id),
+            "labels": job_labels(spec, task_name),
+            "annotations": job_annotations(spec, task_namespace),
+        },
+        "type": "Opaque",
+        "stringData": {runner_contract.TOKEN_SECRET_KEY: token},
+    }
+
+
+def build_job(
+    spec: RegistryTaskSpec, task_name: str, task_namespace: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    labels = job_labels(spec, task_name)
+    container_security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUNNER_UID,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    env = [
+        {"name": runner_contract.ENV_TASK_ID, "value": spec.task_id},
+        {"name": runner_contract.ENV_TASK_TYPE, "value": spec.task_type.value},
+        {"name": runner_contract.ENV_GATEWAY_URL, "value": settings.gateway_url},
+        {
+            "name": runner_contract.ENV_TASK_TOKEN,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": naming.token_secret_name(spec.task_id),
+                    "key": runner_contract.TOKEN_SECRET_KEY,
+                }
+            },
+        },
+    ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": naming.job_name(spec.task_id),
+            "namespace": naming.tenant_namespace(spec.user_id, spec.company_id),
+            "labels": labels,
+            "annotations": job_annotations(spec, task_namespace),
+        },
+        "spec": {
+            "backoffLimit": settings.backoff_limit,
+            "activeDeadlineSeconds": max_duration(spec),
+            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER_NAME,
+                            "operator": "In",
+                            "values": [ExitCode.PERMANENT.value, ExitCode.TERMINATED.value],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": RUNNER_SERVICE_ACCOUNT,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": settings.termination_grace_period_s,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUNNER_UID,
+                        "runAsGroup": RUNNER_UID,
+                        "fsGroup": RUNNER_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": CONTAINER_NAME,
+                            "image": settings.image_for(spec.task_type),
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "command": runner_contract.runner_command(spec.task_type.value),
+                            "env": env,
+                            "resources": {
+                                "requests": {
+                                    "cpu": settings.runner_cpu_request,
+                                    "memory": settings.runner_memory_request,
+                                },
+                                "limits": {
+                                    "cpu": settings.runner_cpu_limit,
+                                    "memory": settings.runner_memory_limit,
+                                },
+                            },
+                            "securityContext": container_security,
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                },
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a Job's status means for its task; ``phase`` None = still running."""
+
+    phase: Phase | None
+    reason: str = ""
+    message: str = ""
+    attempts: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
+def read_job_status(status: dict[str, Any] | None) -> JobOutcome:
+    status = status or {}
+    attempts = int(status.get("succeeded") or 0) + int(status.get("failed") or 0)
+    attempts += int(status.get("active") or 0)
+    conditions = {
+        c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"
+    }
+    start = status.get("startTime")
+    if "Complete" in conditions:
+        return JobOutcome(
+            Phase.SUCCEEDED, "Completed", "", attempts, start, status.get("completionTime")
+        )
+    if "Failed" in conditions:
+        failed = conditions["Failed"]
+        return JobOutcome(
+            Phase.FAILED,
+            str(failed.get("reason") or "JobFailed"),
+            str(failed.get("message") or ""),
+            attempts,
+            start,
+            failed.get("lastTransitionTime"),
+        )
+    return JobOutcome(None, "", "", attempts, start)

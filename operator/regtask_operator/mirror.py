@@ -1,0 +1,154 @@
+"""Task state → the places the web app reads: Redis registry (+ events), Firestore.
+
+The CR status is the source of truth. A mirror write that fails (Redis down) is kept as the
+task's latest desired state and retried by the maintenance loop, so every mirror converges once
+the service returns; the operator itself never blocks on it. Firestore writes only enqueue
+(:class:`regtask.firestore_mirror.FirestoreMirror` retries in its own thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from regtask.crmodels import PHASE_TO_STATUS, TERMINAL_PHASES, Phase
+from regtask.docstore import DocumentError, DocumentMissing
+from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
+from regtask.firestore_mirror import FirestoreMirror
+from regtask.registry import Registry
+from regtask.timeutil import now_iso
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """Everything the mirrors need to know about a task at one moment."""
+
+    task_id: str
+    task_type: str
+    user_id: str
+    company_id: str
+    namespace: str
+    priority: str
+    max_duration_s: int
+    created_at: str
+    phase: Phase
+    progress: int = 0
+    current_step: str = ""
+    reason: str = ""
+    message: str = ""
+    queue_position: int | None = None
+    result: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def task_doc(self) -> TaskDoc:
+        return TaskDoc(
+            task_info=TaskInfo(
+                task_id=self.task_id,
+                task_type=self.task_type,
+                user_id=self.user_id,
+                company_id=self.company_id,
+                created_at=self.created_at,
+            ),
+            isolation=TaskIsolation(
+                namespace=self.namespace, priority=self.priority, max_duration=self.max_duration_s
+            ),
+        )
+
+    def firestore_fields(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "task_type": self.task_type,
+            "user_id": self.user_id,
+            "company_id": self.company_id,
+            "namespace": self.namespace,
+            "phase": self.phase.value,
+            "status": PHASE_TO_STATUS[self.phase].value,
+            "progress": self.progress,
+            "current_step": self.current_step or PHASE_TO_STATUS[self.phase].value,
+            "reason": self.reason,
+            "message": self.message,
+            "queue_position": self.queue_position,
+            "updated_at": now_iso(),
+        }
+
+
+class Mirror:
+    def __init__(self, registry: Registry, firestore: FirestoreMirror | None) -> None:
+        self.registry = registry
+        self.firestore = firestore
+        self._pending: dict[str, TaskSnapshot] = {}
+        self.failures = 0
+
+    async def publish(self, snapshot: TaskSnapshot) -> bool:
+        """Mirror one state; False when Redis failed and the state was kept for a retry."""
+        if self.firestore is not None:
+            self.firestore.mirror_task(snapshot.task_id, snapshot.firestore_fields())
+        try:
+            await self._write_registry(snapshot)
+        except (RedisError, OSError) as exc:
+            self.failures += 1
+            self._keep(snapshot)
+            log.warning("registry_mirror_failed", task_id=snapshot.task_id, error=str(exc))
+            return False
+        except (DocumentError, DocumentMissing) as exc:
+            # A damaged document is reported and left alone; retrying would not help.
+            self.failures += 1
+            log.error("registry_mirror_refused", task_id=snapshot.task_id, error=str(exc))
+            return False
+        self._pending.pop(snapshot.task_id, None)
+        return True
+
+    def _keep(self, snapshot: TaskSnapshot) -> None:
+        previous = self._pending.get(snapshot.task_id)
+        # Never let an older running state replace a terminal one waiting to be written.
+        if (
+            previous is not None
+            and previous.phase in TERMINAL_PHASES
+            and snapshot.phase not in TERMINAL_PHASES
+        ):
+            return
+        self._pending[snapshot.task_id] = snapshot
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def retry_pending(self) -> int:
+        """Write the kept states again; returns how many are still pending."""
+        for snapshot in list(self._pending.values()):
+            if not await self.publish(snapshot):
+                break  # Redis still down: try again next round
+        return len(self._pending)
+
+    async def _write_registry(self, snapshot: TaskSnapshot) -> None:
+        status = PHASE_TO_STATUS[snapshot.phase]
+        await self.registry.register_task(snapshot.task_doc())
+        if snapshot.phase in TERMINAL_PHASES:
+            await self.registry.finish_task(
+                snapshot.task_id,
+                snapshot.user_id,
+                snapshot.company_id,
+                status,
+                snapshot.max_duration_s,
+                result=snapshot.result,
+                error=snapshot.message or None if snapshot.phase is not Phase.SUCCEEDED else None,
+            )
+            return
+        data = dict(snapshot.data)
+        if snapshot.queue_position is not None:
+            data["queue_position"] = snapshot.queue_position
+        if snapshot.reason:
+            data["reason"] = snapshot.reason
+        await self.registry.update_task_progress(
+            snapshot.task_id,
+            snapshot.user_id,
+            status,
+            snapshot.progress,
+            snapshot.current_step or status.value,
+            snapshot.max_duration_s,
+            data=data,
+        )

@@ -1,0 +1,109 @@
+"""Everything one operator process shares: settings, one API session, Redis, mirrors, loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from regtask import naming
+from regtask.firestore_mirror import FirestoreMirror
+from regtask.ratelimit import LlmRateLimiter
+from regtask.registry import Registry
+from regtask.settings import Settings
+from regtask_operator import maintenance
+from regtask_operator.config import OperatorSettings
+from regtask_operator.controller import Controller
+from regtask_operator.kube import Kube
+from regtask_operator.mirror import Mirror
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    shared: Settings
+    kube: Kube
+    redis: aioredis.Redis
+    registry: Registry
+    firestore: FirestoreMirror | None
+    controller: Controller
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    loops: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(
+        cls, settings: OperatorSettings, shared: Settings, kubeconfig: str | None = None
+    ) -> Runtime:
+        if not settings.token_secret:
+            raise RuntimeError("REGTASK_TOKEN_SECRET is required (shared with the gateway)")
+        kube = await Kube.connect(kubeconfig)
+        client = aioredis.Redis.from_url(
+            shared.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        registry = Registry(client, shared)
+        firestore = FirestoreMirror.from_settings(shared)
+        if firestore is not None:
+            firestore.start()
+        limiter = LlmRateLimiter(client)
+
+        async def llm_window(company_id: str) -> tuple[int, int]:
+            decision = await limiter.peek(company_id, limit=1 << 30)
+            return decision.count, decision.reset_in_s
+
+        controller = Controller(settings, kube, Mirror(registry, firestore), llm_window)
+        runtime = cls(settings, shared, kube, client, registry, firestore, controller)
+        # Seed the admission counters from the live Jobs before any task is admitted, so a
+        # restart never admits over quota while resume handlers are still arriving.
+        await controller.reconcile(await runtime.live_jobs())
+        runtime.loops = [
+            asyncio.create_task(controller.run(runtime.stop), name="scheduler"),
+            asyncio.create_task(
+                runtime._every(settings.reconcile_interval_s, runtime.reconcile), name="reconcile"
+            ),
+            asyncio.create_task(
+                runtime._every(settings.status_sync_interval_s, controller.sync_progress),
+                name="progress",
+            ),
+            asyncio.create_task(
+                runtime._every(settings.maintenance_interval_s, runtime.maintain),
+                name="maintenance",
+            ),
+        ]
+        return runtime
+
+    async def live_jobs(self) -> list[dict[str, Any]]:
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        return await self.kube.list("/apis/batch/v1/jobs", label_selector=selector)
+
+    async def reconcile(self) -> None:
+        await self.controller.reconcile(await self.live_jobs())
+
+    async def maintain(self) -> None:
+        await maintenance.run_once(self)
+
+    async def _every(self, interval_s: float, action: Any) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval_s)
+            if self.stop.is_set():
+                return
+            try:
+                await action()
+            except Exception:
+                log.exception("loop_iteration_failed", loop=getattr(action, "__name__", "?"))
+
+    async def close(self) -> None:
+        self.stop.set()
+        for task in self.loops:
+            task.cancel()
+        await asyncio.gather(*self.loops, return_exceptions=True)
+        if self.firestore is not None:
+            await asyncio.to_thread(self.firestore.stop, 5.0)
+        await self.redis.aclose()
+        await self.kube.close()

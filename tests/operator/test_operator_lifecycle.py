@@ -1,0 +1,171 @@
+"""The operator process on the real control plane, with the node stand-in running Jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client
+
+from regtask import keys, naming
+from regtask.crmodels import API_GROUP, API_VERSION
+from regtask_dev.nodesim import NodeSimulator
+from regtask_dev.stack import wait_until
+
+pytestmark = pytest.mark.kube
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture
+def node(kube_api: client.ApiClient, tmp_path: Path) -> Iterator[NodeSimulator]:
+    """Node stand-in whose ``python`` is this virtualenv's (where the runners are installed)."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+    sim = NodeSimulator(kube_api, tmp_path / "node", base_env=env)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def new_task(api: client.ApiClient, namespace: str, task_id: str, **spec: Any) -> str:
+    name = naming.task_resource_name(task_id)
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "RegistryTask",
+        "metadata": {"name": name},
+        "spec": {
+            "taskId": task_id,
+            "taskType": "document_analysis",
+            "userId": "user123",
+            "companyId": "company_abc",
+            "inputs": [{"name": "document", "value": "Invoice 42"}],
+            **spec,
+        },
+    }
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, "registrytasks", body
+    )
+    return name
+
+
+def get_task(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
+        API_GROUP, API_VERSION, namespace, "registrytasks", name
+    )
+
+
+def phase_of(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    return (get_task(api, namespace, name).get("status") or {}).get("phase")
+
+
+def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
+    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
+    redis_sync: redis.Redis,
+) -> None:
+    operator_factory()
+    name = new_task(kube_api, control_namespace, "iso_task_1", userId="Jean.Dupont@ex", companyId="ACME.Corp_FR")
+    wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Running", 30, "Running")
+    tenant = naming.tenant_namespace("Jean.Dupont@ex", "ACME.Corp_FR")
+    task = get_task(kube_api, control_namespace, name)
+    assert task["status"]["namespace"] == tenant
+    assert "regtask.io/finalizer" in task["metadata"]["finalizers"]
+
+    core = client.CoreV1Api(kube_api)
+    ns = core.read_namespace(tenant)
+    assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert ns.metadata.annotations[naming.ANNOTATION_USER] == "Jean.Dupont@ex"
+    assert ns.metadata.annotations[naming.ANNOTATION_COMPANY] == "ACME.Corp_FR"
+    sa = core.read_namespaced_service_account("regtask-runner", tenant)
+    assert sa.automount_service_account_token is False
+    policies = client.NetworkingV1Api(kube_api).list_namespaced_network_policy(tenant).items
+    deny = next(p for p in policies if p.metadata.name == "default-deny-all")
+    assert deny.spec.pod_selector.match_labels is None and set(deny.spec.policy_types) == {
+        "Ingress", "Egress"
+    }
+    assert core.read_namespaced_resource_quota("tenant-quota", tenant).spec.hard["pods"]
+    assert core.read_namespaced_limit_range("tenant-limits", tenant).spec.limits
+
+    job = client.BatchV1Api(kube_api).read_namespaced_job(naming.job_name("iso_task_1"), tenant)
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    assert container.security_context.read_only_root_filesystem is True
+    assert container.security_context.allow_privilege_escalation is False
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert pod.security_context.run_as_non_root is True
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert pod.automount_service_account_token is False
+    assert job.spec.active_deadline_seconds == 1800  # document_analysis default
+    assert job.spec.pod_failure_policy.rules[0].action == "FailJob"
+    env = {e.name: e for e in container.env}
+    assert env["REGTASK_TASK_TOKEN"].value_from.secret_key_ref.name == naming.token_secret_name(
+        "iso_task_1"
+    )
+    # never a secret in the CR
+    assert "token" not in json.dumps(task["spec"]).lower()
+
+    doc = json.loads(redis_sync.hget(keys.task("iso_task_1"), keys.DATA_FIELD) or b"{}")
+    assert doc["task_info"]["status"] == "processing"
+    assert doc["isolation"]["namespace"] == tenant
+
+
+def test_failing_runner_is_retried_then_failed(
+    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
+    node: NodeSimulator, redis_sync: redis.Redis,
+) -> None:
+    # The gateway address is unreachable: the runner cannot fetch its task and exits with a
+    # retryable code, so the Job retries (backoffLimit=1) and then fails.
+    operator_factory()
+    name = new_task(kube_api, control_namespace, "fail_task_1")
+    wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Failed", 90, "Failed")
+    status = get_task(kube_api, control_namespace, name)["status"]
+    assert status["reason"] == "BackoffLimitExceeded"
+    assert status["attempts"] == 2
+    doc = json.loads(redis_sync.hget(keys.task("fail_task_1"), keys.DATA_FIELD) or b"{}")
+    assert doc["task_info"]["status"] == "failed"
+    tenant = naming.tenant_namespace("user123", "company_abc")
+    secrets = client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
+    assert naming.token_secret_name("fail_task_1") not in {s.metadata.name for s in secrets}
+
+
+def test_cancel_and_delete(
+    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
+    redis_sync: redis.Redis,
+) -> None:
+    operator_factory()
+    api = client.CustomObjectsApi(kube_api)
+    name = new_task(kube_api, control_namespace, "cancel_task_1")
+    wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Running", 30, "Running")
+    api.patch_namespaced_custom_object(
+        API_GROUP, API_VERSION, control_namespace, "registrytasks", name, {"spec": {"cancel": True}}
+    )
+    wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Cancelled", 30, "Cancelled")
+    tenant = naming.tenant_namespace("user123", "company_abc")
+    batch = client.BatchV1Api(kube_api)
+    jobs = {j.metadata.name for j in batch.list_namespaced_job(tenant).items
+            if not j.metadata.deletion_timestamp}
+    assert naming.job_name("cancel_task_1") not in jobs
+    doc = json.loads(redis_sync.hget(keys.task("cancel_task_1"), keys.DATA_FIELD) or b"{}")
+    assert doc["task_info"]["status"] == "cancelled"
+
+    other = new_task(kube_api, control_namespace, "delete_task_1")
+    wait_until(lambda: phase_of(kube_api, control_namespace, other) == "Running", 30, "Running")
+    api.delete_namespaced_custom_object(API_GROUP, API_VERSION, control_namespace, "registrytasks", other)
+
+    def gone() -> bool:
+        items = api.list_namespaced_custom_object(
+            API_GROUP, API_VERSION, control_namespace, "registrytasks"
+        )["items"]
+        return other not in {i["metadata"]["name"] for i in items}
+
+    wait_until(gone, 30, "task deleted (finalizer released)")
+    doc = json.loads(redis_sync.hget(keys.task("delete_task_1"), keys.DATA_FIELD) or b"{}")
+    assert doc["task_info"]["status"] == "cancelled"
+    jobs = {j.metadata.name for j in batch.list_namespaced_job(tenant).items
+            if not j.metadata.deletion_timestamp}
+    assert naming.job_name("delete_task_1") not in jobs
