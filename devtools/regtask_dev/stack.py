@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from kubernetes import client
@@ -64,40 +64,41 @@ def ensure_namespace(api: client.ApiClient, name: str) -> None:
             raise
 
 
-class OperatorProcess:
-    """``python -m regtask_operator`` as a child process, with its own liveness port."""
+class ServiceProcess:
+    """``python -m <module>`` as a child process with its own port and an HTTP health URL."""
 
-    def __init__(self, kubeconfig: Path, env: dict[str, str], workdir: Path) -> None:
-        self.kubeconfig = kubeconfig
+    def __init__(
+        self,
+        name: str,
+        module_args: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        health_path: str = "/healthz",
+        port: int | None = None,
+    ) -> None:
+        self.name = name
+        self.module_args = module_args
         self.env = env
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "operator.log"
-        self.port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        self.port = port or free_port()
+        self.health_path = health_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
-    def liveness_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/healthz"
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60) -> OperatorProcess:
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", *self.module_args]
+
+    def start(self, timeout_s: float = 60) -> Self:
         self.starts += 1
-        self.proc = start_process(
-            [
-                sys.executable,
-                "-m",
-                "regtask_operator",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--liveness",
-                self.liveness_url,
-            ],
-            self.log_path,
-            env=self.env,
-        )
+        self.proc = start_process(self.argv(), self.log_path, env=self.env)
         try:
-            wait_for(self._alive, timeout_s, "operator liveness", interval_s=0.2)
+            wait_for(self._alive, timeout_s, f"{self.name} health", interval_s=0.2)
         except TimeoutError as exc:
             raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc
         return self
@@ -105,10 +106,10 @@ class OperatorProcess:
     def _alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(
-                f"operator exited with {self.proc.returncode}\n{tail(self.log_path)}"
+                f"{self.name} exited with {self.proc.returncode}\n{tail(self.log_path)}"
             )
         try:
-            with urllib.request.urlopen(self.liveness_url, timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1) as response:  # noqa: S310
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -129,7 +130,7 @@ class OperatorProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> OperatorProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -139,6 +140,35 @@ class OperatorProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class OperatorProcess(ServiceProcess):
+    """``python -m regtask_operator``; its Kopf liveness endpoint is the health URL."""
+
+    def __init__(self, kubeconfig: Path, env: dict[str, str], workdir: Path) -> None:
+        super().__init__("operator", ["regtask_operator"], env, workdir)
+        self.kubeconfig = kubeconfig
+
+    def argv(self) -> list[str]:
+        return [
+            *super().argv(),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--liveness",
+            self.url + self.health_path,
+        ]
+
+
+class GatewayProcess(ServiceProcess):
+    """``python -m regtask_shim.gateway`` (settings from the environment)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        super().__init__("gateway", ["regtask_shim.gateway"], env, workdir)
+        self.env = {
+            **env,
+            "REGTASK_GATEWAY_HOST": "127.0.0.1",
+            "REGTASK_GATEWAY_PORT": str(self.port),
+        }
 
 
 def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

@@ -40,13 +40,16 @@ from regtask_operator.admission import (
     Waiting,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, task_path
+from regtask_operator.kube import Kube, quota_path, task_path
 from regtask_operator.mirror import Mirror, TaskSnapshot
 
 log = structlog.get_logger(__name__)
 
 # Re-run the tenant namespace apply at most this often per namespace (drift repair).
 NAMESPACE_REFRESH_S = 300.0
+# Every admission shifts every waiting task's position: report a changed position at most this
+# often per task (the first report is immediate), or 200 waiting tasks flood the API.
+POSITION_REFRESH_S = 5.0
 TOKEN_MARGIN_S = 600
 
 
@@ -60,6 +63,7 @@ class TrackedTask:
     progress: int = 0
     current_step: str = ""
     reported_wait: tuple[int, str, int] | None = None
+    reported_at: float = 0.0
 
     @property
     def tenant_namespace(self) -> str:
@@ -128,6 +132,9 @@ class Controller:
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     _namespaces_fresh: dict[str, float] = field(default_factory=dict)
     _launching: set[TaskKey] = field(default_factory=set)
+    # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
+    quota_objects: dict[str, TaskKey] = field(default_factory=dict)
+    _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ quotas
 
@@ -322,7 +329,11 @@ class Controller:
         marker = (waiting.position, waiting.reason.value, waiting.retry_after_s // 60)
         if task.reported_wait == marker:
             return
+        same_reason = task.reported_wait is not None and task.reported_wait[1] == marker[1]
+        if same_reason and time.monotonic() - task.reported_at < POSITION_REFRESH_S:
+            return  # the next scheduler round reports it once the interval has passed
         task.reported_wait = marker
+        task.reported_at = time.monotonic()
         task.phase = Phase.WAITING
         quotas, _ = self.company_limits(task.spec.company_id)
         if waiting.retry_after_s:
@@ -535,6 +546,23 @@ class Controller:
             if task.phase is Phase.RUNNING:
                 await self.patch_status(task, {"progress": progress, "currentStep": step})
                 patched += 1
+        return patched
+
+    async def publish_quota_usage(self) -> int:
+        """Patch each CompanyQuota's status with its company's running and waiting counts."""
+        patched = 0
+        for company_id, key in list(self.quota_objects.items()):
+            usage = self.queue_summary(company_id)
+            if self._quota_shown.get(company_id) == usage:
+                continue
+            body = await self.kube.patch_merge(
+                quota_path(key.namespace, key.name, status=True), {"status": usage}
+            )
+            if body is None:
+                self.quota_objects.pop(company_id, None)
+                continue
+            self._quota_shown[company_id] = usage
+            patched += 1
         return patched
 
     def queue_summary(self, company_id: str) -> dict[str, int]:

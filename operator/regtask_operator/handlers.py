@@ -196,7 +196,14 @@ async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 @kopf.on.create(*QUOTAS)
 @kopf.on.update(*QUOTAS)
 @kopf.on.resume(*QUOTAS)
-async def quota_changed(spec: kopf.Spec, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+async def quota_changed(
+    spec: kopf.Spec,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
     runtime = _runtime(memo)
     try:
         quota = CompanyQuotaSpec.model_validate(dict(spec))
@@ -208,6 +215,7 @@ async def quota_changed(spec: kopf.Spec, memo: kopf.Memo, patch: kopf.Patch, **_
         storage_limit_mb=quota.storage_limit_mb,
     )
     runtime.controller.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
+    runtime.controller.quota_objects[quota.company_id] = TaskKey(namespace or "", name)
     patch.status.update(runtime.controller.queue_summary(quota.company_id))
     try:
         await runtime.registry.set_company_quotas(quota.company_id, quotas, quota.company_name)
@@ -217,7 +225,9 @@ async def quota_changed(spec: kopf.Spec, memo: kopf.Memo, patch: kopf.Patch, **_
 
 
 @kopf.on.delete(*QUOTAS, optional=True)
-async def quota_deleted(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> None:
+async def quota_deleted(spec: kopf.Spec, memo: Any, **_: Any) -> None:
     company_id = spec.get("companyId")
     if company_id:
-        _runtime(memo).controller.drop_limits(company_id)
+        controller = _runtime(memo).controller
+        controller.drop_limits(company_id)
+        controller.quota_objects.pop(company_id, None)

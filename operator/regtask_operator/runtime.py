@@ -67,8 +67,8 @@ class Runtime:
                 runtime._every(settings.reconcile_interval_s, runtime.reconcile), name="reconcile"
             ),
             asyncio.create_task(
-                runtime._every(settings.status_sync_interval_s, controller.sync_progress),
-                name="progress",
+                runtime._every(settings.status_sync_interval_s, runtime.sync_status),
+                name="status-sync",
             ),
             asyncio.create_task(
                 runtime._every(settings.maintenance_interval_s, runtime.maintain),
@@ -86,6 +86,11 @@ class Runtime:
 
     async def maintain(self) -> None:
         await maintenance.run_once(self)
+
+    async def sync_status(self) -> None:
+        """Runner progress into task status, usage into CompanyQuota status (throttled loop)."""
+        await self.controller.sync_progress()
+        await self.controller.publish_quota_usage()
 
     async def _every(self, interval_s: float, action: Any) -> None:
         while not self.stop.is_set():

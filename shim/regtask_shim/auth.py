@@ -194,10 +194,7 @@ class KeySetTokenVerifier:
     ) -> None:
         self.project_id = project_id
         self.clock_skew_s = clock_skew_s
-        self._keys = {
-            kid: jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).prepare_key(pem)
-            for kid, pem in public_keys.items()
-        }
+        self._keys: dict[str, str | bytes] = dict(public_keys)
 
     async def verify(self, token: str) -> FirebaseClaims:
         try:
@@ -250,8 +247,7 @@ class Authenticator:
         self.verifier = verifier
         # Compared as SHA-256 digests with compare_digest: constant time, length hidden too.
         self._service_digests = [
-            _digest(t.get_secret_value() if isinstance(t, SecretStr) else t)
-            for t in service_tokens
+            _digest(t.get_secret_value() if isinstance(t, SecretStr) else t) for t in service_tokens
         ]
 
     def _is_service(self, token: str) -> bool:
@@ -283,9 +279,7 @@ class Access:
     @staticmethod
     def require_self(principal: Principal, user_id: str) -> None:
         if not principal.is_service and principal.uid != user_id:
-            raise Forbidden(
-                f"not authorized: user_id {echo(user_id)} is not the signed-in user"
-            )
+            raise Forbidden(f"not authorized: user_id {echo(user_id)} is not the signed-in user")
 
     @staticmethod
     def require_owner(principal: Principal, owner_id: str, what: str) -> None:

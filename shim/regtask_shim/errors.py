@@ -105,7 +105,9 @@ def bad_arguments(exc: ValidationError) -> BadArguments:
     return BadArguments(describe_validation(exc.errors(include_input=False, include_url=False)))
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         ErrorAnswer(error=message).model_dump(), status_code=status, headers=headers
     )

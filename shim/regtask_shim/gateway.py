@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
@@ -794,8 +794,6 @@ def main() -> None:
     app = create_gateway_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
-
-AwaitableFactory = Callable[[], Awaitable[None]]
 
 if __name__ == "__main__":
     main()

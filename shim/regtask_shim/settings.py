@@ -37,9 +37,7 @@ class ShimSettings(Settings):
     firebase_credentials_file: Path | None = Field(default=None, alias="FIREBASE_CREDENTIALS_FILE")
     # One Auth API call per request: off by default, tokens expire within the hour anyway.
     firebase_check_revoked: bool = Field(default=False, alias="FIREBASE_CHECK_REVOKED")
-    firebase_clock_skew_s: int = Field(
-        default=5, ge=0, le=60, alias="FIREBASE_CLOCK_SKEW_SECONDS"
-    )
+    firebase_clock_skew_s: int = Field(default=5, ge=0, le=60, alias="FIREBASE_CLOCK_SKEW_SECONDS")
     # FIREBASE_AUTH_EMULATOR_HOST makes firebase-admin accept unsigned tokens: refused unless
     # this is explicitly set (local runs against the Auth emulator only).
     allow_auth_emulator: bool = Field(default=False, alias="SHIM_ALLOW_AUTH_EMULATOR")

@@ -87,12 +87,14 @@ def job_body(
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "main",
-                        "image": "regtask/runner:test",
-                        "command": command,
-                        "env": env or [],
-                    }],
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "regtask/runner:test",
+                            "command": command,
+                            "env": env or [],
+                        }
+                    ],
                 },
             },
         },
@@ -171,18 +173,36 @@ def test_rbac_refuses_an_unbound_service_account_until_it_is_bound(
 
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = f"namespace-reader-{secrets.token_hex(3)}"
-    rbac.create_cluster_role(k8s({
-        "metadata": {"name": role},
-        "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list"]}],
-    }))
-    rbac.create_cluster_role_binding(k8s({
-        "metadata": {"name": role},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [
-            {"kind": "ServiceAccount", "name": "robot", "namespace": namespace},
-            {"kind": "Group", "name": "regtask-devs", "apiGroup": "rbac.authorization.k8s.io"},
-        ],
-    }))
+    rbac.create_cluster_role(
+        k8s(
+            {
+                "metadata": {"name": role},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list"]}
+                ],
+            }
+        )
+    )
+    rbac.create_cluster_role_binding(
+        k8s(
+            {
+                "metadata": {"name": role},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": "robot", "namespace": namespace},
+                    {
+                        "kind": "Group",
+                        "name": "regtask-devs",
+                        "apiGroup": "rbac.authorization.k8s.io",
+                    },
+                ],
+            }
+        )
+    )
     try:
         for api in (as_sa, with_token, with_cert):
             names = wait_until(partial(namespace_names_or_none, api), "the binding to take effect")
@@ -211,35 +231,45 @@ def widget_crd(kube_api: client.ApiClient) -> Iterator[str]:
     ext = client.ApiextensionsV1Api(kube_api)
     plural = f"widgets{secrets.token_hex(3)}"
     name = f"{plural}.cptest.regtask.io"
-    ext.create_custom_resource_definition(k8s({
-        "metadata": {"name": name},
-        "spec": {
-            "group": "cptest.regtask.io",
-            "scope": "Namespaced",
-            "names": {"plural": plural, "singular": plural[:-1], "kind": f"W{plural}"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": {
-                            "type": "object",
-                            "required": ["image"],
-                            "properties": {
-                                "image": {"type": "string"},
-                                "replicas": {"type": "integer", "minimum": 1},
+    ext.create_custom_resource_definition(
+        k8s(
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "group": "cptest.regtask.io",
+                    "scope": "Namespaced",
+                    "names": {"plural": plural, "singular": plural[:-1], "kind": f"W{plural}"},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "subresources": {"status": {}},
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "spec": {
+                                            "type": "object",
+                                            "required": ["image"],
+                                            "properties": {
+                                                "image": {"type": "string"},
+                                                "replicas": {"type": "integer", "minimum": 1},
+                                            },
+                                        },
+                                        "status": {
+                                            "type": "object",
+                                            "properties": {"phase": {"type": "string"}},
+                                        },
+                                    },
+                                }
                             },
-                        },
-                        "status": {
-                            "type": "object",
-                            "properties": {"phase": {"type": "string"}},
-                        },
-                    },
-                }},
-            }],
-        },
-    }))
+                        }
+                    ],
+                },
+            }
+        )
+    )
 
     def established() -> bool:
         status = ext.read_custom_resource_definition_status(name).status
@@ -259,12 +289,17 @@ def test_crd_schema_is_enforced_and_status_is_a_subresource(
     args = ("cptest.regtask.io", "v1", namespace, widget_crd)
 
     def widget(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"apiVersion": "cptest.regtask.io/v1", "kind": f"W{widget_crd}",
-                "metadata": {"name": name}, "spec": spec, "status": {"phase": "Sneaky"}}
+        return {
+            "apiVersion": "cptest.regtask.io/v1",
+            "kind": f"W{widget_crd}",
+            "metadata": {"name": name},
+            "spec": spec,
+            "status": {"phase": "Sneaky"},
+        }
 
-    created = cast(dict[str, Any], custom.create_namespaced_custom_object(
-        *args, widget("ok", {"image": "x"})
-    ))
+    created = cast(
+        dict[str, Any], custom.create_namespaced_custom_object(*args, widget("ok", {"image": "x"}))
+    )
     assert "status" not in created, "status must be ignored on create with a status subresource"
 
     with pytest.raises(ApiException) as rejected:
@@ -276,9 +311,10 @@ def test_crd_schema_is_enforced_and_status_is_a_subresource(
     assert missing.value.status == 422
     assert "spec.image" in (missing.value.body or "")
 
-    patched = cast(dict[str, Any], custom.patch_namespaced_custom_object_status(
-        *args, "ok", {"status": {"phase": "Ready"}}
-    ))
+    patched = cast(
+        dict[str, Any],
+        custom.patch_namespaced_custom_object_status(*args, "ok", {"status": {"phase": "Ready"}}),
+    )
     assert patched["status"] == {"phase": "Ready"}
     assert patched["metadata"]["generation"] == created["metadata"]["generation"]
 
@@ -333,7 +369,8 @@ def test_job_fails_after_backoff_limit_retries(
     kube_api: client.ApiClient, namespace: str, node_sim: NodeSimulator
 ) -> None:
     create_job(
-        kube_api, namespace,
+        kube_api,
+        namespace,
         job_body("flaky", ["sh", "-c", "echo broken >&2; exit 3"], backoff_limit=2),
     )
 
@@ -350,7 +387,8 @@ def test_active_deadline_kills_the_process_and_fails_the_job(
     kube_api: client.ApiClient, namespace: str, node_sim: NodeSimulator
 ) -> None:
     create_job(
-        kube_api, namespace,
+        kube_api,
+        namespace,
         job_body("slow", ["sleep", "60"], backoff_limit=3, activeDeadlineSeconds=2),
     )
     attempt = node_sim.wait_for_attempt(namespace, "slow")
@@ -369,13 +407,18 @@ def test_pod_failure_policy_ignores_and_fails_the_job_on_exit_codes(
 ) -> None:
     marker = tmp_path / "first-attempt-done"
     script = f"if [ -e {marker} ]; then exit 42; fi; touch {marker}; exit 7"
-    policy = {"rules": [
-        {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [7]}},
-        {"action": "FailJob",
-         "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
-    ]}
+    policy = {
+        "rules": [
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [7]}},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]},
+            },
+        ]
+    }
     create_job(
-        kube_api, namespace,
+        kube_api,
+        namespace,
         job_body("policy", ["sh", "-c", script], backoff_limit=5, podFailurePolicy=policy),
     )
 
@@ -384,8 +427,10 @@ def test_pod_failure_policy_ignores_and_fails_the_job_on_exit_codes(
     assert failed.reason == "PodFailurePolicy"
     attempts = node_sim.attempts(namespace, "policy")
     assert [a.exit_code for a in attempts] == [7, 42]
-    assert failed.message == (f"Container main for pod {namespace}/{attempts[1].pod_name} failed "
-                              "with exit code 42 matching FailJob rule at index 1")
+    assert failed.message == (
+        f"Container main for pod {namespace}/{attempts[1].pod_name} failed "
+        "with exit code 42 matching FailJob rule at index 1"
+    )
     assert status.failed == 1, "the Ignored failure must not count"
 
 
@@ -446,24 +491,45 @@ def test_sigkilled_stand_in_process_takes_its_children_along(
     control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "child.pid"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(regtask_dev.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-    )}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(regtask_dev.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     with (tmp_path / "nodesim.log").open("wb") as stand_in_log:
         stand_in = subprocess.Popen(
-            [sys.executable, "-m", "regtask_dev.nodesim", "--log-dir", str(tmp_path / "logs"),
-             "--kubeconfig", str(control_plane.kubeconfig_path)],
-            env=env, stdout=subprocess.DEVNULL, stderr=stand_in_log, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "regtask_dev.nodesim",
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--kubeconfig",
+                str(control_plane.kubeconfig_path),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stand_in_log,
+            start_new_session=True,
         )
     try:
         create_job(
-            kube_api, namespace,
-            job_body("orphan", ["sh", "-c", f"echo $$$$ > {pid_file}.tmp; mv {pid_file}.tmp "
-                                f"{pid_file}; exec sleep 60"]),
+            kube_api,
+            namespace,
+            job_body(
+                "orphan",
+                [
+                    "sh",
+                    "-c",
+                    f"echo $$$$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 60",
+                ],
+            ),
         )
         child = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), "child pid"))
-        wait_until(lambda: job_status(kube_api, namespace, "orphan").ready == 1,
-                   "the pod to be ready")
+        wait_until(
+            lambda: job_status(kube_api, namespace, "orphan").ready == 1, "the pod to be ready"
+        )
         assert not process_gone(child)
 
         stand_in.kill()

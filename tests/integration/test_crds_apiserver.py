@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from regtask.crmodels import API_GROUP, API_VERSION
+from tests.operator.test_operator_lifecycle import as_dict
 
 pytestmark = pytest.mark.kube
 
@@ -41,7 +42,7 @@ def rejection(api: client.ApiClient, namespace: str, spec: dict[str, Any]) -> st
     with pytest.raises(ApiException) as info:
         create(api, namespace, "bad", spec)
     assert info.value.status == 422, info.value.body
-    return str(json.loads(info.value.body)["message"])
+    return str(json.loads(info.value.body or "{}")["message"])
 
 
 def test_valid_task_is_accepted_with_defaults(
@@ -64,8 +65,11 @@ def test_valid_task_is_accepted_with_defaults(
     ],
 )
 def test_invalid_tasks_are_rejected_naming_the_field(
-    kube_api: client.ApiClient, crds: list[str], namespace: str,
-    change: dict[str, Any], field: str,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    namespace: str,
+    change: dict[str, Any],
+    field: str,
 ) -> None:
     spec = {k: v for k, v in {**VALID, **change}.items() if v is not None}
     assert field in rejection(kube_api, namespace, spec)
@@ -100,16 +104,26 @@ def test_status_is_a_subresource(
     api.patch_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, "registrytasks", "st", {"status": {"phase": "Running"}}
     )
-    body = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "registrytasks", "st")
+    body = as_dict(
+        api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "registrytasks", "st")
+    )
     assert "status" not in body or "phase" not in body["status"]
     # ... and validated through /status
     api.patch_namespaced_custom_object_status(
-        API_GROUP, API_VERSION, namespace, "registrytasks", "st",
+        API_GROUP,
+        API_VERSION,
+        namespace,
+        "registrytasks",
+        "st",
         {"status": {"phase": "Running", "progress": 45}},
     )
     with pytest.raises(ApiException) as info:
         api.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, "registrytasks", "st",
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "registrytasks",
+            "st",
             {"status": {"progress": 150}},
         )
     assert info.value.status == 422 and "status.progress" in info.value.body
@@ -127,7 +141,7 @@ def test_printer_columns_as_kubectl_sees_them(
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
     )
     raw.read()
-    response = json.loads(raw.data)
+    response = json.loads(raw.data or b"{}")
     columns = [c["name"] for c in response["columnDefinitions"]]
     assert columns[:7] == ["Name", "Phase", "Type", "User", "Company", "Progress", "Queue"]
     row = response["rows"][0]["cells"]

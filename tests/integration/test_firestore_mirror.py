@@ -91,7 +91,11 @@ def test_presence_has_contract_fields_and_merges(
         "display_name": "kept by the web app",
     }
     assert firestore_mirror.stats() == {
-        "written": 3, "failed_attempts": 0, "dropped": 0, "rejected": 0, "pending": 0
+        "written": 3,
+        "failed_attempts": 0,
+        "dropped": 0,
+        "rejected": 0,
+        "pending": 0,
     }
 
 
@@ -114,8 +118,13 @@ def test_task_phase_changes_merge_into_one_doc(
     )
     assert firestore_mirror.wait_idle(30)
     firestore_mirror.mirror_task(
-        "task-1", {"status": "done", "phase": "Succeeded", "progress": 100,
-                   "updated_at": "2025-09-24T10:35:00Z"}
+        "task-1",
+        {
+            "status": "done",
+            "phase": "Succeeded",
+            "progress": 100,
+            "updated_at": "2025-09-24T10:35:00Z",
+        },
     )
     assert firestore_mirror.wait_idle(30)
     assert docs(firestore_client, TASKS) == {
@@ -159,15 +168,19 @@ def test_updates_coalesce_per_document_keeping_queue_position(
         payload["meta"]["x"] = 999
         mirror.start()
         assert mirror.wait_idle(30)
-        assert docs(client, TASKS) == {"b": {"v": 2, "meta": {"x": 1}}, "c": {"v": 1},
-                                       "d": {"v": 1}}
+        assert docs(client, TASKS) == {
+            "b": {"v": 2, "meta": {"x": 1}},
+            "c": {"v": 1},
+            "d": {"v": 1},
+        }
         assert mirror.stats()["written"] == 3
 
         for i in range(200):
             mirror.mirror_task("hot2", {"progress": i, "meta": {f"k{i % 3}": i}})
         assert mirror.wait_idle(30)
         assert docs(client, TASKS)["hot2"] == {
-            "progress": 199, "meta": {"k0": 198, "k1": 199, "k2": 197}
+            "progress": 199,
+            "meta": {"k0": 198, "k1": 199, "k2": 197},
         }
         # With the worker running, 200 quick updates still cost only a few writes.
         assert mirror.stats()["written"] - 3 <= 20
@@ -226,8 +239,11 @@ def test_firestore_down_never_blocks_then_everything_converges(
                 call = time.monotonic()
                 mirror.mirror_task(
                     f"task-{i % 250:03d}",
-                    {"task_id": f"task-{i % 250:03d}", "round": i // 250,
-                     "status": "done" if i >= 750 else "running"},
+                    {
+                        "task_id": f"task-{i % 250:03d}",
+                        "round": i // 250,
+                        "status": "done" if i >= 750 else "running",
+                    },
                 )
                 slowest = max(slowest, time.monotonic() - call)
             elapsed = time.monotonic() - began
@@ -362,7 +378,9 @@ def test_from_settings(firestore_clean: FirestoreEmulator) -> None:
     )
     assert mirror is not None
     assert (mirror.tasks_collection, mirror.presence_collection, mirror.queue_size) == (
-        "tasks_mirror_test", PRESENCE, 5
+        "tasks_mirror_test",
+        PRESENCE,
+        5,
     )
     client = firestore_clean.client()
     mirror.start()

@@ -205,7 +205,8 @@ async def test_task_lifecycle_documents_and_events(redis_async: aioredis.Redis) 
         "doc_analysis_job456", "user123", RegistryStatus.PROCESSING, 80, "late", 600
     )
     assert late is False
-    assert (await registry.get_task("doc_analysis_job456")).task_info.status == "completed"  # type: ignore[union-attr]
+    finished = await registry.get_task("doc_analysis_job456")
+    assert finished is not None and finished.task_info.status == "completed"
     await pubsub.aclose()
 
 

@@ -9,14 +9,22 @@ from regtask.documents import Quotas
 from regtask_operator.admission import (
     AdmissionState,
     Candidate,
+    QuotaLookup,
+    RateCheck,
     RateVerdict,
     TaskKey,
     WaitReason,
 )
 
 
-def cand(n: int, user: str = "u1", company: str = "c1", priority: Priority = Priority.NORMAL,
-         llm: bool = False, created: float | None = None) -> Candidate:
+def cand(
+    n: int,
+    user: str = "u1",
+    company: str = "c1",
+    priority: Priority = Priority.NORMAL,
+    llm: bool = False,
+    created: float | None = None,
+) -> Candidate:
     return Candidate(
         key=TaskKey("regtask-system", f"t{n}"),
         task_id=f"t{n}",
@@ -28,7 +36,7 @@ def cand(n: int, user: str = "u1", company: str = "c1", priority: Priority = Pri
     )
 
 
-def limits(max_tasks: int = 2, policy: RateLimitPolicy = RateLimitPolicy.WAIT):
+def limits(max_tasks: int = 2, policy: RateLimitPolicy = RateLimitPolicy.WAIT) -> QuotaLookup:
     return lambda company: (Quotas(max_tasks_per_user=max_tasks), policy)
 
 
@@ -43,7 +51,9 @@ def test_never_more_than_the_user_limit() -> None:
     decisions = state.decide(limits(2), unlimited_rate)
     assert [c.task_id for c in decisions.admitted] == ["t0", "t1"]
     assert [(w.candidate.task_id, w.position) for w in decisions.waiting] == [
-        ("t2", 1), ("t3", 2), ("t4", 3)
+        ("t2", 1),
+        ("t3", 2),
+        ("t4", 3),
     ]
     assert all(w.reason is WaitReason.USER_CONCURRENCY for w in decisions.waiting)
     assert state.running_count("c1", "u1") == 2
@@ -87,7 +97,7 @@ def test_submit_is_idempotent_and_release_frees() -> None:
 
 
 def test_llm_window_waits_or_refuses() -> None:
-    def window(remaining: int):
+    def window(remaining: int) -> RateCheck:
         return lambda company, pending: RateVerdict(pending < remaining, 1200)
 
     state = AdmissionState()
@@ -96,7 +106,8 @@ def test_llm_window_waits_or_refuses() -> None:
     decisions = state.decide(limits(10), window(1))
     assert [c.task_id for c in decisions.admitted] == ["t0"]
     assert [(w.reason, w.retry_after_s) for w in decisions.waiting] == [
-        (WaitReason.LLM_RATE, 1200), (WaitReason.LLM_RATE, 1200)
+        (WaitReason.LLM_RATE, 1200),
+        (WaitReason.LLM_RATE, 1200),
     ]
     refusing = limits(10, RateLimitPolicy.REFUSE)
     decisions = state.decide(refusing, window(0))

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,18 +15,6 @@ from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import wait_until
 
 pytestmark = pytest.mark.kube
-
-VENV_BIN = str(Path(sys.executable).parent)
-
-
-@pytest.fixture
-def node(kube_api: client.ApiClient, tmp_path: Path) -> Iterator[NodeSimulator]:
-    """Node stand-in whose ``python`` is this virtualenv's (where the runners are installed)."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-    sim = NodeSimulator(kube_api, tmp_path / "node", base_env=env)
-    sim.start()
-    yield sim
-    sim.stop()
 
 
 def new_task(api: client.ApiClient, namespace: str, task_id: str, **spec: Any) -> str:
@@ -54,9 +38,17 @@ def new_task(api: client.ApiClient, namespace: str, task_id: str, **spec: Any) -
     return name
 
 
+def as_dict(value: object) -> dict[str, Any]:
+    """Custom-object calls answer plain JSON dicts (typed ``object`` by the client)."""
+    assert isinstance(value, dict)
+    return value
+
+
 def get_task(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
-        API_GROUP, API_VERSION, namespace, "registrytasks", name
+    return as_dict(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "registrytasks", name
+        )
     )
 
 
@@ -65,11 +57,15 @@ def phase_of(api: client.ApiClient, namespace: str, name: str) -> str | None:
 
 
 def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
-    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
     redis_sync: redis.Redis,
 ) -> None:
     operator_factory()
-    name = new_task(kube_api, control_namespace, "iso_task_1", userId="Jean.Dupont@ex", companyId="ACME.Corp_FR")
+    name = new_task(
+        kube_api, control_namespace, "iso_task_1", userId="Jean.Dupont@ex", companyId="ACME.Corp_FR"
+    )
     wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Running", 30, "Running")
     tenant = naming.tenant_namespace("Jean.Dupont@ex", "ACME.Corp_FR")
     task = get_task(kube_api, control_namespace, name)
@@ -85,8 +81,9 @@ def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
     assert sa.automount_service_account_token is False
     policies = client.NetworkingV1Api(kube_api).list_namespaced_network_policy(tenant).items
     deny = next(p for p in policies if p.metadata.name == "default-deny-all")
-    assert deny.spec.pod_selector.match_labels is None and set(deny.spec.policy_types) == {
-        "Ingress", "Egress"
+    assert deny.spec.pod_selector.match_labels is None and set(deny.spec.policy_types or []) == {
+        "Ingress",
+        "Egress",
     }
     assert core.read_namespaced_resource_quota("tenant-quota", tenant).spec.hard["pods"]
     assert core.read_namespaced_limit_range("tenant-limits", tenant).spec.limits
@@ -115,8 +112,11 @@ def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
 
 
 def test_failing_runner_is_retried_then_failed(
-    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
-    node: NodeSimulator, redis_sync: redis.Redis,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    venv_node: NodeSimulator,
+    redis_sync: redis.Redis,
 ) -> None:
     # The gateway address is unreachable: the runner cannot fetch its task and exits with a
     # retryable code, so the Job retries (backoffLimit=1) and then fails.
@@ -134,7 +134,9 @@ def test_failing_runner_is_retried_then_failed(
 
 
 def test_cancel_and_delete(
-    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
     redis_sync: redis.Redis,
 ) -> None:
     operator_factory()
@@ -147,25 +149,35 @@ def test_cancel_and_delete(
     wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Cancelled", 30, "Cancelled")
     tenant = naming.tenant_namespace("user123", "company_abc")
     batch = client.BatchV1Api(kube_api)
-    jobs = {j.metadata.name for j in batch.list_namespaced_job(tenant).items
-            if not j.metadata.deletion_timestamp}
+    jobs = {
+        j.metadata.name
+        for j in batch.list_namespaced_job(tenant).items
+        if not j.metadata.deletion_timestamp
+    }
     assert naming.job_name("cancel_task_1") not in jobs
     doc = json.loads(redis_sync.hget(keys.task("cancel_task_1"), keys.DATA_FIELD) or b"{}")
     assert doc["task_info"]["status"] == "cancelled"
 
     other = new_task(kube_api, control_namespace, "delete_task_1")
     wait_until(lambda: phase_of(kube_api, control_namespace, other) == "Running", 30, "Running")
-    api.delete_namespaced_custom_object(API_GROUP, API_VERSION, control_namespace, "registrytasks", other)
+    api.delete_namespaced_custom_object(
+        API_GROUP, API_VERSION, control_namespace, "registrytasks", other
+    )
 
     def gone() -> bool:
-        items = api.list_namespaced_custom_object(
-            API_GROUP, API_VERSION, control_namespace, "registrytasks"
+        items = as_dict(
+            api.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, control_namespace, "registrytasks"
+            )
         )["items"]
         return other not in {i["metadata"]["name"] for i in items}
 
     wait_until(gone, 30, "task deleted (finalizer released)")
     doc = json.loads(redis_sync.hget(keys.task("delete_task_1"), keys.DATA_FIELD) or b"{}")
     assert doc["task_info"]["status"] == "cancelled"
-    jobs = {j.metadata.name for j in batch.list_namespaced_job(tenant).items
-            if not j.metadata.deletion_timestamp}
+    jobs = {
+        j.metadata.name
+        for j in batch.list_namespaced_job(tenant).items
+        if not j.metadata.deletion_timestamp
+    }
     assert naming.job_name("delete_task_1") not in jobs

@@ -98,6 +98,6 @@ def test_events_parse_by_type() -> None:
         ' "timestamp": "2025-09-24T15:32:00Z", "payload": {"conversation_id": "conv_abc123",'
         ' "response": "...", "tokens_used": 150}}'
     )
-    assert event.payload.tokens_used == 150  # type: ignore[union-attr]
+    assert event.payload.tokens_used == 150
     with pytest.raises(ValidationError):
         parse_event('{"type": "unknown.event", "uid": "u", "payload": {}}')

@@ -1,0 +1,69 @@
+"""``python -m regtask_shim``: the production shim under uvicorn, configured from the environment.
+
+Builds the real collaborators only: Redis from ``REDIS_URL``, RegistryTasks through the pod's
+service account (or ``KUBECONFIG``), Firebase ID tokens through firebase-admin when
+``FIREBASE_PROJECT_ID`` is set, and the service tokens from ``SHIM_SERVICE_TOKEN`` /
+``SHIM_SERVICE_TOKEN_FILE``. See :mod:`regtask_shim.settings` for every variable.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+import structlog
+import uvicorn
+from fastapi import FastAPI
+
+from regtask.logconfig import configure_logging
+from regtask.registry import Registry
+from regtask_shim.app import create_app
+from regtask_shim.auth import Authenticator, FirebaseTokenVerifier, TokenVerifier
+from regtask_shim.settings import ShimSettings
+from regtask_shim.taskstore import KubeTaskStore
+
+log = structlog.get_logger(__name__)
+
+
+def build_app(settings: ShimSettings) -> FastAPI:
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    project = settings.auth_project_id()
+    verifier: TokenVerifier | None = None
+    if project:
+        verifier = FirebaseTokenVerifier(
+            project,
+            credentials_file=settings.firebase_credentials_file,
+            check_revoked=settings.firebase_check_revoked,
+            clock_skew_s=settings.firebase_clock_skew_s,
+            allow_emulator=settings.allow_auth_emulator,
+        )
+    tokens = settings.service_tokens()
+    if verifier is None and not tokens:
+        log.warning("shim_no_credentials", detail="neither FIREBASE_PROJECT_ID nor service token")
+    return create_app(
+        settings,
+        registry=Registry(client, settings),
+        task_store=KubeTaskStore(settings.namespace, settings.kubeconfig, settings.kube_timeout_s),
+        authenticator=Authenticator(verifier, tokens),
+        owns_resources=True,
+    )
+
+
+def main() -> None:
+    settings = ShimSettings()
+    configure_logging(settings.registry_debug)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
