@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.firestore",
     "tests.fixtures.kube",
     "tests.fixtures.platform",
+    "tests.fixtures.shim",
 ]

@@ -102,7 +102,7 @@ def main() -> None:
         store.apply(registry_ops.register_task(_task("progress_task", "u0"), False)[0])
 
         def progress(n: int) -> None:
-            store.apply(
+            store.progress(
                 registry_ops.task_progress(
                     "progress_task",
                     "u0",

@@ -156,7 +156,7 @@ class Registry:
         estimated_completion: str | None = None,
     ) -> bool:
         """True when applied; False when the task had already finished (a late update)."""
-        result = await self.store.apply(
+        return await self.store.progress(
             registry_ops.task_progress(
                 task_id,
                 user_id,
@@ -168,7 +168,6 @@ class Registry:
                 estimated_completion,
             )
         )
-        return result.applied
 
     async def finish_task(
         self,

@@ -6,11 +6,13 @@ used by tools and benchmarks, both execute these same lists, and unit tests can 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from regtask import keys
 from regtask.docstore import (
     DocUpdate,
+    ProgressUpdate,
     op_add,
     op_guard_equals,
     op_guard_not,
@@ -32,10 +34,10 @@ from regtask.documents import (
     UserInfo,
     UserPresence,
 )
-from regtask.events import TaskProgressEvent, TaskProgressPayload
+from regtask.events import EventType, TaskProgressEvent, TaskProgressPayload
 from regtask.timeutil import epoch_seconds, now_iso
 
-_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+_TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATUSES))
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -286,31 +288,39 @@ def task_progress(
     max_duration_s: int,
     data: dict[str, Any] | None = None,
     estimated_completion: str | None = None,
-) -> DocUpdate:
-    """One round trip: update a live task and publish its event; a finished task is left alone."""
-    event = TaskProgressEvent(
-        uid=user_id,
-        payload=TaskProgressPayload(
-            task_id=task_id,
-            status=status.value,
-            progress=progress,
-            current_step=current_step,
-            data=data or {},
-        ),
+) -> ProgressUpdate:
+    """One round trip: update a live task and publish its event; a finished task is left alone.
+
+    The event is the contract's ``task.progress_update`` (:class:`TaskProgressEvent`), written
+    as a plain dict here because this is the hottest path of the platform; a test checks that
+    it parses back into the model.
+    """
+    if not 0 <= progress <= 100:
+        raise ValueError(f"progress must be within 0..100, got {progress}")
+    message = json.dumps(
+        {
+            "type": EventType.TASK_PROGRESS.value,
+            "uid": user_id,
+            "timestamp": now_iso(),
+            "payload": {
+                "task_id": task_id,
+                "status": status.value,
+                "progress": progress,
+                "current_step": current_step,
+                "data": data or {},
+            },
+        }
     )
-    ops = [
-        op_guard_not(("task_info", "status"), _TERMINAL),
-        op_set(("task_info", "status"), status.value),
-        op_set(("progress", "progress_percent"), progress),
-        op_set(("progress", "current_step"), current_step),
-    ]
-    if estimated_completion is not None:
-        ops.append(op_set(("progress", "estimated_completion"), estimated_completion))
-    return DocUpdate(
+    return ProgressUpdate(
         key=keys.task(task_id),
-        ops=ops,
+        status=status.value,
+        progress=progress,
+        current_step=current_step,
         ttl_s=keys.task_ttl(max_duration_s),
-        publish=(event.channel(), event.to_json()),
+        channel=keys.events_channel(user_id),
+        message=message,
+        terminal=_TERMINAL,
+        estimated_completion=estimated_completion or "",
     )
 
 
@@ -343,7 +353,7 @@ def finish_task(
         ),
     )
     ops = [
-        op_guard_not(("task_info", "status"), _TERMINAL),
+        op_guard_not(("task_info", "status"), list(_TERMINAL)),
         op_set(("task_info", "status"), status.value),
         op_set(("progress", "current_step"), status.value),
     ]

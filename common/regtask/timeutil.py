@@ -15,8 +15,19 @@ def iso_z(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_last_second = -1
+_last_text = ""
+
+
 def now_iso() -> str:
-    return iso_z(utc_now())
+    """The current time as ``…Z``; strftime runs at most once a second (a hot path)."""
+    global _last_second, _last_text
+    now = time.time()
+    second = int(now)
+    if second != _last_second:
+        _last_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        _last_second = second
+    return _last_text
 
 
 def parse_iso(value: str) -> datetime:

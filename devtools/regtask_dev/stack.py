@@ -17,13 +17,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import yaml
-from kubernetes import client
+from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "manifests" / "crds"
+RBAC_DIR = REPO_ROOT / "manifests" / "rbac"
 
 
 def apply_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout_s: float = 30) -> list[str]:
@@ -53,6 +54,24 @@ def apply_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout_s: float 
 
     wait_for(established, timeout_s, "CRDs established", interval_s=0.2)
     return names
+
+
+def apply_manifests(api: client.ApiClient, path: Path) -> int:
+    """Create every object of a multi-document YAML file; existing ones are left as they are."""
+    count = 0
+    for body in yaml.safe_load_all(path.read_text()):
+        if not body:
+            continue
+        namespace = body["metadata"].get("namespace")
+        if namespace:
+            ensure_namespace(api, namespace)
+        try:
+            utils.create_from_dict(api, body)
+        except utils.FailToCreateError as exc:
+            if any(e.status != 409 for e in exc.api_exceptions):
+                raise
+        count += 1
+    return count
 
 
 def ensure_namespace(api: client.ApiClient, name: str) -> None:

@@ -7,6 +7,7 @@ method, the quota) and never carry a stack trace. Exception handlers installed b
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, ClassVar, Literal
 
 import structlog
@@ -22,6 +23,7 @@ from regtask.docstore import DocumentError
 log = structlog.get_logger(__name__)
 
 MAX_ECHO = 80
+_PHRASES = frozenset(status.phrase for status in HTTPStatus)
 
 
 class ErrorAnswer(BaseModel):
@@ -140,11 +142,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        messages = {404: "not found", 405: "method not allowed", 413: "request too large"}
-        detail = exc.detail if isinstance(exc.detail, str) else None
-        message = detail or messages.get(exc.status_code, "request refused")
-        if exc.status_code == 404 and detail == "Not Found":
-            message = "not found: no such route (the RPC endpoint is POST /rpc)"
+        messages = {
+            404: "not found: no such route (the RPC endpoint is POST /rpc)",
+            405: "method not allowed",
+            413: "request too large",
+        }
+        detail = exc.detail if isinstance(exc.detail, str) else ""
+        # Starlette's own details are bare reason phrases: say something more useful.
+        if not detail or detail in _PHRASES:
+            detail = messages.get(exc.status_code, "request refused")
+        message = detail
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, message, headers)
 

@@ -666,9 +666,7 @@ async def _user_registry(state: GatewayState, user_id: str) -> dict[str, Any]:
     return dict(doc.services.llm.model_preferences) if doc else {}
 
 
-async def _resolve_input(
-    state: GatewayState, claims: TaskClaims, item: TaskInput
-) -> ResolvedInput:
+async def _resolve_input(state: GatewayState, claims: TaskClaims, item: TaskInput) -> ResolvedInput:
     """Inline inputs as they are; ``redis://`` references read from the tenant's blob keys."""
     if item.value is not None:
         encoding: Literal["utf-8", "base64"] = "base64" if item.encoding == "base64" else "utf-8"
@@ -768,8 +766,9 @@ async def _relay_llm(
             content = await upstream.aread()
         finally:
             await upstream.aclose()
-        return Response(content, status_code=upstream.status_code, media_type=media_type,
-                        headers=rate)
+        return Response(
+            content, status_code=upstream.status_code, media_type=media_type, headers=rate
+        )
     log.info("llm_stream_started", task_id=claims.task_id, company_id=claims.company_id)
     return StreamingResponse(
         _relay_chunks(upstream),

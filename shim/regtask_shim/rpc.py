@@ -163,6 +163,10 @@ def bind(method: RpcMethod, args: list[Any], kwargs: Mapping[str, Any]) -> Args:
         )
     data: dict[str, Any] = dict(zip(names, args, strict=False))
     for key, value in kwargs.items():
+        if key not in method.params.model_fields:
+            raise BadArguments(
+                f"unexpected argument {echo(key)}: {method.name} takes {', '.join(names)}"
+            )
         if key in data:
             raise BadArguments(f"argument '{key}' given both by position and by name")
         data[key] = value

@@ -1,0 +1,123 @@
+"""Redis and Firestore going away mid-run: tasks keep running, mirrors converge afterwards."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client
+
+from regtask import keys
+from regtask_dev.controlplane import ControlPlane
+from regtask_dev.firestore_emulator import FirestoreEmulator
+from regtask_dev.nodesim import NodeSimulator
+from regtask_dev.redis_server import RedisServer
+from regtask_dev.stack import GatewayProcess, OperatorProcess, wait_until
+from tests.fixtures.platform import TOKEN_SECRET, operator_env
+from tests.operator.test_operator_lifecycle import new_task, phase_of
+
+pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow]
+
+
+def registry_status(client_: redis.Redis, task_id: str) -> str | None:
+    raw = client_.hget(keys.task(task_id), keys.DATA_FIELD)
+    return json.loads(raw)["task_info"]["status"] if raw else None
+
+
+def test_redis_and_firestore_outage(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_kubeconfig: Path,
+    venv_node: NodeSimulator,
+    tmp_path: Path,
+) -> None:
+    with RedisServer() as own_redis, FirestoreEmulator() as firestore:
+        gateway = GatewayProcess(
+            {
+                "REDIS_URL": own_redis.url,
+                "REGTASK_TOKEN_SECRET": TOKEN_SECRET,
+                "REGTASK_NAMESPACE": control_namespace,
+                "KUBECONFIG": str(control_plane.kubeconfig_path),
+            },
+            tmp_path / "gateway",
+        ).start()
+        operator = OperatorProcess(
+            operator_kubeconfig,
+            operator_env(
+                own_redis.url,
+                control_namespace,
+                REGTASK_GATEWAY_URL=gateway.url,
+                FIRESTORE_PROJECT_ID=firestore.project_id,
+                FIRESTORE_EMULATOR_HOST=firestore.host,
+            ),
+            tmp_path / "operator",
+        ).start()
+        store = redis.Redis.from_url(own_redis.url)
+        try:
+            before = new_task(kube_api, control_namespace, "outage_before")
+            wait_until(
+                lambda: phase_of(kube_api, control_namespace, before) == "Succeeded",
+                120,
+                "first task Succeeded",
+            )
+            assert registry_status(store, "outage_before") == "completed"
+
+            # Firestore and Redis go away. The runner of a task started now cannot report
+            # progress (the gateway needs Redis), so it fails; the operator must still run it
+            # to its end and record that end everywhere once the services return.
+            firestore.stop()
+            own_redis.stop()
+            outage_started = time.monotonic()
+            during = new_task(kube_api, control_namespace, "outage_during")
+            wait_until(
+                lambda: phase_of(kube_api, control_namespace, during) in ("Failed", "Succeeded"),
+                180,
+                "task started during the outage finished",
+            )
+            time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))  # a 30 s outage
+            own_redis.start()
+            firestore.start()
+
+            after = new_task(kube_api, control_namespace, "outage_after")
+            wait_until(
+                lambda: phase_of(kube_api, control_namespace, after) == "Succeeded",
+                120,
+                "task after the outage Succeeded",
+            )
+            final_phase = phase_of(kube_api, control_namespace, during)
+            expected = {"Failed": "failed", "Succeeded": "completed"}[final_phase or "Failed"]
+            wait_until(
+                lambda: registry_status(store, "outage_during") == expected,
+                60,
+                "registry converged for the task of the outage",
+            )
+            wait_until(
+                lambda: registry_status(store, "outage_after") == "completed",
+                30,
+                "registry has the task after the outage",
+            )
+
+            fs = firestore.client()
+
+            def mirrored(task_id: str) -> dict[str, Any] | None:
+                snap = fs.collection("registry_tasks").document(task_id).get()
+                return snap.to_dict() if snap.exists else None
+
+            doc = wait_until(lambda: mirrored("outage_during"), 120, "Firestore converged")
+            assert doc["phase"] == final_phase
+            assert (
+                wait_until(lambda: mirrored("outage_after"), 60, "Firestore after")["phase"]
+                == "Succeeded"
+            )
+            fs.close()
+            assert operator.proc is not None and operator.proc.poll() is None, "operator survived"
+            assert "registry_mirror_failed" in operator.log_text()
+        finally:
+            operator.stop()
+            gateway.stop()
+            store.close()
