@@ -5,7 +5,8 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: setup test check lint typecheck crds unit bench-registry clean
+.PHONY: setup test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
+	bench-llm clean
 
 setup:
 	bash hack/setup.sh
@@ -35,5 +36,17 @@ unit:
 bench-registry: setup
 	$(PY) -m bench.bench_registry
 
+bench-admission: setup
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m bench.bench_admission
+
+bench-rpc: setup
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m bench.bench_rpc
+
+bench-llm: setup
+	$(PY) -m bench.bench_llm
+
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache bench/results/*.json
+
+# Packaging targets (helm-lint, render-manifests, lint-dockerfile, kind-e2e).
+-include mk/*.mk

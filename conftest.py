@@ -6,4 +6,6 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.platform",
     "tests.fixtures.shim",
+    "tests.fixtures.llm",
+    "tests.fixtures.gateway",
 ]

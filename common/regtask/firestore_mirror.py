@@ -134,7 +134,7 @@ class FirestoreMirror:
         # Built eagerly so FIRESTORE_EMULATOR_HOST is read now; on failure the worker retries.
         try:
             self._ensure_client()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - never raise to callers; the worker retries
             log.warning("firestore_mirror_client_failed", project_id=project_id, error=repr(exc))
 
     @classmethod
@@ -313,7 +313,7 @@ class FirestoreMirror:
 
                 firebase_admin.delete_app(self._app)
                 self._app = None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - closing is best effort, logged
             log.warning("firestore_mirror_close_failed", error=repr(exc))
 
     # -- worker -----------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class FirestoreMirror:
         attempt = entry.attempts + 1
         try:
             client = self._ensure_client()  # e.g. no credentials yet: retried, never rejected
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any client failure is retried
             self._requeue(path, entry, exc, attempt)
             self._sleep_backoff()
             return
@@ -356,7 +356,7 @@ class FirestoreMirror:
             # retry=None: the GAPIC default retry would block this thread ~60 s on UNAVAILABLE;
             # retries are ours (logged, counted, merged with newer values).
             ref.set(entry.fields, merge=True, timeout=self.write_timeout_s, retry=None)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - classified below: retried or rejected
             if _is_permanent(exc):
                 with self._cond:
                     self._rejected += 1

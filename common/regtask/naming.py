@@ -20,6 +20,8 @@ LABEL_TENANT = "regtask.io/tenant"
 LABEL_TASK = "regtask.io/task"
 LABEL_TASK_TYPE = "regtask.io/task-type"
 LABEL_COMPANY = "regtask.io/company"
+# On RegistryTasks created by the shim, so one user's tasks can be listed by label selector.
+LABEL_USER = "regtask.io/user"
 ANNOTATION_USER = "regtask.io/user-id"
 ANNOTATION_COMPANY = "regtask.io/company-id"
 ANNOTATION_TASK = "regtask.io/task-id"
@@ -53,6 +55,10 @@ def tenant_namespace(user_id: str, company_id: str) -> str:
 
 def tenant_label(user_id: str, company_id: str) -> str:
     return _digest(user_id, company_id)
+
+
+def user_label(user_id: str) -> str:
+    return derived_name("u", user_id)
 
 
 def company_label(company_id: str) -> str:

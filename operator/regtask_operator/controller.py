@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 # Re-run the tenant namespace apply at most this often per namespace (drift repair).
 NAMESPACE_REFRESH_S = 300.0
+# How long a status write waits for Kopf's own first PATCH of a new task (see TrackedTask).
+HANDLED_WAIT_S = 30.0
 # Every admission shifts every waiting task's position: report a changed position at most this
 # often per task (the first report is immediate), or 200 waiting tasks flood the API.
 POSITION_REFRESH_S = 5.0
@@ -64,6 +66,9 @@ class TrackedTask:
     current_step: str = ""
     reported_wait: tuple[int, str, int] | None = None
     reported_at: float = 0.0
+    # Set once Kopf has written its own post-handler PATCH (its diffbase is in the status):
+    # until then a phase written by the scheduler could be overwritten by the handler's Queued.
+    handled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def tenant_namespace(self) -> str:
@@ -176,6 +181,8 @@ class Controller:
                 str(status.get("currentStep") or ""),
             )
             self.tasks[key] = task
+        if (status.get("operatorState") or {}).get("diffbase"):
+            task.handled.set()  # resumed: Kopf handled this task in an earlier life
         if phase in TERMINAL_PHASES:
             return task
         if not self.state.is_running(key):
@@ -324,8 +331,8 @@ class Controller:
 
     async def _report_waiting(self, waiting: Waiting) -> None:
         task = self.tasks.get(waiting.candidate.key)
-        if task is None:
-            return
+        if task is None or not task.handled.is_set():
+            return  # reported by a later round, once Kopf has written its own status
         marker = (waiting.position, waiting.reason.value, waiting.retry_after_s // 60)
         if task.reported_wait == marker:
             return
@@ -380,8 +387,20 @@ class Controller:
 
     # ------------------------------------------------------------------ following and finishing
 
+    def mark_handled(self, key: TaskKey) -> None:
+        task = self.tasks.get(key)
+        if task is not None and not task.handled.is_set():
+            task.handled.set()
+
     async def patch_status(self, task: TrackedTask, status: dict[str, Any]) -> bool:
-        """Merge-patch the task's status; False when the task is gone."""
+        """Merge-patch the task's status; False when the task is gone.
+
+        Waits (bounded) until Kopf's own PATCH for the creation has landed, so that the
+        handler's ``Queued`` can never overwrite a later phase.
+        """
+        if not task.handled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(task.handled.wait(), timeout=HANDLED_WAIT_S)
         body = await self.kube.patch_merge(
             task_path(task.key.namespace, task.key.name, status=True), {"status": status}
         )

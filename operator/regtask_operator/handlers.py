@@ -144,6 +144,15 @@ async def task_seen(
         await controller.cancel(task, "CancelRequested", "cancelled before it started")
 
 
+@kopf.on.event(*TASKS)
+async def task_event(
+    status: kopf.Status, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    """Tells the controller when Kopf's own status PATCH (its diffbase) has landed."""
+    if (status.get("operatorState") or {}).get("diffbase"):
+        _runtime(memo).controller.mark_handled(TaskKey(namespace or "", name))
+
+
 @kopf.on.field(*TASKS, field="spec.cancel")
 async def cancel_requested(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     if not new:

@@ -124,7 +124,7 @@ class EdgeMiddleware:
         )
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole body, or None after answering 413 (declared or actual size too big)."""
+        """The whole body; None when answered 413 already (or the client went away)."""
         too_large = f"request too large: at most {self.max_request_bytes} bytes"
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -140,7 +140,7 @@ class EdgeMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                return None  # the client left: nothing to answer, nothing to run
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_request_bytes:

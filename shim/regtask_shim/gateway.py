@@ -86,6 +86,9 @@ class GatewaySettings(BaseSettings):
     # The real provider key: held here only, never handed to a runner.
     llm_api_key: SecretStr = Field(default=SecretStr(""), alias="LLM_API_KEY")
     llm_default_model: str = Field(default="gemma-3-270m", alias="LLM_DEFAULT_MODEL")
+    # Embeddings may come from another endpoint/model than chat (unset = the same as chat).
+    llm_embeddings_base_url: str | None = Field(default=None, alias="LLM_EMBEDDINGS_BASE_URL")
+    llm_embedding_model: str | None = Field(default=None, alias="LLM_EMBEDDING_MODEL")
     llm_timeout_s: float = Field(default=300.0, gt=0, alias="LLM_TIMEOUT_S")
     chroma_url: str = Field(default="http://127.0.0.1:8000", alias="CHROMA_URL")
     unified_registry_enabled: bool = Field(default=False, alias="UNIFIED_REGISTRY_ENABLED")
@@ -588,11 +591,20 @@ def create_gateway_app(
     async def chat_completions(
         body: ChatCompletionIn, state: StateDep, claims: ClaimsDep
     ) -> Response:
-        return await _relay_llm(state, claims, "chat/completions", body, stream=body.stream)
+        base = state.settings.llm_base_url
+        model = state.settings.llm_default_model
+        return await _relay_llm(
+            state, claims, f"{base.rstrip('/')}/chat/completions", model, body, body.stream
+        )
 
     @app.post("/v1/llm/embeddings")
     async def embeddings(body: EmbeddingsIn, state: StateDep, claims: ClaimsDep) -> Response:
-        return await _relay_llm(state, claims, "embeddings", body, stream=False)
+        settings = state.settings
+        base = settings.llm_embeddings_base_url or settings.llm_base_url
+        model = settings.llm_embedding_model or settings.llm_default_model
+        return await _relay_llm(
+            state, claims, f"{base.rstrip('/')}/embeddings", model, body, stream=False
+        )
 
     # ---------------------------------------------------------- vectors
 
@@ -720,7 +732,12 @@ async def _resolve_input(state: GatewayState, claims: TaskClaims, item: TaskInpu
 
 
 async def _relay_llm(
-    state: GatewayState, claims: TaskClaims, path: str, body: BaseModel, stream: bool
+    state: GatewayState,
+    claims: TaskClaims,
+    url: str,
+    default_model: str,
+    body: BaseModel,
+    stream: bool,
 ) -> Response:
     """Count the request against the company's hour, then pass it through with the real key."""
     quotas = await _quotas(state, claims.company_id)
@@ -743,14 +760,13 @@ async def _relay_llm(
             **_rate_headers(decision),
         )
     payload = body.model_dump(exclude_none=True)
-    payload["model"] = payload.get("model") or state.settings.llm_default_model
+    payload["model"] = payload.get("model") or default_model
     # Providers attribute usage (and abuse) per end user: the tenant, never a runner's choice.
     payload["user"] = claims.namespace
     headers = {"Content-Type": "application/json"}
     key = state.settings.llm_api_key.get_secret_value()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    url = f"{state.settings.llm_base_url.rstrip('/')}/{path}"
     request = state.http.build_request("POST", url, json=payload, headers=headers)
     try:
         upstream = await state.http.send(request, stream=True)
@@ -789,7 +805,7 @@ async def _relay_chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 def main() -> None:
     configure_logging()
-    settings = GatewaySettings()  # type: ignore[call-arg]  # required values come from the env
+    settings = GatewaySettings()  # required values come from the environment
     app = create_gateway_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 

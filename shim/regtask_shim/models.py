@@ -44,7 +44,8 @@ Prompt = Annotated[str, StringConstraints(min_length=1)]
 
 
 class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    # Strict: the published types are the accepted types (no "45" for 45, no 45 for "45").
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RegisterUserArgs(Args):

@@ -1,9 +1,44 @@
 """The published RPC methods and how a call ``{"method", "args", "kwargs"}`` is bound to one.
 
 Dispatch is a lookup in :data:`METHODS`, a fixed table: a name that is not a key (``__class__``,
-``TASK.__init__``, ``TASK._private``...) is an unknown method, never an attribute lookup.
+``TASK.__init__``, ``TASK._private``...) is an unknown method (404), never an attribute lookup.
 Positional ``args`` bind to the argument model's fields in order, ``kwargs`` by name; anything
-missing, extra or invalid is a 400 that names the parameter.
+missing, extra, of the wrong type or invalid is a 400 that names the parameter.
+
+Answers (every one also carries ``"success": true``; refusals are
+``{"success": false, "error": "..."}`` with the HTTP status of the failure)::
+
+    REGISTRY.register_user(user_id, session_id, backend_route="")
+        -> {user_id, session_id}
+        service credential only, by name: company_id, authorized_companies_ids, company_roles
+    REGISTRY.unregister_session(session_id)          -> {session_id, unregistered: bool}
+    CHROMA_VECTOR.register_collection_user(user_id, collection_name, session_id)
+        -> {user_id, collection_name}
+    CHROMA_VECTOR.heartbeat_collection(user_id, collection_name)
+        -> {user_id, collection_name}; 404 when not (or no longer) registered
+    TASK.start_document_analysis(user_id, document_data, job_id)
+        -> {task_id: "doc_analysis_{job_id}", status: "queued"}
+    TASK.start_vector_computation(user_id, company_id, documents, collection_name, job_id=None)
+        -> {task_id: "vector_{job_id or 16 hex}", status, collection_name}
+    TASK.start_llm_conversation(user_id, company_id, prompt, conversation_id=None)
+        -> {conversation_id: "conv_{12 hex}", task_id: "llm_{conversation_id}", status}
+    LLM.start_conversation(user_id, company_id, prompt, model=None, temperature=None,
+                           conversation_id=None)  -> same as TASK.start_llm_conversation
+    TASK.get_task_status(task_id)
+        -> {task_id, task_type, status, progress, current_step, created_at,
+            conversation_id?, error?, result?}
+    TASK.cancel_task(task_id)   -> {task_id, status, cancel_requested: true}; 409 when finished
+    TASK.list_user_tasks(user_id)   -> {user_id, tasks: [get_task_status answers], count}
+    LLM.get_conversation_status(conversation_id)
+        -> {conversation_id, task_id, status, progress: {current_step, progress_percent,
+            estimated_completion?}, created_at, response?, tokens_used?, model?, error?}
+    UNIFIED_REGISTRY.get_user_registry(user_id)    -> {user_id, registry: {user_info, ...}}
+    UNIFIED_REGISTRY.get_company_active_users(company_id)
+        -> {company_id, active_users: [ids], count}
+
+A repeated start (same job_id / conversation_id) answers the existing task with its current
+status and never starts a second one; an id already used by another user's task is a 409.
+Statuses: queued, waiting_quota, processing, completed, failed, cancelled.
 """
 
 from __future__ import annotations

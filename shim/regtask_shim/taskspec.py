@@ -69,7 +69,7 @@ class KubeTaskSpecSource:
             )
         else:
             try:
-                config.load_incluster_config(client_configuration=configuration)
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             except config.ConfigException:
                 await config.load_kube_config(client_configuration=configuration)
         return cls(client.ApiClient(configuration), namespace)

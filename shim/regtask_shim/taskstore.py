@@ -34,14 +34,11 @@ log = structlog.get_logger(__name__)
 
 TASK_KIND = "RegistryTask"
 TASK_PLURAL = next(crd.plural for crd in CRDS if crd.kind == TASK_KIND)
-# Ours: lets the shim list one user's tasks with a label selector (ids are not label-safe,
-# so the value is a derived, hashed name; the raw id is in the annotation and the spec).
-LABEL_USER = "regtask.io/user"
+LABEL_USER = naming.LABEL_USER
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def user_label(user_id: str) -> str:
-    return naming.derived_name("u", user_id)
+user_label = naming.user_label
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis.asyncio as aioredis
@@ -38,14 +38,14 @@ def refused(response: httpx.Response, status: int, *fragments: str) -> str:
 
 def read_task_cr(api: client.ApiClient, namespace: str, task_id: str) -> dict[str, Any] | None:
     try:
-        obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, task_resource_name(task_id)
         )
     except client.exceptions.ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    return obj
+    return cast(dict[str, Any], obj)
 
 
 def task_crs(api: client.ApiClient, namespace: str, task_id: str) -> list[dict[str, Any]]:
@@ -65,4 +65,4 @@ def set_cr_status(api: client.ApiClient, namespace: str, task_id: str, **status:
 
 async def raw_doc(redis: aioredis.Redis, key: str) -> dict[str, Any] | None:
     raw = await redis.hget(key, keys.DATA_FIELD)
-    return None if raw is None else json.loads(raw)  # type: ignore[no-any-return]
+    return None if raw is None else json.loads(raw)

@@ -43,7 +43,7 @@ def emulator_token(audience: str = PROJECT, **extra: Any) -> str:
         "auth_time": now,
         **extra,
     }
-    return jwt.encode(claims, None, algorithm="none")
+    return jwt.encode(claims, "", algorithm="none")
 
 
 def test_the_production_verifier_refuses_to_start_in_emulator_mode(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,13 +30,14 @@ async def test_redis_down_is_503_with_a_clear_error(
         shim = await make_shim(redis_url=doomed.url)
         ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "rd1"]))
         doomed.stop()
-        for method, args in [
+        calls: list[tuple[str, list[Any]]] = [
             ("REGISTRY.register_user", [USER, "s1", "/"]),
             ("CHROMA_VECTOR.heartbeat_collection", [USER, "c"]),
             ("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "rd2"]),
             ("UNIFIED_REGISTRY.get_user_registry", [USER]),
             ("TASK.get_task_status", ["doc_analysis_unknown"]),
-        ]:
+        ]
+        for method, args in calls:
             refused(await shim.rpc(method, args), 503, "Redis")
         # A task whose resource exists still answers from its resource status.
         status = ok(await shim.rpc("TASK.get_task_status", ["doc_analysis_rd1"]))

@@ -72,7 +72,7 @@ def _forged(shim: Shim) -> dict[str, str]:
         "unknown_kid": keys_.mint(ALICE, kid="not-a-known-key"),
         "wrong_audience": keys_.mint(ALICE, audience="another-project"),
         "wrong_issuer": keys_.mint(ALICE, issuer="https://evil.example/regtask-test"),
-        "alg_none": jwt.encode(claims, None, algorithm="none", headers={"kid": keys_.kid}),
+        "alg_none": jwt.encode(claims, "", algorithm="none", headers={"kid": keys_.kid}),
         "hs256_with_public_key": _hs256(claims, keys_.public_pem, keys_.kid),
         "garbage": "not.a.token",
         "wrong_service_token": SERVICE_TOKEN[:-1] + ("x" if SERVICE_TOKEN[-1] != "x" else "y"),

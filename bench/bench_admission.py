@@ -1,0 +1,305 @@
+"""Admission benchmark on the real control plane: latency, throughput, API writes, memory.
+
+``make bench-admission``. Starts etcd + kube-apiserver, Redis, the gateway, the operator (as its
+ServiceAccount) and the node stand-in; creates TASKS RegistryTasks for USERS users of one company
+(limit LIMIT per user, so LIMIT * USERS run at once and the rest wait), measures from each
+create call's return to the moment its Job appears in a watch, follows all tasks to Succeeded,
+and reads the apiserver's own request counters to count the operator's writes per task.
+Then it creates KNOWN more tasks (never admitted: limit 0) to measure the operator's memory with
+that many tasks known.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from bench.common import emit
+from regtask import naming
+from regtask.crmodels import API_GROUP, API_VERSION
+from regtask_dev.controlplane import Binaries, ControlPlane
+from regtask_dev.nodesim import NodeSimulator
+from regtask_dev.redis_server import RedisServer
+from regtask_dev.stack import (
+    RBAC_DIR,
+    GatewayProcess,
+    OperatorProcess,
+    apply_crds,
+    apply_manifests,
+    ensure_namespace,
+    wait_until,
+)
+
+TASKS = int(os.environ.get("BENCH_TASKS", "300"))
+USERS = int(os.environ.get("BENCH_USERS", "10"))
+LIMIT = int(os.environ.get("BENCH_LIMIT", "5"))
+KNOWN = int(os.environ.get("BENCH_KNOWN", "10000"))
+COMPANY = "bench_co"
+NAMESPACE = "regtask-system"
+TOKEN = secrets.token_hex(32)
+
+# Operator writes, read from the apiserver's request counters: (resource, subresource) pairs.
+# The bench writes registrytasks (create) and the node stand-in writes jobs/status: not counted.
+OPERATOR_WRITES = {
+    ("registrytasks", ""),
+    ("registrytasks", "status"),
+    ("companyquotas", "status"),
+    ("jobs", ""),
+    ("secrets", ""),
+    ("namespaces", ""),
+    ("serviceaccounts", ""),
+    ("networkpolicies", ""),
+    ("resourcequotas", ""),
+    ("limitranges", ""),
+}
+WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"}
+
+
+def request_counts(plane: ControlPlane) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total summed by (verb, resource, subresource)."""
+    counts: dict[tuple[str, str, str], float] = {}
+    pattern = re.compile(r"^apiserver_request_total\{(.*)\} ([0-9.e+]+)$")
+    for line in plane.get("/metrics").decode().splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        counts[key] = counts.get(key, 0.0) + float(match.group(2))
+    return counts
+
+
+def operator_writes(before: dict[Any, float], after: dict[Any, float], creates: int) -> float:
+    total = 0.0
+    for (verb, resource, sub), value in after.items():
+        if verb.upper() in WRITE_VERBS and (resource, sub) in OPERATOR_WRITES:
+            total += value - before.get((verb, resource, sub), 0.0)
+    # The bench's own task creations are POSTs on registrytasks: not the operator's.
+    return total - creates
+
+
+def rss_mb(pid: int) -> float:
+    with Path(f"/proc/{pid}/status").open() as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def task_body(task_id: str, user: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "RegistryTask",
+        "metadata": {"name": naming.task_resource_name(task_id)},
+        "spec": {
+            "taskId": task_id,
+            "taskType": "document_analysis",
+            "userId": user,
+            "companyId": COMPANY,
+            "inputs": [{"name": "document", "value": f"Facture {task_id}"}],
+        },
+    }
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="regtask-bench-admission-"))
+    venv_bin = str(Path(sys.executable).parent)
+    with ControlPlane(work / "cp", binaries=Binaries.find()) as plane, RedisServer() as redis_srv:
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
+        apply_crds(api)
+        ensure_namespace(api, NAMESPACE)
+        apply_manifests(api, RBAC_DIR / "operator.yaml")
+        custom = client.CustomObjectsApi(api)
+        custom.create_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            NAMESPACE,
+            "companyquotas",
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": "CompanyQuota",
+                "metadata": {"name": "bench"},
+                "spec": {"companyId": COMPANY, "maxTasksPerUser": LIMIT},
+            },
+        )
+        gateway = GatewayProcess(
+            {
+                "REDIS_URL": redis_srv.url,
+                "REGTASK_TOKEN_SECRET": TOKEN,
+                "REGTASK_NAMESPACE": NAMESPACE,
+                "KUBECONFIG": str(plane.kubeconfig_path),
+            },
+            work / "gateway",
+        ).start()
+        operator = OperatorProcess(
+            plane.service_account_kubeconfig(NAMESPACE, "regtask-operator"),
+            {
+                "REDIS_URL": redis_srv.url,
+                "REGTASK_NAMESPACE": NAMESPACE,
+                "REGTASK_TOKEN_SECRET": TOKEN,
+                "REGTASK_STANDALONE": "true",
+                "REGTASK_GATEWAY_URL": gateway.url,
+            },
+            work / "operator",
+        ).start()
+        node = NodeSimulator(
+            api,
+            work / "node",
+            base_env={**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"},
+            retry_delay=0.1,
+        )
+        node.start()
+
+        batch = client.BatchV1Api(api)
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        rv = batch.list_job_for_all_namespaces(label_selector=selector).metadata.resource_version
+        job_seen: dict[str, float] = {}
+        unfinished: set[str] = set()
+        max_per_user: dict[str, int] = {}
+        running_per_user: dict[str, int] = {}
+        stop = threading.Event()
+
+        def follow() -> None:
+            nonlocal rv
+            while not stop.is_set():
+                for event in watch.Watch().stream(
+                    batch.list_job_for_all_namespaces,
+                    label_selector=selector,
+                    resource_version=rv,
+                    timeout_seconds=5,
+                ):
+                    job = event["object"]
+                    rv = job.metadata.resource_version
+                    task_id = job.metadata.annotations[naming.ANNOTATION_TASK]
+                    user = job.metadata.annotations[naming.ANNOTATION_USER]
+                    done = any(
+                        c.type in ("Complete", "Failed") and c.status == "True"
+                        for c in (job.status.conditions or [])
+                    )
+                    if event["type"] == "ADDED" and task_id not in job_seen:
+                        job_seen[task_id] = time.monotonic()
+                        if not done:
+                            unfinished.add(task_id)
+                            running_per_user[user] = running_per_user.get(user, 0) + 1
+                    elif (done or event["type"] == "DELETED") and task_id in unfinished:
+                        unfinished.discard(task_id)
+                        running_per_user[user] -= 1
+                    max_per_user[user] = max(
+                        max_per_user.get(user, 0), running_per_user.get(user, 0)
+                    )
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        before = request_counts(plane)
+        created: dict[str, float] = {}
+
+        def create(n: int) -> None:
+            task_id = f"bench_{n:05d}"
+            custom.create_namespaced_custom_object(
+                API_GROUP,
+                API_VERSION,
+                NAMESPACE,
+                "registrytasks",
+                task_body(task_id, f"user{n % USERS}"),
+            )
+            created[task_id] = time.monotonic()
+
+        began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create, range(TASKS)))
+
+        def all_succeeded() -> bool:
+            items = custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, NAMESPACE, "registrytasks"
+            )["items"]
+            return (
+                sum(1 for i in items if (i.get("status") or {}).get("phase") == "Succeeded")
+                >= TASKS
+            )
+
+        wait_until(all_succeeded, 3600, "all tasks Succeeded", 2.0)
+        finished = time.monotonic()
+        time.sleep(3)  # let the last status and quota writes land
+        after = request_counts(plane)
+        stop.set()
+        node.stop()
+
+        # Only the tasks admitted at once measure admission itself (the rest waited for room).
+        first_wave = sorted(created, key=created.__getitem__)[: USERS * LIMIT]
+        latencies = sorted((job_seen[t] - created[t]) * 1000 for t in first_wave if t in job_seen)
+        writes = operator_writes(before, after, TASKS)
+
+        # Memory with many tasks known: KNOWN more tasks for a company whose limit is 0.
+        custom.create_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            NAMESPACE,
+            "companyquotas",
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": "CompanyQuota",
+                "metadata": {"name": "frozen"},
+                "spec": {"companyId": "frozen_co", "maxTasksPerUser": 0},
+            },
+        )
+
+        def create_known(n: int) -> None:
+            body = task_body(f"known_{n:05d}", f"user{n % 100}")
+            body["spec"]["companyId"] = "frozen_co"
+            custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, NAMESPACE, "registrytasks", body
+            )
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create_known, range(KNOWN)))
+        time.sleep(20)
+        assert operator.proc is not None
+        rss = rss_mb(operator.proc.pid)
+
+        # The limit of the platform: plain object creates on the same apiserver.
+        core = client.CoreV1Api(api)
+
+        def raw_create(n: int) -> None:
+            core.create_namespaced_config_map(
+                NAMESPACE, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"raw-{n}"))
+            )
+
+        raw_began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(raw_create, range(300)))
+        raw_rate = 300 / (time.monotonic() - raw_began)
+
+        operator.stop()
+        gateway.stop()
+        over = sum(max(0, peak - LIMIT) for peak in max_per_user.values())
+        emit(
+            "admission",
+            {
+                "tasks": TASKS,
+                "users": USERS,
+                "limit_per_user": LIMIT,
+                "over_quota_admitted": over,
+                "admission_p50_ms": round(statistics.median(latencies), 1),
+                "admission_p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
+                "tasks_per_s": round(TASKS / (finished - began), 2),
+                "api_writes_per_task": round(writes / TASKS, 2),
+                "raw_api_creates_per_s": round(raw_rate, 1),
+                "operator_rss_mb": round(rss, 1),
+                "tasks_known_for_rss": TASKS + KNOWN,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+{{/* Names ------------------------------------------------------------------------------- */}}
+
+{{- define "regtask.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "regtask" for a release named regtask (the names manifests/ and the docs use). */}}
+{{- define "regtask.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains (include "regtask.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "regtask.name" .) | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "regtask.operator.fullname" -}}{{ include "regtask.fullname" . }}-operator{{- end -}}
+{{- define "regtask.shim.fullname" -}}{{ include "regtask.fullname" . }}-shim{{- end -}}
+{{- define "regtask.gateway.fullname" -}}{{ include "regtask.fullname" . }}-gateway{{- end -}}
+
+{{/* Labels ------------------------------------------------------------------------------ */}}
+
+{{- define "regtask.labels" -}}
+app.kubernetes.io/part-of: regtask
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- if .Values.helmLabels }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Selector labels of one component: (dict "root" $ "component" "gateway").
+The name is fixed (regtask-<component>), not the release's: the operator's tenant NetworkPolicy
+selects the gateway by app.kubernetes.io/name=regtask-gateway.
+*/}}
+{{- define "regtask.selectorLabels" -}}
+app.kubernetes.io/name: regtask-{{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "regtask.componentLabels" -}}
+{{ include "regtask.labels" .root }}
+app.kubernetes.io/name: regtask-{{ .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Images ------------------------------------------------------------------------------ */}}
+
+{{/* (dict "root" $ "image" .Values.images.shim) -> repository:tag or repository@digest */}}
+{{- define "regtask.image" -}}
+{{- $image := .image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default (default .root.Chart.AppVersion .root.Values.images.tag) $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secrets ----------------------------------------------------------------------------- */}}
+
+{{- define "regtask.tokenSecretName" -}}
+{{- default (printf "%s-token" (include "regtask.fullname" .)) .Values.tokenSecret.existingSecret -}}
+{{- end -}}
+
+{{- define "regtask.llmSecretName" -}}
+{{- default (printf "%s-llm" (include "regtask.fullname" .)) .Values.llm.apiKey.existingSecret -}}
+{{- end -}}
+
+{{- define "regtask.serviceTokenSecretName" -}}
+{{- default (printf "%s-shim-service-token" (include "regtask.fullname" .)) .Values.shim.auth.serviceToken.existingSecret -}}
+{{- end -}}
+
+{{- define "regtask.hasLlmKey" -}}
+{{- if or .Values.llm.apiKey.existingSecret .Values.llm.apiKey.value }}true{{ end -}}
+{{- end -}}
+
+{{- define "regtask.hasServiceToken" -}}
+{{- if or .Values.shim.auth.serviceToken.existingSecret .Values.shim.auth.serviceToken.value }}true{{ end -}}
+{{- end -}}
+
+{{- define "regtask.firebaseCredentials" -}}
+{{- if and .Values.firestore.enabled .Values.firestore.credentials.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{- define "regtask.gatewayUrl" -}}
+{{- default (printf "http://%s.%s.svc:%d" (include "regtask.gateway.fullname" .) .Release.Namespace (int .Values.gateway.port)) .Values.operator.gatewayUrl -}}
+{{- end -}}
+
+{{/* Pods -------------------------------------------------------------------------------- */}}
+
+{{/* Restricted Pod Security Standard; uid 10001 is the images' user (and the Jobs' runAsUser). */}}
+{{- define "regtask.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "regtask.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Scheduling knobs of one component's values (.Values.operator, .Values.shim, ...). */}}
+{{- define "regtask.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "regtask.imagePullSecrets" -}}
+{{- with .Values.images.pullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment every process reads (common/regtask/settings.py). */}}
+{{- define "regtask.sharedEnv" -}}
+- name: REDIS_URL
+{{- if .Values.redis.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- else }}
+  value: {{ .Values.redis.url | quote }}
+{{- end }}
+- name: UNIFIED_REGISTRY_ENABLED
+  value: {{ .Values.config.unifiedRegistryEnabled | quote }}
+- name: REGISTRY_DEBUG
+  value: {{ .Values.config.registryDebug | quote }}
+- name: TASK_HISTORY_LIMIT
+  value: {{ .Values.config.taskHistoryLimit | quote }}
+- name: REGTASK_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+{{- if .Values.firestore.enabled }}
+- name: FIRESTORE_PROJECT_ID
+  value: {{ .Values.firestore.projectId | quote }}
+- name: FIRESTORE_TASKS_COLLECTION
+  value: {{ .Values.firestore.tasksCollection | quote }}
+- name: FIRESTORE_PRESENCE_COLLECTION
+  value: {{ .Values.firestore.presenceCollection | quote }}
+{{- with .Values.firestore.emulatorHost }}
+- name: FIRESTORE_EMULATOR_HOST
+  value: {{ . | quote }}
+{{- end }}
+{{- if include "regtask.firebaseCredentials" . }}
+- name: GOOGLE_APPLICATION_CREDENTIALS
+  value: /var/run/secrets/regtask/firebase/{{ .Values.firestore.credentials.key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "regtask.tmpVolumeMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{- define "regtask.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end -}}
+
+{{- define "regtask.firebaseVolumeMount" -}}
+{{- if include "regtask.firebaseCredentials" . }}
+- name: firebase-credentials
+  mountPath: /var/run/secrets/regtask/firebase
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "regtask.firebaseVolume" -}}
+{{- if include "regtask.firebaseCredentials" . }}
+- name: firebase-credentials
+  secret:
+    secretName: {{ .Values.firestore.credentials.existingSecret }}
+    items:
+      - key: {{ .Values.firestore.credentials.key }}
+        path: {{ .Values.firestore.credentials.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Cross-field rules the JSON schema cannot say clearly. */}}
+{{- define "regtask.validate" -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.peering.enabled) -}}
+{{- fail "operator.replicas > 1 needs operator.peering.enabled=true: without Kopf peering several operators would admit tasks at once" -}}
+{{- end -}}
+{{- if and .Values.firestore.enabled (not .Values.firestore.projectId) -}}
+{{- fail "firestore.enabled=true needs firestore.projectId" -}}
+{{- end -}}
+{{- if and .Values.tokenSecret.existingSecret .Values.tokenSecret.value -}}
+{{- fail "set tokenSecret.existingSecret or tokenSecret.value, not both" -}}
+{{- end -}}
+{{- if and .Values.llm.apiKey.existingSecret .Values.llm.apiKey.value -}}
+{{- fail "set llm.apiKey.existingSecret or llm.apiKey.value, not both" -}}
+{{- end -}}
+{{- if and .Values.shim.auth.serviceToken.existingSecret .Values.shim.auth.serviceToken.value -}}
+{{- fail "set shim.auth.serviceToken.existingSecret or shim.auth.serviceToken.value, not both" -}}
+{{- end -}}
+{{- end -}}

