@@ -1,1 +1,1 @@
-"""Development and test tools (local servers, control plane, node stand-in). Never shipped in images."""
+"""Development and test tools: local servers, control plane, node stand-in (never in images)."""

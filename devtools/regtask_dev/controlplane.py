@@ -142,9 +142,15 @@ class _CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -181,10 +187,12 @@ class _CertificateAuthority:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                ]),
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                    ]
+                ),
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
@@ -259,7 +267,9 @@ class ControlPlane:
             raise
         log.info(
             "control plane ready at %s in %.1f s (kubeconfig %s)",
-            self.server_url, time.monotonic() - began, self.kubeconfig_path,
+            self.server_url,
+            time.monotonic() - began,
+            self.kubeconfig_path,
         )
         return self
 
@@ -464,13 +474,19 @@ class ControlPlane:
         self._raise_startup_error(f"{what} not ready after {self._startup_timeout:.0f} s")
 
     def _raise_startup_error(self, reason: str) -> None:
-        logs = {name: tail(path) for name, path in
-                (("etcd", self.etcd_log), ("kube-apiserver", self.apiserver_log))}
-        error = _PortTakenError if any(
-            "address already in use" in text for text in logs.values()
-        ) else ControlPlaneError
-        details = "\n".join(f"--- {name} log ({path}) ---\n{logs[name]}" for name, path in
-                            (("etcd", self.etcd_log), ("kube-apiserver", self.apiserver_log)))
+        logs = {
+            name: tail(path)
+            for name, path in (("etcd", self.etcd_log), ("kube-apiserver", self.apiserver_log))
+        }
+        error = (
+            _PortTakenError
+            if any("address already in use" in text for text in logs.values())
+            else ControlPlaneError
+        )
+        details = "\n".join(
+            f"--- {name} log ({path}) ---\n{logs[name]}"
+            for name, path in (("etcd", self.etcd_log), ("kube-apiserver", self.apiserver_log))
+        )
         raise error(f"control plane failed to start: {reason}\n{details}")
 
     def _stop_servers(self) -> None:
@@ -485,9 +501,7 @@ class ControlPlane:
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         return context
 
-    def _admin_request(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> bytes:
+    def _admin_request(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         conn = http.client.HTTPSConnection(
             "127.0.0.1", self._port, context=self._admin_ssl_context(), timeout=30
         )
@@ -515,13 +529,15 @@ class ControlPlane:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{
-                "name": "regtask",
-                "cluster": {
-                    "server": self.server_url,
-                    "certificate-authority-data": _b64(self._require_ca().cert_pem),
-                },
-            }],
+            "clusters": [
+                {
+                    "name": "regtask",
+                    "cluster": {
+                        "server": self.server_url,
+                        "certificate-authority-data": _b64(self._require_ca().cert_pem),
+                    },
+                }
+            ],
             "users": [{"name": user, "user": user_entry}],
             "contexts": [{"name": "regtask", "context": {"cluster": "regtask", "user": user}}],
             "current-context": "regtask",

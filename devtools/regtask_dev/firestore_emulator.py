@@ -114,7 +114,10 @@ class FirestoreEmulator:
         began = time.monotonic()
         self.proc = start_process(
             [
-                gcloud, "emulators", "firestore", "start",
+                gcloud,
+                "emulators",
+                "firestore",
+                "start",
                 f"--host-port={self.host}",
                 f"--project={self.project_id}",
                 "--quiet",
@@ -124,8 +127,12 @@ class FirestoreEmulator:
             cwd=self.workdir,
         )
         try:
-            wait_for(self._ready, self.start_timeout_s, f"firestore emulator on {self.port}",
-                     interval_s=0.1)
+            wait_for(
+                self._ready,
+                self.start_timeout_s,
+                f"firestore emulator on {self.port}",
+                interval_s=0.1,
+            )
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc

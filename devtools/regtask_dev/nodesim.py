@@ -151,12 +151,20 @@ def _condition_true(status: Job, type_: str) -> bool:
 def _set_condition(status: Job, type_: str, value: str, reason: str, message: str) -> None:
     """Mirror of the controller's ensureJobConditionStatus: a False condition is never added."""
     now = _now()
-    fresh = {"type": type_, "status": value, "reason": reason, "message": message,
-             "lastProbeTime": now, "lastTransitionTime": now}
+    fresh = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": now,
+        "lastTransitionTime": now,
+    }
     cond = _condition(status, type_)
     if cond is not None:
         if (cond.get("status"), cond.get("reason"), cond.get("message")) != (
-            value, reason, message
+            value,
+            reason,
+            message,
         ):
             cond.clear()
             cond.update(fresh)
@@ -212,8 +220,10 @@ def _match_pod_failure_policy(
         action = str(rule["action"])
         message = None
         if action == "FailJob":
-            message = (f"Container {container} for pod {namespace}/{pod} failed with exit code "
-                       f"{exit_code} matching FailJob rule at index {index}")
+            message = (
+                f"Container {container} for pod {namespace}/{pod} failed with exit code "
+                f"{exit_code} matching FailJob rule at index {index}"
+            )
         return action, message
     return "Count", None
 
@@ -367,14 +377,16 @@ class NodeSimulator:
 
     def _watch(self, resource_version: str) -> str | None:
         """Follow one watch request; return where to resume, or None to re-list (410 Gone)."""
-        response = _raw(self._batch.list_job_for_all_namespaces(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=_WATCH_SECONDS,
-            _request_timeout=(10, _WATCH_SECONDS + 30),
-            **self._list_kwargs(),
-        ))
+        response = _raw(
+            self._batch.list_job_for_all_namespaces(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=_WATCH_SECONDS,
+                _request_timeout=(10, _WATCH_SECONDS + 30),
+                **self._list_kwargs(),
+            )
+        )
         with self._lock:
             self._watch_response = response
         try:
@@ -428,14 +440,19 @@ class NodeSimulator:
         meta = job["metadata"]
         # The client sends a plain dict as it is; its hints only name the model.
         body = cast(client.V1Job, job)
-        return _json(self._batch.replace_namespaced_job_status(
-            meta["name"], meta["namespace"], body, _preload_content=False
-        ))
+        return _json(
+            self._batch.replace_namespaced_job_status(
+                meta["name"], meta["namespace"], body, _preload_content=False
+            )
+        )
 
     def _read_data(self, kind: str, namespace: str, name: str, optional: bool) -> dict[str, str]:
         """Decoded data of a Secret or ConfigMap; {} if optional and missing."""
-        read = self._core.read_namespaced_secret if kind == "Secret" else (
-            self._core.read_namespaced_config_map)
+        read = (
+            self._core.read_namespaced_secret
+            if kind == "Secret"
+            else (self._core.read_namespaced_config_map)
+        )
         try:
             obj = _json(read(name, namespace, _preload_content=False))
         except ApiException as exc:
@@ -493,8 +510,9 @@ class _JobRunner(threading.Thread):
             log.info("Job %s/%s abandoned: node stopped", self._namespace, self._name)
             forget = False
         except Exception:
-            log.exception("running Job %s/%s failed; not touching it again", self._namespace,
-                          self._name)
+            log.exception(
+                "running Job %s/%s failed; not touching it again", self._namespace, self._name
+            )
         finally:
             self._sim._runner_done(self._uid, forget=forget)
 
@@ -527,8 +545,10 @@ class _JobRunner(threading.Thread):
         if _is_suspended(job):
             raise _SuspendRequested
         deadline = job["spec"].get("activeDeadlineSeconds")
-        if deadline is not None and self._start_time is not None and (
-            time.time() >= self._start_time + deadline
+        if (
+            deadline is not None
+            and self._start_time is not None
+            and (time.time() >= self._start_time + deadline)
         ):
             raise _DeadlineExceeded
 
@@ -585,8 +605,9 @@ class _JobRunner(threading.Thread):
                 return container["name"], pod_name, 128
         attempt = Attempt(self._namespace, self._name, number, pod_name, log_path, proc.pid)
         self._sim._record_started(attempt, proc)
-        log.info("Job %s/%s attempt %d started: pid %d", self._namespace, self._name, number,
-                 proc.pid)
+        log.info(
+            "Job %s/%s attempt %d started: pid %d", self._namespace, self._name, number, proc.pid
+        )
         grace = float(pod_spec.get("terminationGracePeriodSeconds", _DEFAULT_GRACE_SECONDS))
         try:
             self._wait_process(proc, grace)
@@ -594,8 +615,13 @@ class _JobRunner(threading.Thread):
             _kill_group(proc, signal.SIGKILL)  # a container's leftovers die with its main process
             exit_code = _exit_code(proc.wait())
             self._sim._record_exited(attempt, exit_code)
-            log.info("Job %s/%s attempt %d exited with %d", self._namespace, self._name, number,
-                     exit_code)
+            log.info(
+                "Job %s/%s attempt %d exited with %d",
+                self._namespace,
+                self._name,
+                number,
+                exit_code,
+            )
         return container["name"], pod_name, exit_code
 
     def _wait_process(self, proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -642,15 +668,22 @@ class _JobRunner(threading.Thread):
             self._check_interrupts()
             try:
                 defined = self._resolve_env(job, container, pod_name)
-                argv = [_expand(a, defined) for a in
-                        [*container.get("command", []), *container.get("args", [])]]
+                argv = [
+                    _expand(a, defined)
+                    for a in [*container.get("command", []), *container.get("args", [])]
+                ]
                 if not argv:
                     raise _PodConfigError("no command: the stand-in cannot run image entrypoints")
                 return {**self._sim.base_env, **defined}, argv
             except _PodConfigError as exc:
                 if str(exc) != reported:
-                    log.warning("Job %s/%s pod %s cannot start: %s", self._namespace, self._name,
-                                pod_name, exc)
+                    log.warning(
+                        "Job %s/%s pod %s cannot start: %s",
+                        self._namespace,
+                        self._name,
+                        pod_name,
+                        exc,
+                    )
                     reported = str(exc)
             self._pause(1.0)
 
@@ -658,10 +691,14 @@ class _JobRunner(threading.Thread):
         defined: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
-            kind, ref = (("ConfigMap", source["configMapRef"]) if "configMapRef" in source
-                         else ("Secret", source["secretRef"]))
-            data = self._sim._read_data(kind, self._namespace, ref["name"],
-                                        bool(ref.get("optional")))
+            kind, ref = (
+                ("ConfigMap", source["configMapRef"])
+                if "configMapRef" in source
+                else ("Secret", source["secretRef"])
+            )
+            data = self._sim._read_data(
+                kind, self._namespace, ref["name"], bool(ref.get("optional"))
+            )
             defined.update({prefix + key: value for key, value in data.items()})
         for var in container.get("env") or []:
             source = var.get("valueFrom")
@@ -780,8 +817,9 @@ def _fail(status: Job, reason: str, message: str) -> None:
     if not _condition_true(status, "FailureTarget"):
         _set_condition(status, "FailureTarget", "True", reason, message)
     target = _condition(status, "FailureTarget") or {}
-    _set_condition(status, "Failed", "True", target.get("reason", reason),
-                   target.get("message", message))
+    _set_condition(
+        status, "Failed", "True", target.get("reason", reason), target.get("message", message)
+    )
 
 
 def _mark_suspended(status: Job) -> None:
@@ -804,8 +842,13 @@ def _mark_pod_ready(status: Job) -> None:
 
 def _mark_deadline_target(status: Job) -> None:
     status.update(active=0, ready=0, terminating=1)
-    _set_condition(status, "FailureTarget", "True", "DeadlineExceeded",
-                   "Job was active longer than specified deadline")
+    _set_condition(
+        status,
+        "FailureTarget",
+        "True",
+        "DeadlineExceeded",
+        "Job was active longer than specified deadline",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,8 +165,22 @@ class OperatorProcess(ServiceProcess):
     """``python -m regtask_operator``; its Kopf liveness endpoint is the health URL."""
 
     def __init__(self, kubeconfig: Path, env: dict[str, str], workdir: Path) -> None:
-        super().__init__("operator", ["regtask_operator"], env, workdir)
+        self.metrics_port = free_port()
+        super().__init__(
+            "operator",
+            ["regtask_operator"],
+            {
+                "REGTASK_METRICS_PORT": str(self.metrics_port),
+                "REGTASK_METRICS_HOST": "127.0.0.1",
+                **env,
+            },
+            workdir,
+        )
         self.kubeconfig = kubeconfig
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def argv(self) -> list[str]:
         return [

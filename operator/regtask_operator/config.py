@@ -61,6 +61,9 @@ class OperatorSettings(BaseSettings):
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
     watch_timeout_s: int = Field(default=300, ge=10)
+    # Prometheus metrics on this port (0 = off); bound to metrics_host.
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     def image_for(self, task_type: TaskType) -> str:
         return self.runner_images.get(task_type, self.runner_image)

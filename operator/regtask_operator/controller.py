@@ -20,6 +20,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from regtask import naming, tokens
 from regtask.crmodels import (
+    API_GROUP,
+    API_VERSION,
     TERMINAL_PHASES,
     ConditionStatus,
     Phase,
@@ -30,7 +32,7 @@ from regtask.crmodels import (
 from regtask.documents import Quotas
 from regtask.tasktypes import TASK_TYPES
 from regtask.timeutil import now_iso, parse_iso
-from regtask_operator import isolation, jobs
+from regtask_operator import isolation, jobs, metrics
 from regtask_operator.admission import (
     AdmissionState,
     Candidate,
@@ -69,6 +71,9 @@ class TrackedTask:
     # Set once Kopf has written its own post-handler PATCH (its diffbase is in the status):
     # until then a phase written by the scheduler could be overwritten by the handler's Queued.
     handled: asyncio.Event = field(default_factory=asyncio.Event)
+    admitted_at: float | None = None
+    # time.monotonic() when its Job was created by this process (see reconcile)
+    launched_mono: float = 0.0
 
     @property
     def tenant_namespace(self) -> str:
@@ -108,10 +113,6 @@ class CompanyLimits:
     policy: RateLimitPolicy
 
 
-EventSink = Callable[[TrackedTask, str, str, str], None]
-LlmWindow = Callable[[str], "asyncio.Future[tuple[int, int]]"]
-
-
 def _condition(kind: str, status: ConditionStatus, reason: str, message: str) -> dict[str, Any]:
     return {
         "type": kind,
@@ -129,7 +130,7 @@ class Controller:
     mirror: Mirror
     # (company_id) -> (requests counted in the current hour window, seconds until it resets)
     llm_window: Callable[[str], Any]
-    emit: EventSink = field(default=lambda task, kind, reason, message: None)
+    _event_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     state: AdmissionState = field(default_factory=AdmissionState)
     tasks: dict[TaskKey, TrackedTask] = field(default_factory=dict)
     limits: dict[str, CompanyLimits] = field(default_factory=dict)
@@ -193,6 +194,26 @@ class Controller:
     def kick(self) -> None:
         self._kick.set()
 
+    def emit(self, task: TrackedTask, kind: str, reason: str, message: str) -> None:
+        """Record a decision as a Kubernetes Event on the task; never blocks nor fails a caller."""
+        involved = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "RegistryTask",
+            "name": task.key.name,
+            "namespace": task.key.namespace,
+            "uid": task.uid,
+        }
+
+        async def post() -> None:
+            try:
+                await self.kube.post_event(involved, kind, reason, message)
+            except Exception as exc:  # noqa: BLE001 - an Event is informative only; logged
+                log.warning("event_post_failed", task=str(task.key), reason=reason, error=str(exc))
+
+        posting = asyncio.create_task(post())
+        self._event_tasks.add(posting)
+        posting.add_done_callback(self._event_tasks.discard)
+
     # ------------------------------------------------------------------ the scheduler
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -218,6 +239,9 @@ class Controller:
 
         async with self._lock:
             decisions = self.state.decide(self.company_limits, rate)
+            # Marked in the same critical section: a reconcile that lists Jobs meanwhile must
+            # count these slots as taken even though their Jobs do not exist yet.
+            self._launching.update(c.key for c in decisions.admitted)
         await asyncio.gather(
             *(self._launch_guarded(c) for c in decisions.admitted),
             *(self._report_waiting(w) for w in decisions.waiting),
@@ -243,17 +267,19 @@ class Controller:
 
     async def _launch_guarded(self, candidate: Candidate) -> None:
         task = self.tasks.get(candidate.key)
-        if task is None or candidate.key in self._launching:
-            return
-        self._launching.add(candidate.key)
         try:
+            if task is None:  # forgotten (deleted) between the decision and now
+                async with self._lock:
+                    self.state.release(candidate.key)
+                return
             await self.launch(task)
         except Exception as exc:
-            log.exception("task_launch_failed", task=str(task.key))
-            async with self._lock:
-                self.state.release(task.key)
-                self.state.submit(task.candidate())
-            self.emit(task, "Warning", "LaunchFailed", str(exc)[:500])
+            log.exception("task_launch_failed", task=str(candidate.key))
+            if task is not None:
+                async with self._lock:
+                    self.state.release(task.key)
+                    self.state.submit(task.candidate())
+                self.emit(task, "Warning", "LaunchFailed", str(exc)[:500])
             await asyncio.sleep(1.0)
             self.kick()
         finally:
@@ -286,9 +312,14 @@ class Controller:
             expires_at=int(time.time()) + jobs.max_duration(spec) * 2 + TOKEN_MARGIN_S,
         )
         token = tokens.mint(claims, self.settings.token_secret)
+        metrics.ADMISSION_WAIT.labels(spec.company_id).observe(
+            max(0.0, time.time() - parse_iso(task.created).timestamp())
+        )
+        task.admitted_at = time.time()
         await self.kube.create(jobs.token_secret(spec, task.key.name, task.key.namespace, token))
         job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
         created = await self.kube.create(job)
+        task.launched_mono = time.monotonic()
         task.phase = Phase.RUNNING
         await self.patch_status(
             task,
@@ -464,6 +495,13 @@ class Controller:
         await self.mirror.publish(
             task.snapshot(phase, reason=reason, message=message, result=result)
         )
+        metrics.TASKS_FINISHED.labels(
+            task.spec.task_type.value, task.spec.company_id, phase.value
+        ).inc()
+        if task.admitted_at is not None:
+            metrics.JOB_DURATION.labels(task.spec.task_type.value, phase.value).observe(
+                time.time() - task.admitted_at
+            )
         async with self._lock:
             self.state.release(task.key)
         with contextlib.suppress(ApiException):
@@ -495,8 +533,12 @@ class Controller:
 
     # ------------------------------------------------------------------ reconciliation
 
-    async def reconcile(self, live_jobs: list[dict[str, Any]]) -> None:
-        """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs."""
+    async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
+        """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.
+
+        ``listed_at`` is the ``time.monotonic()`` taken before the Jobs were listed: a task
+        launched since then has a Job the list may not show yet, and keeps its slot.
+        """
         running: list[Candidate] = []
         finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
         for job in live_jobs:
@@ -530,9 +572,17 @@ class Controller:
                     created=parse_iso(meta.get("creationTimestamp") or now_iso()).timestamp(),
                 )
             )
-        launching = self._launching
+        recent = {
+            key
+            for key, task in self.tasks.items()
+            if key in self._launching or task.launched_mono >= listed_at
+        }
         async with self._lock:
-            truth = running + [self.tasks[k].candidate() for k in launching if k in self.tasks]
+            truth = running + [
+                self.tasks[k].candidate()
+                for k in recent
+                if self.tasks[k].phase not in TERMINAL_PHASES and all(c.key != k for c in running)
+            ]
             added, dropped = self.state.rebuild(truth)
             for task in self.tasks.values():
                 if task.phase in TERMINAL_PHASES:

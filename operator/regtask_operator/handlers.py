@@ -43,21 +43,6 @@ def _runtime(memo: kopf.Memo) -> Runtime:
     return runtime
 
 
-def _task_body(task: TrackedTask) -> kopf.Body:
-    return kopf.Body(
-        {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": "RegistryTask",
-            "metadata": {"name": task.key.name, "namespace": task.key.namespace, "uid": task.uid},
-        }
-    )
-
-
-def _emit(task: TrackedTask, kind: str, reason: str, message: str) -> None:
-    """Decisions become Kubernetes Events on the task (``kubectl describe`` shows them)."""
-    kopf.event(_task_body(task), type=kind, reason=reason, message=message)
-
-
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster ServiceAccount, else KUBECONFIG: Kopf's own logins, no client library needed."""
@@ -88,7 +73,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.mandatory = not config.standalone
     settings.posting.level = logging.INFO
     runtime = await Runtime.start(config, get_settings(), memo.get("kubeconfig"))
-    runtime.controller.emit = _emit
     memo["runtime"] = runtime
 
 

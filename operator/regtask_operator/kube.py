@@ -8,6 +8,8 @@ tolerating "not found".
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -132,6 +134,31 @@ class Kube:
                 return False
             raise
         return True
+
+    async def post_event(
+        self, involved: dict[str, str], kind: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event on ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{involved['name']}.{secrets.token_hex(8)}",
+                "namespace": involved["namespace"],
+            },
+            "involvedObject": involved,
+            "type": kind,
+            "reason": reason[:128],
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.request("POST", object_path("v1", "Event", involved["namespace"]), body)
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:

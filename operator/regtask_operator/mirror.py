@@ -20,6 +20,7 @@ from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
 from regtask.firestore_mirror import FirestoreMirror
 from regtask.registry import Registry
 from regtask.timeutil import now_iso
+from regtask_operator import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -92,12 +93,14 @@ class Mirror:
             await self._write_registry(snapshot)
         except (RedisError, OSError) as exc:
             self.failures += 1
+            metrics.MIRROR_FAILURES.labels("redis").inc()
             self._keep(snapshot)
             log.warning("registry_mirror_failed", task_id=snapshot.task_id, error=str(exc))
             return False
         except (DocumentError, DocumentMissing) as exc:
             # A damaged document is reported and left alone; retrying would not help.
             self.failures += 1
+            metrics.MIRROR_FAILURES.labels("redis").inc()
             log.error("registry_mirror_refused", task_id=snapshot.task_id, error=str(exc))
             return False
         self._pending.pop(snapshot.task_id, None)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client import start_http_server
 
 from regtask import naming
 from regtask.firestore_mirror import FirestoreMirror
 from regtask.ratelimit import LlmRateLimiter
 from regtask.registry import Registry
 from regtask.settings import Settings
-from regtask_operator import maintenance
+from regtask_operator import maintenance, metrics
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
 from regtask_operator.kube import Kube
@@ -58,9 +60,13 @@ class Runtime:
 
         controller = Controller(settings, kube, Mirror(registry, firestore), llm_window)
         runtime = cls(settings, shared, kube, client, registry, firestore, controller)
+        metrics.REGISTRY.register(metrics.ControllerCollector(controller))
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, settings.metrics_host, metrics.REGISTRY)
         # Seed the admission counters from the live Jobs before any task is admitted, so a
         # restart never admits over quota while resume handlers are still arriving.
-        await controller.reconcile(await runtime.live_jobs())
+        listed_at = time.monotonic()
+        await controller.reconcile(await runtime.live_jobs(), listed_at)
         runtime.loops = [
             asyncio.create_task(controller.run(runtime.stop), name="scheduler"),
             asyncio.create_task(
@@ -82,7 +88,8 @@ class Runtime:
         return await self.kube.list("/apis/batch/v1/jobs", label_selector=selector)
 
     async def reconcile(self) -> None:
-        await self.controller.reconcile(await self.live_jobs())
+        listed_at = time.monotonic()
+        await self.controller.reconcile(await self.live_jobs(), listed_at)
 
     async def maintain(self) -> None:
         await maintenance.run_once(self)

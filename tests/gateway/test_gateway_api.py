@@ -266,9 +266,7 @@ async def test_llm_passthrough_holds_the_key_and_forces_the_user(
                 "seed": 3,
             },
         )
-        emb = await http.post(
-            "/v1/llm/embeddings", json={"input": ["a", "b"], "model": "embed-m"}
-        )
+        emb = await http.post("/v1/llm/embeddings", json={"input": ["a", "b"], "model": "embed-m"})
     assert chat.status_code == 200
     assert chat.json()["choices"][0]["message"]["content"] == "echo: bonjour le monde"
     assert emb.json()["data"][1]["index"] == 1

@@ -165,9 +165,7 @@ async def test_input_refs_are_confined_to_the_tenants_blobs(
     foreign = make_spec(
         "doc_analysis_foreign",
         user_id="alice",
-        inputs=[
-            TaskInput(name="document", ref=InputRef(uri=blob_ref("globex", "bob", "secret")))
-        ],
+        inputs=[TaskInput(name="document", ref=InputRef(uri=blob_ref("globex", "bob", "secret")))],
     )
     raw_key = make_spec(
         "doc_analysis_raw",
@@ -212,7 +210,11 @@ async def test_events_and_conversations_only_for_the_tokens_conversation(
             "/v1/task/events",
             json={
                 "type": "llm.conversation_update",
-                "payload": {"conversation_id": "conv_other", "status": "calling_llm", "progress": 5},
+                "payload": {
+                    "conversation_id": "conv_other",
+                    "status": "calling_llm",
+                    "progress": 5,
+                },
             },
             headers=bearer(token),
         )

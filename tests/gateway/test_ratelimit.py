@@ -63,9 +63,7 @@ async def test_concurrent_hits_never_exceed_the_limit(redis_server: object) -> N
     await clients[0].flushall()
     limiters = [LlmRateLimiter(c, Clock(T0)) for c in clients]
     try:
-        results = await asyncio.gather(
-            *(limiters[i % 10].hit("race", limit=20) for i in range(50))
-        )
+        results = await asyncio.gather(*(limiters[i % 10].hit("race", limit=20) for i in range(50)))
     finally:
         for c in clients:
             await c.aclose()

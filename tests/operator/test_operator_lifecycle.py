@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -120,7 +121,7 @@ def test_failing_runner_is_retried_then_failed(
 ) -> None:
     # The gateway address is unreachable: the runner cannot fetch its task and exits with a
     # retryable code, so the Job retries (backoffLimit=1) and then fails.
-    operator_factory()
+    operator = operator_factory()
     name = new_task(kube_api, control_namespace, "fail_task_1")
     wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Failed", 90, "Failed")
     status = get_task(kube_api, control_namespace, name)["status"]
@@ -128,9 +129,43 @@ def test_failing_runner_is_retried_then_failed(
     assert status["attempts"] == 2
     doc = json.loads(redis_sync.hget(keys.task("fail_task_1"), keys.DATA_FIELD) or b"{}")
     assert doc["task_info"]["status"] == "failed"
+    # `kubectl describe` shows the decisions as Events on the task
+    events = wait_until(
+        lambda: (
+            {
+                e.reason
+                for e in client.CoreV1Api(kube_api)
+                .list_namespaced_event(
+                    control_namespace, field_selector=f"involvedObject.name={name}"
+                )
+                .items
+            }
+            >= {"Admitted", "BackoffLimitExceeded"}
+            and True
+        ),
+        10,
+        "Admitted and BackoffLimitExceeded events",
+    )
+    assert events
     tenant = naming.tenant_namespace("user123", "company_abc")
     secrets = client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
     assert naming.token_secret_name("fail_task_1") not in {s.metadata.name for s in secrets}
+
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+        scraped = response.read().decode()
+    series = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scraped.splitlines()
+        if line and not line.startswith("#")
+    }
+    labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
+    assert series[f"regtask_tasks_finished_total{{{labels}}}"] == 1.0
+    assert (
+        series['regtask_tasks{company="company_abc",phase="Failed",task_type="document_analysis"}']
+        == 1.0
+    )
+    assert series['regtask_admission_wait_seconds_count{company="company_abc"}'] == 1.0
+    assert series['regtask_quota_running_tasks{company="company_abc"}'] == 0.0
 
 
 def test_cancel_and_delete(

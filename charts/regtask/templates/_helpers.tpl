@@ -160,9 +160,13 @@ imagePullSecrets:
 - name: REGISTRY_DEBUG
   value: {{ .Values.config.registryDebug | quote }}
 - name: TASK_HISTORY_LIMIT
-  value: {{ .Values.config.taskHistoryLimit | quote }}
+  value: {{ .Values.config.taskHistoryLimit | int64 | quote }}
 - name: REGTASK_NAMESPACE
   value: {{ .Release.Namespace | quote }}
+{{- end -}}
+
+{{/* Firestore mirror and Firebase settings (operator and shim; the gateway has no use for them). */}}
+{{- define "regtask.firestoreEnv" -}}
 {{- if .Values.firestore.enabled }}
 - name: FIRESTORE_PROJECT_ID
   value: {{ .Values.firestore.projectId | quote }}

@@ -1,0 +1,495 @@
+"""What every runner shares: its environment, the gateway client, progress, stop and exit codes.
+
+A runner is an ``async def run(ctx: TaskContext) -> dict`` registered in
+:mod:`regtask_runners.registry`; :func:`main` does the rest:
+
+- reads the Job's environment (:mod:`regtask.runner_contract`); a missing variable is a
+  permanent failure (exit 65: the Job is misbuilt, a retry would not help);
+- fetches the task (inputs resolved, parameters) from the gateway, runs the work, stores its
+  result through the gateway and reports ``completed`` (exit 0);
+- on SIGTERM (cancel, deadline, node drain) or past the task's max duration, cancels the work,
+  reports why (``cancelled``, ``deadline`` or ``terminated`` as the step, with the step it was
+  in) within a few seconds and exits 143 (``ExitCode.TERMINATED``);
+- maps failures to exit codes the Job's podFailurePolicy reads: bad input or a refusal by the
+  gateway (4xx) -> 65 ``PERMANENT``; gateway unreachable, 5xx, 429 -> 75 ``RETRYABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from regtask.events import EventType
+from regtask.logconfig import configure_logging
+from regtask.runner_contract import (
+    ENV_GATEWAY_URL,
+    ENV_TASK_ID,
+    ENV_TASK_TOKEN,
+    ENV_TASK_TYPE,
+    ExitCode,
+)
+
+log = structlog.get_logger(__name__)
+
+# Runner-side progress pace; the gateway drops writes closer than its own interval (200 ms).
+PROGRESS_MIN_INTERVAL_S = 0.25
+# How long a stopping runner spends telling why before it exits (the Job grace is longer).
+STOP_REPORT_BUDGET_S = 3.0
+GATEWAY_ATTEMPTS = 3
+GATEWAY_TIMEOUT_S = 30.0
+
+
+class RunnerError(Exception):
+    exit_code: ExitCode = ExitCode.RETRYABLE
+
+
+class PermanentError(RunnerError):
+    """Another attempt would fail the same way: bad input, refused by the gateway."""
+
+    exit_code = ExitCode.PERMANENT
+
+
+class RetryableError(RunnerError):
+    """Worth another attempt: gateway or provider unreachable, 5xx, quota window full."""
+
+    exit_code = ExitCode.RETRYABLE
+
+
+# ------------------------------------------------------------------ environment and task view
+
+
+@dataclass(frozen=True)
+class RunnerEnv:
+    task_id: str
+    task_type: str
+    gateway_url: str
+    token: str = field(repr=False)
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> RunnerEnv:
+        source = os.environ if environ is None else environ
+        names = (ENV_TASK_ID, ENV_TASK_TYPE, ENV_GATEWAY_URL, ENV_TASK_TOKEN)
+        missing = [name for name in names if not source.get(name)]
+        if missing:
+            raise PermanentError(f"missing environment: {', '.join(missing)}")
+        return cls(
+            task_id=source[ENV_TASK_ID],
+            task_type=source[ENV_TASK_TYPE],
+            gateway_url=source[ENV_GATEWAY_URL].rstrip("/"),
+            token=source[ENV_TASK_TOKEN],
+        )
+
+
+class InputView(BaseModel):
+    """One input as the gateway hands it over (always inline)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    content_type: str = "text/plain"
+    value: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    size_bytes: int = 0
+
+
+class TaskView(BaseModel):
+    """``GET /v1/task`` as the runner reads it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    task_type: str
+    user_id: str
+    company_id: str
+    conversation_id: str | None = None
+    max_duration_seconds: int
+    cancel: bool = False
+    parameters: dict[str, str] = {}
+    inputs: list[InputView] = []
+    model_preferences: dict[str, Any] = {}
+
+    def input(self, name: str) -> InputView | None:
+        return next((item for item in self.inputs if item.name == name), None)
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def param_int(task: TaskView, name: str, default: int, low: int, high: int) -> int:
+    raw = task.parameters.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PermanentError(f"parameter {name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise PermanentError(f"parameter {name}={value} is outside {low}..{high}")
+    return value
+
+
+def param_float(task: TaskView, name: str, default: float, low: float, high: float) -> float:
+    raw = task.parameters.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise PermanentError(f"parameter {name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise PermanentError(f"parameter {name}={value} is outside {low}..{high}")
+    return value
+
+
+def param_bool(task: TaskView, name: str, default: bool = False) -> bool:
+    raw = task.parameters.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes", "on"):
+        return True
+    if raw.lower() in ("false", "0", "no", "off"):
+        return False
+    raise PermanentError(f"parameter {name}={raw!r} is not a boolean")
+
+
+# ------------------------------------------------------------------ gateway client
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        detail = body.get("detail") or body.get("error") or body
+        return str(detail)[:300]
+    return str(body)[:300]
+
+
+class GatewayClient:
+    """The runner's only connection: every call carries the task token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout_s: float = GATEWAY_TIMEOUT_S,
+        attempts: int = GATEWAY_ATTEMPTS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.attempts = attempts
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        timeout_s: float | None = None,
+        attempts: int | None = None,
+    ) -> httpx.Response:
+        """Retry transport errors and 5xx a few times; then fail as retryable."""
+        tries = attempts or self.attempts
+        last = ""
+        for attempt in range(tries):
+            try:
+                response = await self.http.request(
+                    method,
+                    path,
+                    json=json,
+                    timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 500 and response.status_code != 408:
+                    return self._check(path, response)
+                last = f"HTTP {response.status_code}: {_detail(response)}"
+            if attempt + 1 < tries:
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise RetryableError(f"gateway {method} {path} failed after {tries} attempts ({last})")
+
+    @staticmethod
+    def _check(path: str, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        message = f"gateway refused {path}: HTTP {response.status_code}: {_detail(response)}"
+        if response.status_code == 429:
+            raise RetryableError(message)
+        raise PermanentError(message)
+
+    async def get_task(
+        self, timeout_s: float | None = None, attempts: int | None = None
+    ) -> TaskView:
+        response = await self.request("GET", "/v1/task", timeout_s=timeout_s, attempts=attempts)
+        try:
+            return TaskView.model_validate(response.json())
+        except (ValidationError, ValueError) as exc:
+            raise PermanentError(f"unexpected task view from the gateway: {exc}") from exc
+
+    async def progress(
+        self,
+        progress: int,
+        step: str,
+        data: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        attempts: int | None = None,
+    ) -> bool:
+        """True when recorded; False when throttled by the gateway or the task had finished."""
+        response = await self.request(
+            "POST",
+            "/v1/task/progress",
+            {"progress": progress, "current_step": step, "data": data or {}},
+            timeout_s=timeout_s,
+            attempts=attempts,
+        )
+        body = response.json()
+        return bool(body.get("accepted")) and bool(body.get("applied"))
+
+    async def store_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        response = await self.request("POST", "/v1/task/result", {"result": result})
+        return dict(response.json())
+
+    async def publish(
+        self,
+        event_type: EventType,
+        payload: dict[str, Any],
+        timeout_s: float | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        await self.request(
+            "POST",
+            "/v1/task/events",
+            {"type": event_type.value, "payload": payload},
+            timeout_s=timeout_s,
+            attempts=attempts,
+        )
+
+    async def store_conversation(self, conversation: dict[str, Any]) -> None:
+        await self.request("POST", "/v1/task/conversation", conversation)
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.request("POST", "/v1/llm/chat/completions", body)
+        return dict(response.json())
+
+    async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
+        body: dict[str, Any] = {"input": texts}
+        if model:
+            body["model"] = model
+        response = await self.request("POST", "/v1/llm/embeddings", body)
+        data = sorted(response.json().get("data", []), key=lambda item: item.get("index", 0))
+        vectors = [item.get("embedding") for item in data]
+        if len(vectors) != len(texts):
+            raise RetryableError(f"provider returned {len(vectors)} embeddings for {len(texts)}")
+        for vector in vectors:
+            if not vector or not isinstance(vector, list) or not isinstance(vector[0], float):
+                raise PermanentError("provider returned no pooled embedding vectors")
+        return vectors
+
+    async def upsert_vectors(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.request("POST", "/v1/vectors/upsert", body)
+        return dict(response.json())
+
+
+# ------------------------------------------------------------------ progress
+
+
+class ProgressReporter:
+    """Throttled progress: a new step or 100 % always goes out, the rest at most every 250 ms."""
+
+    def __init__(
+        self, gateway: GatewayClient, min_interval_s: float = PROGRESS_MIN_INTERVAL_S
+    ) -> None:
+        self.gateway = gateway
+        self.min_interval_s = min_interval_s
+        self.progress = 0
+        self.step = "starting"
+        self._sent_at = -1e9
+        self._sent_step: str | None = None
+
+    async def report(
+        self, progress: int, step: str, data: dict[str, Any] | None = None, force: bool = False
+    ) -> bool:
+        progress = max(0, min(100, progress))
+        self.progress, self.step = progress, step
+        now = time.monotonic()
+        due = now - self._sent_at >= self.min_interval_s
+        if not (force or due or step != self._sent_step or progress == 100):
+            return False
+        self._sent_at, self._sent_step = now, step
+        return await self.gateway.progress(progress, step, data)
+
+
+# ------------------------------------------------------------------ the context a runner gets
+
+StopHook = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class TaskContext:
+    env: RunnerEnv
+    gateway: GatewayClient
+    task: TaskView
+    progress: ProgressReporter
+    started_at: float = field(default_factory=time.monotonic)
+    # Called with the stop reason when the task is stopped (e.g. publish a final LLM event).
+    stop_hooks: list[StopHook] = field(default_factory=list)
+    log: Any = field(default_factory=lambda: log)
+
+    def on_stop(self, hook: StopHook) -> None:
+        self.stop_hooks.append(hook)
+
+
+Runner = Callable[[TaskContext], Coroutine[Any, Any, dict[str, Any]]]
+
+
+# ------------------------------------------------------------------ running one task
+
+
+async def _stop_reason(ctx: TaskContext, deadline_hit: bool) -> str:
+    """``deadline`` (max duration), ``cancelled`` (spec.cancel) or ``terminated`` (else)."""
+    if deadline_hit:
+        return "deadline"
+    elapsed = time.monotonic() - ctx.started_at
+    if elapsed >= ctx.task.max_duration_seconds - 1:
+        return "deadline"
+    with contextlib.suppress(RunnerError, httpx.HTTPError):
+        task = await ctx.gateway.get_task(timeout_s=1.0, attempts=1)
+        if task.cancel:
+            return "cancelled"
+    return "terminated"
+
+
+async def _report_stop(ctx: TaskContext, deadline_hit: bool) -> str:
+    reason = await _stop_reason(ctx, deadline_hit)
+    log.warning("runner_stopping", task_id=ctx.env.task_id, reason=reason, step=ctx.progress.step)
+    for hook in ctx.stop_hooks:
+        with contextlib.suppress(Exception):
+            await hook(reason)
+    with contextlib.suppress(RunnerError, httpx.HTTPError):
+        await ctx.gateway.progress(
+            ctx.progress.progress,
+            reason,
+            {"reason": reason, "stopped_at_step": ctx.progress.step},
+            timeout_s=1.0,
+            attempts=1,
+        )
+    return reason
+
+
+async def _report_failure(ctx: TaskContext, error: RunnerError) -> None:
+    with contextlib.suppress(RunnerError, httpx.HTTPError):
+        await ctx.gateway.progress(
+            ctx.progress.progress,
+            "failed",
+            {
+                "error": str(error)[:500],
+                "retryable": error.exit_code is ExitCode.RETRYABLE,
+                "failed_at_step": ctx.progress.step,
+            },
+            timeout_s=2.0,
+            attempts=1,
+        )
+
+
+async def supervise(ctx: TaskContext, runner: Runner) -> ExitCode:
+    """Run the work until it ends, a stop signal arrives, or the max duration passes."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    work = asyncio.create_task(runner(ctx), name="runner-work")
+    stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+    remaining = max(ctx.task.max_duration_seconds - (time.monotonic() - ctx.started_at), 1)
+    try:
+        done, _ = await asyncio.wait(
+            {work, stopped}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+        if work not in done:
+            work.cancel()
+            async with asyncio.timeout(STOP_REPORT_BUDGET_S):
+                await _report_stop(ctx, deadline_hit=stopped not in done)
+            await asyncio.wait({work}, timeout=1.0)
+            return ExitCode.TERMINATED
+        try:
+            result = work.result()
+        except RunnerError as exc:
+            log.error(
+                "runner_failed",
+                task_id=ctx.env.task_id,
+                error=str(exc),
+                exit_code=int(exc.exit_code),
+            )
+            await _report_failure(ctx, exc)
+            return exc.exit_code
+        except Exception as exc:
+            # Unforeseen: logged with its traceback; another attempt may meet better luck.
+            log.exception("runner_crashed", task_id=ctx.env.task_id)
+            await _report_failure(ctx, RetryableError(f"{type(exc).__name__}: {exc}"))
+            return ExitCode.RETRYABLE
+        await ctx.gateway.store_result(result)
+        await ctx.progress.report(100, "completed", force=True)
+        log.info("runner_completed", task_id=ctx.env.task_id)
+        return ExitCode.SUCCESS
+    except TimeoutError:
+        log.warning("runner_stop_report_timeout", task_id=ctx.env.task_id)
+        return ExitCode.TERMINATED
+    finally:
+        stopped.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def run_task(task_type: str, environ: dict[str, str] | None = None) -> ExitCode:
+    from regtask_runners.registry import lookup
+
+    env = RunnerEnv.from_environ(environ)
+    if env.task_type != task_type:
+        raise PermanentError(f"runner for {task_type} started for a {env.task_type} task")
+    runner = lookup(task_type)
+    structlog.contextvars.bind_contextvars(task_id=env.task_id, task_type=task_type)
+    gateway = GatewayClient(env.gateway_url, env.token)
+    try:
+        task = await gateway.get_task()
+        ctx = TaskContext(env=env, gateway=gateway, task=task, progress=ProgressReporter(gateway))
+        log.info("runner_started", inputs=[i.name for i in task.inputs])
+        return await supervise(ctx, runner)
+    finally:
+        await gateway.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m regtask_runners <task_type>``; the exit code is the contract's."""
+    configure_logging(os.environ.get("REGISTRY_DEBUG", "").lower() == "true")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        log.error("runner_usage", usage="python -m regtask_runners <task_type>", args=args)
+        return int(ExitCode.PERMANENT)
+    try:
+        return int(asyncio.run(run_task(args[0])))
+    except RunnerError as exc:
+        log.error("runner_failed", error=str(exc), exit_code=int(exc.exit_code))
+        return int(exc.exit_code)
+    except Exception:
+        # An unforeseen failure: logged with its traceback; a retry may meet better luck.
+        log.exception("runner_crashed")
+        return int(ExitCode.RETRYABLE)
