@@ -119,6 +119,7 @@ COPY --from=build-operator /opt/venv /opt/venv
 COPY --from=build-operator /opt/regtask /opt/regtask
 ENV CONTAINER_TYPE=operator \
     REGTASK_IMAGE_MODES=operator
-EXPOSE 8080
+# 8080: Kopf liveness; 9090: Prometheus metrics (REGTASK_METRICS_PORT).
+EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/regtask-entrypoint", "healthcheck"]

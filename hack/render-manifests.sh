@@ -25,7 +25,7 @@ MAPPING=(
     "rbac/operator.yaml=operator/rbac.yaml"
     "rbac/shim.yaml=shim/rbac.yaml"
     "rbac/gateway.yaml=gateway/rbac.yaml"
-    "operator.yaml=operator/deployment.yaml"
+    "operator.yaml=operator/deployment.yaml operator/service.yaml"
     "shim.yaml=shim/deployment.yaml shim/service.yaml"
     "gateway.yaml=gateway/deployment.yaml gateway/service.yaml"
 )

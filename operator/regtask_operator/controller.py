@@ -42,7 +42,7 @@ from regtask_operator.admission import (
     Waiting,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, quota_path, task_path
+from regtask_operator.kube import Kube, object_path, quota_path, task_path
 from regtask_operator.mirror import Mirror, TaskSnapshot
 
 log = structlog.get_logger(__name__)
@@ -320,6 +320,24 @@ class Controller:
         job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
         created = await self.kube.create(job)
         task.launched_mono = time.monotonic()
+        if not created:
+            # Launched by an earlier life of the operator: follow that Job, whatever its state.
+            existing = await self.kube.get(
+                object_path("batch/v1", "Job", namespace, job["metadata"]["name"])
+            )
+            outcome = jobs.read_job_status((existing or {}).get("status"))
+            if outcome.phase is not None:
+                await self.finish(
+                    task,
+                    outcome.phase,
+                    outcome.reason,
+                    outcome.message,
+                    attempts=outcome.attempts,
+                    start_time=outcome.start_time,
+                )
+                return
+        if task.phase in TERMINAL_PHASES:
+            return  # finished (or cancelled) while this launch was under way
         task.phase = Phase.RUNNING
         await self.patch_status(
             task,
@@ -541,6 +559,7 @@ class Controller:
         """
         running: list[Candidate] = []
         finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
+        with_job: set[TaskKey] = set()
         for job in live_jobs:
             meta = job.get("metadata") or {}
             annotations = meta.get("annotations") or {}
@@ -550,6 +569,7 @@ class Controller:
             if not task_ns or not task_name:
                 continue
             key = TaskKey(task_ns, task_name)
+            with_job.add(key)
             outcome = jobs.read_job_status(job.get("status"))
             if outcome.phase is not None:
                 finished.append((key, outcome))
@@ -572,6 +592,9 @@ class Controller:
                     created=parse_iso(meta.get("creationTimestamp") or now_iso()).timestamp(),
                 )
             )
+        # Finished Jobs first: their tasks end, and are then neither running nor requeued.
+        for key, outcome in finished:
+            await self.job_changed(key, outcome)
         recent = {
             key
             for key, task in self.tasks.items()
@@ -585,14 +608,12 @@ class Controller:
             ]
             added, dropped = self.state.rebuild(truth)
             for task in self.tasks.values():
-                if task.phase in TERMINAL_PHASES:
+                if task.phase in TERMINAL_PHASES or task.key in with_job:
                     continue
                 if not self.state.is_running(task.key) and not self.state.is_queued(task.key):
-                    self.state.submit(task.candidate())
+                    self.state.submit(task.candidate())  # its Job vanished: run it again
         if added or dropped:
             log.warning("admission_counters_rebuilt", added=added, dropped=dropped)
-        for key, outcome in finished:
-            await self.job_changed(key, outcome)
         self.kick()
 
     async def sync_progress(self) -> int:

@@ -340,18 +340,23 @@ def find_organisations(text: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ key phrases and counts
 
 
+_PHRASE_BREAK = re.compile(r"[.,;:!?()\[\]{}\"\u00ab\u00bb|/\n\t\f\u2014\u2013]+|\s-\s")
+MAX_PHRASE_WORDS = 4
+
+
 def key_phrases(text: str, limit: int = 10) -> list[dict[str, Any]]:
-    """RAKE-style: runs of content words between stopwords, scored by word degree/frequency."""
-    tokens = [t.lower() for t in _TOKEN.findall(text)]
+    """RAKE-style: runs of content words between stopwords and punctuation, scored by word
+    degree/frequency and repetition; runs longer than four words are not phrases."""
     phrases: list[tuple[str, ...]] = []
-    current: list[str] = []
-    for token in [*tokens, ""]:
-        if not token or token in ALL_STOPWORDS or token.isdigit() or len(token) < 3:
-            if current:
-                phrases.append(tuple(current[:4]))
-            current = []
-        else:
-            current.append(token)
+    for fragment in _PHRASE_BREAK.split(text):
+        current: list[str] = []
+        for token in [*(t.lower() for t in _TOKEN.findall(fragment)), ""]:
+            if not token or token in ALL_STOPWORDS or token.isdigit() or len(token) < 3:
+                if 0 < len(current) <= MAX_PHRASE_WORDS:
+                    phrases.append(tuple(current))
+                current = []
+            else:
+                current.append(token)
     frequency: Counter[str] = Counter()
     degree: Counter[str] = Counter()
     for phrase in phrases:

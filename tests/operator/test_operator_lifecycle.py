@@ -216,3 +216,30 @@ def test_cancel_and_delete(
         if not j.metadata.deletion_timestamp
     }
     assert naming.job_name("delete_task_1") not in jobs
+
+
+def test_document_analysis_succeeds_end_to_end(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway: Any,
+    venv_node: NodeSimulator,
+    redis_sync: redis.Redis,
+) -> None:
+    operator_factory(REGTASK_GATEWAY_URL=gateway.url)
+    text = (
+        "Facture 2025-042 de ACME Industries SAS, datée du 24/09/2025. "
+        "Montant total: 1 250,00 EUR. IBAN FR76 3000 6000 0112 3456 7890 189. "
+        "Contact: billing@acme.example"
+    )
+    name = new_task(
+        kube_api, control_namespace, "doc_ok_1", inputs=[{"name": "document", "value": text}]
+    )
+    wait_until(lambda: phase_of(kube_api, control_namespace, name) == "Succeeded", 120, "Succeeded")
+    status = get_task(kube_api, control_namespace, name)["status"]
+    assert status["progress"] == 100
+    assert status["attempts"] == 1
+    doc = json.loads(redis_sync.hget(keys.task("doc_ok_1"), keys.DATA_FIELD) or b"{}")
+    assert doc["task_info"]["status"] == "completed"
+    assert "FR7630006000011234567890189" in json.dumps(doc["result"]).replace(" ", "")
+    assert status.get("result") == doc["result"]

@@ -42,7 +42,7 @@ class JobLedger(threading.Thread):
         self.unfinished: set[str] = set()
         self.created: Counter[str] = Counter()
         self.max_admitted = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     @staticmethod
     def finished(job: Any) -> bool:
@@ -50,7 +50,7 @@ class JobLedger(threading.Thread):
         return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             stream = watch.Watch().stream(
                 self.batch.list_job_for_all_namespaces,
                 label_selector=self.selector,
@@ -70,7 +70,7 @@ class JobLedger(threading.Thread):
                 self.max_admitted = max(self.max_admitted, len(self.unfinished))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
