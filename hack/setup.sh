@@ -31,4 +31,6 @@ log "syncing .venv from uv.lock"
 uv sync --frozen --all-extras --inexact -q
 
 hack/install-k8s-tools.sh >/dev/null
+# The local OpenAI-compatible LLM server for runner tests and the demo (cached wheel).
+hack/install-llama.sh
 log "ready"

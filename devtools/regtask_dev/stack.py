@@ -66,7 +66,7 @@ def apply_manifests(api: client.ApiClient, path: Path) -> int:
         if namespace:
             ensure_namespace(api, namespace)
         try:
-            utils.create_from_dict(api, body)
+            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
         except utils.FailToCreateError as exc:
             if any(e.status != 409 for e in exc.api_exceptions):
                 raise

@@ -48,6 +48,8 @@ PROGRESS_MIN_INTERVAL_S = 0.25
 STOP_REPORT_BUDGET_S = 3.0
 GATEWAY_ATTEMPTS = 3
 GATEWAY_TIMEOUT_S = 30.0
+# A CPU-served model may take minutes for a large embedding batch; the task deadline bounds it.
+LLM_TIMEOUT_S = 600.0
 
 
 class RunnerError(Exception):
@@ -206,8 +208,13 @@ class GatewayClient:
         json: Any = None,
         timeout_s: float | None = None,
         attempts: int | None = None,
+        retry_unsent_only: bool = False,
     ) -> httpx.Response:
-        """Retry transport errors and 5xx a few times; then fail as retryable."""
+        """Retry transport errors and 5xx a few times; then fail as retryable.
+
+        ``retry_unsent_only`` (LLM calls, each counted against the company's quota): a request
+        that may have been sent (read timeout, dropped connection) is not sent again.
+        """
         tries = attempts or self.attempts
         last = ""
         for attempt in range(tries):
@@ -220,6 +227,10 @@ class GatewayClient:
                 )
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                if retry_unsent_only and not isinstance(exc, httpx.ConnectError):
+                    # The request may have reached the provider (and the quota): the Job's
+                    # retry decides, not a silent resend.
+                    raise RetryableError(f"gateway {method} {path}: {last}") from exc
             else:
                 if response.status_code < 500 and response.status_code != 408:
                     return self._check(path, response)
@@ -288,14 +299,22 @@ class GatewayClient:
         await self.request("POST", "/v1/task/conversation", conversation)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request("POST", "/v1/llm/chat/completions", body)
+        response = await self.request(
+            "POST",
+            "/v1/llm/chat/completions",
+            body,
+            timeout_s=LLM_TIMEOUT_S,
+            retry_unsent_only=True,
+        )
         return dict(response.json())
 
     async def embeddings(self, texts: list[str], model: str | None = None) -> list[list[float]]:
         body: dict[str, Any] = {"input": texts}
         if model:
             body["model"] = model
-        response = await self.request("POST", "/v1/llm/embeddings", body)
+        response = await self.request(
+            "POST", "/v1/llm/embeddings", body, timeout_s=LLM_TIMEOUT_S, retry_unsent_only=True
+        )
         data = sorted(response.json().get("data", []), key=lambda item: item.get("index", 0))
         vectors = [item.get("embedding") for item in data]
         if len(vectors) != len(texts):

@@ -92,6 +92,9 @@ class GatewaySettings(BaseSettings):
     llm_timeout_s: float = Field(default=300.0, gt=0, alias="LLM_TIMEOUT_S")
     chroma_url: str = Field(default="http://127.0.0.1:8000", alias="CHROMA_URL")
     unified_registry_enabled: bool = Field(default=False, alias="UNIFIED_REGISTRY_ENABLED")
+    # The shared switches every process gets (regtask.settings): debug logs, history length.
+    registry_debug: bool = Field(default=False, alias="REGISTRY_DEBUG")
+    task_history_limit: int = Field(default=50, ge=1, alias="TASK_HISTORY_LIMIT")
     # Where the RegistryTask CRs live; kubeconfig unset = in-cluster service account.
     namespace: str = Field(default="regtask-system", alias="REGTASK_NAMESPACE")
     kubeconfig: str | None = Field(default=None, alias="KUBECONFIG")
@@ -413,6 +416,8 @@ def create_gateway_app(
             {
                 "REDIS_URL": settings.redis_url,
                 "UNIFIED_REGISTRY_ENABLED": settings.unified_registry_enabled,
+                "REGISTRY_DEBUG": settings.registry_debug,
+                "TASK_HISTORY_LIMIT": settings.task_history_limit,
             }
         )
         timeout = httpx.Timeout(settings.llm_timeout_s, connect=10.0)
@@ -804,8 +809,8 @@ async def _relay_chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
 
 
 def main() -> None:
-    configure_logging()
     settings = GatewaySettings()  # required values come from the environment
+    configure_logging(settings.registry_debug)
     app = create_gateway_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 

@@ -9,8 +9,8 @@ status ``queued`` (so ``get_task_status`` answers at once) and answers immediate
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from regtask.identifiers import Identifier
 from regtask.registry import Registry
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
+from regtask_shim import payloads
 from regtask_shim.auth import Access, Principal
 from regtask_shim.errors import BadArguments, Conflict, NotFound, QuotaExceeded, Unavailable, echo
 from regtask_shim.models import (
@@ -166,13 +167,6 @@ class TaskView:
         )
 
 
-def _json_text(value: Any, name: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        raise BadArguments(f"bad argument '{name}': not valid JSON (NaN or Infinity)") from None
-
-
 class ShimService:
     def __init__(self, settings: ShimSettings, registry: Registry, task_store: TaskStore) -> None:
         self.settings = settings
@@ -241,15 +235,14 @@ class ShimService:
         await self.access.require_company(who, company_id)
         task_type = TaskType.DOCUMENT_ANALYSIS
         task_id = f"{TASK_TYPES[task_type].id_prefix}{args.job_id}"
+        inputs, parameters = payloads.document_inputs(args.document_data)
         status = await self._start(
             task_type=task_type,
             task_id=task_id,
             user_id=args.user_id,
             company_id=company_id,
-            inputs=[
-                ("document", "application/json", _json_text(args.document_data, "document_data"))
-            ],
-            parameters={"job_id": args.job_id},
+            inputs=inputs,
+            parameters={**parameters, "job_id": args.job_id},
         )
         return TaskStartedAnswer(task_id=task_id, status=status)
 
@@ -279,7 +272,7 @@ class ShimService:
         task_type = TaskType.VECTOR_COMPUTATION
         suffix = args.job_id or secrets.token_hex(8)
         task_id = f"{TASK_TYPES[task_type].id_prefix}{suffix}"
-        parameters = {"collection_name": args.collection_name}
+        parameters = {"collection": args.collection_name}  # what the vector runner reads
         if args.job_id is not None:
             parameters["job_id"] = args.job_id
         status = await self._start(
@@ -287,7 +280,7 @@ class ShimService:
             task_id=task_id,
             user_id=args.user_id,
             company_id=args.company_id,
-            inputs=[("documents", "application/json", _json_text(args.documents, "documents"))],
+            inputs=payloads.vector_inputs(args.documents),
             parameters=parameters,
         )
         return TaskStartedAnswer(
@@ -339,7 +332,7 @@ class ShimService:
                     task_id=task_id,
                     user_id=user_id,
                     company_id=company_id,
-                    inputs=[("prompt", "text/plain", prompt)],
+                    inputs=[payloads.RawInput("prompt", "text/plain", prompt)],
                     parameters=parameters,
                     conversation_id=conv_id,
                 )
@@ -357,7 +350,7 @@ class ShimService:
         task_id: str,
         user_id: str,
         company_id: str,
-        inputs: list[tuple[str, str, str]],
+        inputs: list[payloads.RawInput],
         parameters: dict[str, str],
         conversation_id: str | None = None,
     ) -> RegistryStatus:
@@ -383,10 +376,7 @@ class ShimService:
             task_type=task_type,
             user_id=user_id,
             company_id=company_id,
-            inputs=[
-                await self._input(name, ctype, text, task_id, user_id, company_id)
-                for name, ctype, text in inputs
-            ],
+            inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
             parameters=parameters,
             conversation_id=conversation_id,
         )
@@ -455,12 +445,17 @@ class ShimService:
             )
 
     async def _input(
-        self, name: str, content_type: str, text: str, task_id: str, user_id: str, company_id: str
+        self, given: payloads.RawInput, task_id: str, user_id: str, company_id: str
     ) -> TaskInput:
         """Inline when small; otherwise a tenant-scoped blob, counted against storage quota."""
-        raw = text.encode()
+        name, content_type = given.name, given.content_type
+        raw = given.value.encode()
         if len(raw) <= MAX_INLINE_INPUT_BYTES:
-            return TaskInput(name=name, content_type=content_type, value=text, encoding="utf-8")
+            return TaskInput(
+                name=name, content_type=content_type, value=given.value, encoding=given.encoding
+            )
+        if given.encoding == "base64":
+            raw = base64.b64decode(given.value)
         # Content-addressed: a retry of the same start finds its blob and counts it only once.
         blob_name = f"{task_id}:{name}:{hashlib.sha256(raw).hexdigest()[:16]}"
         key = storage.blob_key(company_id, user_id, blob_name)

@@ -37,9 +37,7 @@ async def test_reads_the_spec_of_the_tasks_cr(
     client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
         API_GROUP, API_VERSION, control_namespace, TASK_PLURAL, body
     )
-    source = await KubeTaskSpecSource.connect(
-        control_namespace, str(control_plane.kubeconfig_path)
-    )
+    source = await KubeTaskSpecSource.connect(control_namespace, str(control_plane.kubeconfig_path))
     try:
         read = await source.get(spec.task_id)
         with pytest.raises(TaskNotFound):

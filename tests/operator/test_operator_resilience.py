@@ -20,7 +20,7 @@ from regtask_dev.stack import GatewayProcess, OperatorProcess, wait_until
 from tests.fixtures.platform import TOKEN_SECRET, operator_env
 from tests.operator.test_operator_lifecycle import new_task, phase_of
 
-pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow]
+pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def registry_status(client_: redis.Redis, task_id: str) -> str | None:

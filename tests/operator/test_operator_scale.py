@@ -21,7 +21,7 @@ from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import GatewayProcess, wait_until
 from tests.operator.test_operator_lifecycle import as_dict, new_task
 
-pytestmark = [pytest.mark.kube, pytest.mark.slow]
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 COMPANY = "company_burst"
 

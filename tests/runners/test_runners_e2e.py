@@ -408,7 +408,8 @@ async def test_max_duration_stops_the_runner_as_deadline(
     async with watch_events(redis_async, spec.user_id) as events:
         run = await run_runner(gateway, spec, token, events, timeout_s=60)
     assert run.returncode == ExitCode.TERMINATED, run.output
-    assert run.elapsed_s < 4 + GRACE_S + 3  # start-up, the deadline, the stop report
+    # The whole answer would take 60 s (300 words, 0.2 s each): the runner stopped itself.
+    assert run.elapsed_s < 30
     doc = await _task_doc(redis_async, spec.task_id)
     assert doc.progress.current_step == "deadline"
     assert payload(run.of_type(EventType.LLM_CONVERSATION_UPDATE)[-1])["status"] == "deadline"

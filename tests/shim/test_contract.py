@@ -90,11 +90,11 @@ async def test_start_document_analysis_creates_the_resource_and_answers_queued(
         USER,
         COMPANY,
     )
-    assert spec["parameters"] == {"job_id": "job456"}
+    assert spec["parameters"] == {"job_id": "job456", "filename": "invoice.pdf"}
     [document_input] = spec["inputs"]
     assert document_input["name"] == "document"
-    assert document_input["contentType"] == "application/json"
-    assert "Total: 42 EUR" in document_input["value"]
+    assert document_input["contentType"] == "text/plain"
+    assert document_input["value"] == "Total: 42 EUR"
 
     doc = await raw_doc(redis_async, keys.task("doc_analysis_job456"))
     assert doc is not None
@@ -145,7 +145,12 @@ async def test_get_task_status_falls_back_to_the_resource_status(
     shim_namespace: str,
 ) -> None:
     shim = await make_shim()
-    ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "job_cr"]))
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis",
+            [USER, {"company_id": COMPANY, "content": "x"}, "job_cr"],
+        )
+    )
     set_cr_status(
         kube_api,
         shim_namespace,
@@ -241,7 +246,7 @@ async def test_start_vector_computation(
     }
     cr = read_task_cr(kube_api, shim_namespace, "vector_vec42")
     assert cr is not None
-    assert cr["spec"]["parameters"] == {"collection_name": "klk_space_id_002e0b", "job_id": "vec42"}
+    assert cr["spec"]["parameters"] == {"collection": "klk_space_id_002e0b", "job_id": "vec42"}
     minted = ok(await shim.rpc("TASK.start_vector_computation", args[:4]))
     assert re.fullmatch(r"vector_[0-9a-f]{16}", minted["task_id"])
 
@@ -250,7 +255,11 @@ async def test_cancel_task_sets_spec_cancel_and_refuses_finished_tasks(
     make_shim: ShimFactory, kube_api: client.ApiClient, shim_namespace: str
 ) -> None:
     shim = await make_shim()
-    ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "job_c"]))
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, "job_c"]
+        )
+    )
     answer = ok(await shim.rpc("TASK.cancel_task", ["doc_analysis_job_c"]))
     assert answer == {
         "success": True,
@@ -262,7 +271,11 @@ async def test_cancel_task_sets_spec_cancel_and_refuses_finished_tasks(
     assert cr is not None and cr["spec"]["cancel"] is True
     ok(await shim.rpc("TASK.cancel_task", ["doc_analysis_job_c"]))  # asking twice is fine
 
-    ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "job_d"]))
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, "job_d"]
+        )
+    )
     await shim.registry.finish_task(
         "doc_analysis_job_d", USER, COMPANY, RegistryStatus.COMPLETED, 60
     )
@@ -273,8 +286,16 @@ async def test_cancel_task_sets_spec_cancel_and_refuses_finished_tasks(
 async def test_list_user_tasks_lists_only_that_users_tasks(make_shim: ShimFactory) -> None:
     shim = await make_shim()
     for job in ("l1", "l2"):
-        ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, job]))
-    ok(await shim.rpc("TASK.start_document_analysis", ["other", {"company_id": COMPANY}, "l3"]))
+        ok(
+            await shim.rpc(
+                "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, job]
+            )
+        )
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", ["other", {"company_id": COMPANY, "content": "x"}, "l3"]
+        )
+    )
     await shim.registry.update_task_progress(
         "doc_analysis_l2", USER, RegistryStatus.PROCESSING, 10, "ocr", 1800
     )
@@ -426,7 +447,11 @@ async def test_rest_routes_give_the_same_answers(
         headers=auth,
     )
     assert ok(reg) == {"success": True, "user_id": USER, "session_id": "s9"}
-    body = {"user_id": USER, "document_data": {"company_id": COMPANY}, "job_id": "rest1"}
+    body = {
+        "user_id": USER,
+        "document_data": {"company_id": COMPANY, "content": "x"},
+        "job_id": "rest1",
+    }
     started = await http.post("/v1/tasks/document-analysis", json=body, headers=auth)
     assert ok(started, 202) == {
         "success": True,

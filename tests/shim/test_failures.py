@@ -28,12 +28,20 @@ async def test_redis_down_is_503_with_a_clear_error(
 ) -> None:
     with RedisServer() as doomed:
         shim = await make_shim(redis_url=doomed.url)
-        ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "rd1"]))
+        ok(
+            await shim.rpc(
+                "TASK.start_document_analysis",
+                [USER, {"company_id": COMPANY, "content": "x"}, "rd1"],
+            )
+        )
         doomed.stop()
         calls: list[tuple[str, list[Any]]] = [
             ("REGISTRY.register_user", [USER, "s1", "/"]),
             ("CHROMA_VECTOR.heartbeat_collection", [USER, "c"]),
-            ("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "rd2"]),
+            (
+                "TASK.start_document_analysis",
+                [USER, {"company_id": COMPANY, "content": "x"}, "rd2"],
+            ),
             ("UNIFIED_REGISTRY.get_user_registry", [USER]),
             ("TASK.get_task_status", ["doc_analysis_unknown"]),
         ]
@@ -55,7 +63,9 @@ async def test_kubernetes_down_is_503_with_a_clear_error(
     dead = dead_kubeconfig(control_plane.kubeconfig_path, tmp_path / "dead.yaml")
     shim = await make_shim(kubeconfig=dead)
     refused(
-        await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "kd"]),
+        await shim.rpc(
+            "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, "kd"]
+        ),
         503,
         "Kubernetes API unavailable",
     )

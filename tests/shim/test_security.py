@@ -121,7 +121,11 @@ async def test_a_user_acts_only_as_itself(
     shim, alice = await alice_shim(make_shim)
     # Bob's things, created by the service.
     ok(await shim.rpc("REGISTRY.register_user", [BOB, "bob-session", "/"]))
-    ok(await shim.rpc("TASK.start_document_analysis", [BOB, {"company_id": ACME}, "bobjob"]))
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [BOB, {"company_id": ACME, "content": "x"}, "bobjob"]
+        )
+    )
     conv = ok(await shim.rpc("TASK.start_llm_conversation", [BOB, ACME, "secret"]))
 
     attempts: list[tuple[str, list[Any]]] = [
@@ -129,7 +133,7 @@ async def test_a_user_acts_only_as_itself(
         ("REGISTRY.unregister_session", ["bob-session"]),
         ("CHROMA_VECTOR.register_collection_user", [BOB, "c", "s"]),
         ("CHROMA_VECTOR.heartbeat_collection", [BOB, "c"]),
-        ("TASK.start_document_analysis", [BOB, {"company_id": ACME}, "as_bob"]),
+        ("TASK.start_document_analysis", [BOB, {"company_id": ACME, "content": "x"}, "as_bob"]),
         ("TASK.start_llm_conversation", [BOB, ACME, "p"]),
         ("TASK.start_vector_computation", [BOB, ACME, ["d"], "c"]),
         ("LLM.start_conversation", [BOB, ACME, "p", "m", 0.1]),
@@ -164,7 +168,9 @@ async def test_a_user_acts_only_for_authorized_companies(
     )
     refused(
         await shim.rpc(
-            "TASK.start_document_analysis", [ALICE, {"company_id": EVIL}, "evil1"], token=alice
+            "TASK.start_document_analysis",
+            [ALICE, {"company_id": EVIL, "content": "x"}, "evil1"],
+            token=alice,
         ),
         403,
         "company",

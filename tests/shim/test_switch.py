@@ -74,11 +74,19 @@ async def test_tasks_are_registered_whatever_the_switch(
     make_shim: ShimFactory, redis_async: aioredis.Redis
 ) -> None:
     shim = await make_shim(unified=False)
-    ok(await shim.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "sw1"]))
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, "sw1"]
+        )
+    )
     assert await redis_async.exists(keys.task("doc_analysis_sw1"))
     assert not await redis_async.exists(keys.unified_user(USER))
     shim_on = await make_shim(unified=True)
-    ok(await shim_on.rpc("TASK.start_document_analysis", [USER, {"company_id": COMPANY}, "sw2"]))
+    ok(
+        await shim_on.rpc(
+            "TASK.start_document_analysis", [USER, {"company_id": COMPANY, "content": "x"}, "sw2"]
+        )
+    )
     unified = await raw_doc(redis_async, keys.unified_user(USER))
     assert unified is not None
     assert unified["services"]["tasks"]["active_tasks"] == ["doc_analysis_sw2"]

@@ -1,0 +1,1 @@
+"""The `regtask` command line: submit, watch, cancel and inspect tasks and quotas."""

@@ -1,0 +1,82 @@
+"""The runner's gateway client: which failures it retries, and which it must not resend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from regtask_dev.asgi_thread import ThreadedUvicorn
+from regtask_runners import framework
+from regtask_runners.framework import GatewayClient, PermanentError, RetryableError
+
+
+@pytest.fixture
+def flaky_gateway() -> Iterator[tuple[str, dict[str, int]]]:
+    """Progress fails twice with 503 then works; embeddings hang; results are refused."""
+    calls = {"progress": 0, "embeddings": 0}
+    app = FastAPI()
+
+    @app.post("/v1/task/progress")
+    async def progress() -> Any:
+        calls["progress"] += 1
+        if calls["progress"] <= 2:
+            return JSONResponse({"detail": "busy"}, status_code=503)
+        return {"accepted": True, "applied": True}
+
+    @app.post("/v1/llm/embeddings")
+    async def embeddings() -> Any:
+        calls["embeddings"] += 1
+        await asyncio.sleep(3)
+        return {"data": []}
+
+    @app.post("/v1/task/result")
+    async def result() -> Any:
+        return JSONResponse({"detail": "result too large"}, status_code=413)
+
+    @app.post("/v1/llm/chat/completions")
+    async def chat() -> Any:
+        return JSONResponse({"error": {"message": "quota"}}, status_code=429)
+
+    with ThreadedUvicorn(app) as server:
+        yield server.url, calls
+
+
+async def test_transient_5xx_is_retried(flaky_gateway: tuple[str, dict[str, int]]) -> None:
+    url, calls = flaky_gateway
+    client = GatewayClient(url, "token")
+    try:
+        assert await client.progress(10, "step") is True
+    finally:
+        await client.aclose()
+    assert calls["progress"] == 3
+
+
+async def test_an_llm_call_that_may_have_been_sent_is_not_resent(
+    flaky_gateway: tuple[str, dict[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, calls = flaky_gateway
+    monkeypatch.setattr(framework, "LLM_TIMEOUT_S", 0.5)
+    client = GatewayClient(url, "token")
+    try:
+        with pytest.raises(RetryableError, match="ReadTimeout"):
+            await client.embeddings(["a"])
+    finally:
+        await client.aclose()
+    assert calls["embeddings"] == 1  # counted once against the quota, never twice
+
+
+async def test_refusals_map_to_exit_classes(flaky_gateway: tuple[str, dict[str, int]]) -> None:
+    url, _ = flaky_gateway
+    client = GatewayClient(url, "token")
+    try:
+        with pytest.raises(PermanentError, match="413"):
+            await client.store_result({"big": "x"})
+        with pytest.raises(RetryableError, match="429"):
+            await client.chat({"messages": []})
+    finally:
+        await client.aclose()
