@@ -5,11 +5,19 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: setup test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
+.PHONY: setup demo demo-down test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
 	bench-llm clean
 
 setup:
 	bash hack/setup.sh
+
+## demo: the whole platform locally, one task of each type through the RPC shim; stays up
+demo: setup
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m regtask_dev.demo up
+
+## demo-down: stop every process `make demo` started
+demo-down:
+	$(PY) -m regtask_dev.demo down
 
 ## test: everything CI checks — lint, types, generated files, the whole suite on real servers
 test: setup check

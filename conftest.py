@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.shim",
     "tests.fixtures.llm",
     "tests.fixtures.gateway",
+    "tests.fixtures.cli",
 ]

@@ -7,6 +7,7 @@ the CompanyQuota's status only exist on the resources, and an operator on call h
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ _load_incluster: Callable[..., None] = config.load_incluster_config
 def api_client(kubeconfig: str | None) -> client.ApiClient:
     """A client from ``kubeconfig`` (a path, or a list as in KUBECONFIG); in-cluster when
     unset inside a pod; else ``~/.kube/config``."""
+    # urllib3 logs each connection retry: noise around the CLI's own one-line error.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         if kubeconfig:
             return cast(client.ApiClient, _new_client(config_file=kubeconfig))
@@ -53,7 +56,7 @@ def close_client(api: client.ApiClient) -> None:
     close()
 
 
-def _failure(exc: Exception, what: str) -> CliError:
+def _failure(exc: Exception, what: str, host: str) -> CliError:
     if isinstance(exc, ApiException):
         if exc.status in (401, 403):
             return CliError(
@@ -67,7 +70,10 @@ def _failure(exc: Exception, what: str) -> CliError:
             f"Kubernetes API error while trying to {what}: {exc.status} {exc.reason}",
             ExitCode.REFUSED,
         )
-    return CliError(f"Kubernetes API unreachable: {exc}", ExitCode.UNREACHABLE)
+    reason = getattr(exc, "reason", None) or exc
+    # urllib3 wraps the cause twice; keep its last part ("... [Errno 111] Connection refused").
+    detail = str(reason).split("): ", 1)[-1] or type(reason).__name__
+    return CliError(f"Kubernetes API unreachable at {host}: {detail}", ExitCode.UNREACHABLE)
 
 
 def list_objects(api: client.ApiClient, namespace: str, plural: str) -> list[dict[str, Any]]:
@@ -87,7 +93,7 @@ def list_objects(api: client.ApiClient, namespace: str, plural: str) -> list[dic
                 _request_timeout=REQUEST_TIMEOUT_S,
             )
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _failure(exc, f"list {plural} in {namespace}") from None
+            raise _failure(exc, f"list {plural} in {namespace}", api.configuration.host) from None
         body = cast(dict[str, Any], page)
         items.extend(item for item in body.get("items") or [] if isinstance(item, dict))
         token = (body.get("metadata") or {}).get("continue") or None

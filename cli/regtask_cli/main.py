@@ -137,10 +137,10 @@ def reporting() -> Iterator[None]:
     try:
         yield
     except CliError as exc:
-        render.make_console(stderr=True).print(f"error: {exc.message}", markup=False)
+        render.print_error(exc.message)
         raise typer.Exit(int(exc.code)) from None
     except KeyboardInterrupt:
-        render.make_console(stderr=True).print("interrupted", markup=False)
+        render.print_error("interrupted")
         raise typer.Exit(130) from None
 
 
@@ -180,10 +180,7 @@ def _watch(
     except CliError as exc:
         if exc.code is ExitCode.USAGE:
             raise
-        render.make_console(stderr=True).print(
-            f"warning: no live events ({exc.message}); polling every {poll_interval:g}s",
-            markup=False,
-        )
+        render.print_warning(f"no live events ({exc.message}); polling every {poll_interval:g}s")
     try:
         with settings.shim() as shim:
             if as_json:

@@ -44,6 +44,15 @@ def make_console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+def print_error(message: str) -> None:
+    """``error: ...`` on stderr, on one line whatever the terminal's width (scripts grep it)."""
+    make_console(stderr=True).print(f"error: {message}", markup=False, soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    make_console(stderr=True).print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
+
+
 def print_json(console: Console, value: Any) -> None:
     """One JSON document on stdout, unstyled, so ``| jq`` works."""
     console.print_json(json.dumps(value, ensure_ascii=False, default=str), highlight=False)
@@ -222,7 +231,7 @@ class ProgressView:
         self.progress.console.print(line)
 
     def warn(self, message: str) -> None:
-        self.progress.console.print(Text(f"warning: {message}", style="yellow"))
+        print_warning(message)
 
 
 class JsonLinesView:
@@ -252,7 +261,7 @@ class JsonLinesView:
         )
 
     def warn(self, message: str) -> None:
-        make_console(stderr=True).print(Text(f"warning: {message}", style="yellow"))
+        print_warning(message)
 
 
 # ---------------------------------------------------------------------- quota

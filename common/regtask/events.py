@@ -8,14 +8,16 @@ exactly the users it serves.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import redis
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from regtask.keys import events_channel
 from regtask.timeutil import now_iso
+
+if TYPE_CHECKING:  # runners import this module for the models only: no Redis client for them
+    import redis
+    import redis.asyncio as aioredis
 
 
 class EventType(StrEnum):

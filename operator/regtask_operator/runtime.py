@@ -45,9 +45,16 @@ class Runtime:
         if not settings.token_secret:
             raise RuntimeError("REGTASK_TOKEN_SECRET is required (shared with the gateway)")
         kube = await Kube.connect(kubeconfig)
-        client = aioredis.Redis.from_url(
-            shared.redis_url, socket_timeout=5, socket_connect_timeout=5
+        # A blocking pool: a burst of handlers waits for a free connection instead of failing
+        # with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            shared.redis_url,
+            max_connections=32,
+            timeout=10,
+            socket_timeout=5,
+            socket_connect_timeout=5,
         )
+        client = aioredis.Redis(connection_pool=pool)
         registry = Registry(client, shared)
         firestore = FirestoreMirror.from_settings(shared)
         if firestore is not None:

@@ -44,8 +44,10 @@ log = structlog.get_logger(__name__)
 
 # Runner-side progress pace; the gateway drops writes closer than its own interval (200 ms).
 PROGRESS_MIN_INTERVAL_S = 0.25
-# How long a stopping runner spends telling why before it exits (the Job grace is longer).
-STOP_REPORT_BUDGET_S = 3.0
+# How long a stopping runner spends telling why before it exits: well inside the Job's grace
+# period (30 s by default), even on a loaded node; each call gets a few seconds.
+STOP_REPORT_BUDGET_S = 8.0
+STOP_CALL_TIMEOUT_S = 3.0
 GATEWAY_ATTEMPTS = 3
 GATEWAY_TIMEOUT_S = 30.0
 # A CPU-served model may take minutes for a large embedding batch; the task deadline bounds it.
@@ -392,26 +394,27 @@ async def _stop_reason(ctx: TaskContext, deadline_hit: bool) -> str:
     if elapsed >= ctx.task.max_duration_seconds - 1:
         return "deadline"
     with contextlib.suppress(RunnerError, httpx.HTTPError):
-        task = await ctx.gateway.get_task(timeout_s=1.0, attempts=1)
+        task = await ctx.gateway.get_task(timeout_s=STOP_CALL_TIMEOUT_S, attempts=1)
         if task.cancel:
             return "cancelled"
     return "terminated"
 
 
 async def _report_stop(ctx: TaskContext, deadline_hit: bool) -> str:
+    """The registry record first (what the web app polls), then the runner's own hooks."""
     reason = await _stop_reason(ctx, deadline_hit)
     log.warning("runner_stopping", task_id=ctx.env.task_id, reason=reason, step=ctx.progress.step)
-    for hook in ctx.stop_hooks:
-        with contextlib.suppress(Exception):
-            await hook(reason)
     with contextlib.suppress(RunnerError, httpx.HTTPError):
         await ctx.gateway.progress(
             ctx.progress.progress,
             reason,
             {"reason": reason, "stopped_at_step": ctx.progress.step},
-            timeout_s=1.0,
+            timeout_s=STOP_CALL_TIMEOUT_S,
             attempts=1,
         )
+    for hook in ctx.stop_hooks:
+        with contextlib.suppress(Exception):
+            await hook(reason)
     return reason
 
 

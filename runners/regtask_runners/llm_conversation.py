@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from regtask.events import EventType
 from regtask_runners.framework import (
+    STOP_CALL_TIMEOUT_S,
     PermanentError,
     RetryableError,
     TaskContext,
@@ -86,7 +87,9 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
 
     state: dict[str, Any] = {"progress": 5, "response": ""}
 
-    async def publish_update(status: str, progress: int, data: dict[str, Any]) -> None:
+    async def publish_update(
+        status: str, progress: int, data: dict[str, Any], stopping: bool = False
+    ) -> None:
         await ctx.gateway.publish(
             EventType.LLM_CONVERSATION_UPDATE,
             {
@@ -95,6 +98,8 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
                 "progress": progress,
                 "data": data,
             },
+            timeout_s=STOP_CALL_TIMEOUT_S if stopping else None,
+            attempts=1 if stopping else None,
         )
 
     async def on_stop(reason: str) -> None:
@@ -102,6 +107,7 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
             reason,
             state["progress"],
             {"reason": reason, "partial_response": state["response"][-PARTIAL_RESPONSE_CHARS:]},
+            stopping=True,
         )
 
     ctx.on_stop(on_stop)

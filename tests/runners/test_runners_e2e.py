@@ -42,9 +42,9 @@ from tests.runners.helpers import (
     watch_events,
 )
 
-# The grace a Job gives a runner between SIGTERM and SIGKILL (terminationGracePeriodSeconds is
-# 30 by default; the runner must be well within it).
-GRACE_S = 5.0
+# The grace a Job gives a runner between SIGTERM and SIGKILL is 30 s by default
+# (terminationGracePeriodSeconds); the runner must be well within it, even on a loaded machine.
+GRACE_S = 10.0
 
 
 async def _task_doc(client: aioredis.Redis, task_id: str) -> TaskDoc:
