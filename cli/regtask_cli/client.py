@@ -103,7 +103,7 @@ class ShimClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """``rpc_call(method, args=[...], kwargs={...})``: the answer's fields, or a CliError."""
         body: dict[str, Any] = {"method": method, "args": list(args)}
         if kwargs:
@@ -135,10 +135,13 @@ class ShimClient:
         status = response.status_code if not response.is_success else 400
         raise _refusal(status, message)
 
-    def _typed(self, model: type[_Answer], method: str, *args: Any, **kwargs: Any) -> _Answer:
+    def _typed(
+        self, answer_type: type[_Answer], method: str, /, *args: Any, **kwargs: Any
+    ) -> _Answer:
+        # Positional-only: RPC keyword arguments (``model``...) must never meet these names.
         answer = self.call(method, *args, **kwargs)
         try:
-            return model.model_validate(answer)
+            return answer_type.model_validate(answer)
         except ValidationError as exc:
             raise CliError(
                 f"unexpected answer to {method}: {exc.error_count()} field(s) do not fit "

@@ -192,7 +192,9 @@ def _watch(
                     poll_interval_s=poll_interval,
                     timeout_s=timeout,
                 )
-                render.print_json(out, final.model_dump(exclude_none=True))
+                render.print_json_line(
+                    out, {"source": "final", **final.model_dump(exclude_none=True)}
+                )
             else:
                 with render.ProgressView(out, task_id) as view:
                     final = follow(
@@ -220,8 +222,8 @@ def _started(
     timeout: float | None,
 ) -> None:
     out = render.make_console()
-    if as_json:
-        render.print_json(out, started.model_dump(exclude_none=True))
+    if as_json:  # one line: with --watch, the first of a JSON-lines stream
+        render.print_json_line(out, started.model_dump(exclude_none=True))
     else:
         render.print_started(out, started)
     if watch:

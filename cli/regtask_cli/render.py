@@ -58,6 +58,16 @@ def print_json(console: Console, value: Any) -> None:
     console.print_json(json.dumps(value, ensure_ascii=False, default=str), highlight=False)
 
 
+def print_json_line(console: Console, value: Any) -> None:
+    """One compact JSON object per line (``watch --json`` is a stream)."""
+    console.print(
+        json.dumps(value, ensure_ascii=False, default=str),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(status, ""))
 
@@ -235,29 +245,24 @@ class ProgressView:
 
 
 class JsonLinesView:
-    """``watch --json``: one JSON object per change, for scripts and logs."""
+    """``watch --json``: one JSON object per change, then the final status (``"source":
+    "final"``), one per line, for scripts and logs."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
 
     def show(self, state: WatchState, change: Change) -> None:
-        self.console.print(
-            json.dumps(
-                {
-                    "task_id": state.task_id,
-                    "source": change.source,
-                    "status": state.status,
-                    "progress": state.progress,
-                    "current_step": state.current_step,
-                    "note": change.note,
-                    "data": change.data,
-                },
-                ensure_ascii=False,
-                default=str,
-            ),
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        print_json_line(
+            self.console,
+            {
+                "task_id": state.task_id,
+                "source": change.source,
+                "status": state.status,
+                "progress": state.progress,
+                "current_step": state.current_step,
+                "note": change.note,
+                "data": change.data,
+            },
         )
 
     def warn(self, message: str) -> None:

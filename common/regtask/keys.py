@@ -30,7 +30,7 @@ LEGACY_CHROMA_PREFIX = "registry:chroma:"
 CONVERSATION_PREFIX = "conversation:"
 # Ours: session id -> user id, so ``REGISTRY.unregister_session(session_id)`` finds its user.
 SESSION_PREFIX = "registry:session:"
-# Ours: sliding-window counters of LLM requests per company and hour.
+# Ours: counters of LLM requests per company in fixed hour windows (regtask.ratelimit).
 LLM_RATE_PREFIX = "quota:llm:"
 # Ours: real-time events, one pub/sub channel per user.
 EVENTS_PREFIX = "events:user:"

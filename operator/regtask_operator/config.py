@@ -16,6 +16,9 @@ class OperatorSettings(BaseSettings):
 
     # Where RegistryTasks and CompanyQuotas live (the shim creates tasks here).
     namespace: str = "regtask-system"
+    # Namespaces whose RegistryTasks and CompanyQuotas this operator handles (comma-separated,
+    # e.g. "regtask-system"); empty = every namespace.
+    task_namespaces: str = ""
     # Identity of this operator in finalizers, Kopf storage and field managers.
     operator_name: str = "regtask.io"
     peering_name: str = "regtask-operator"
@@ -64,6 +67,10 @@ class OperatorSettings(BaseSettings):
     # Prometheus metrics on this port (0 = off); bound to metrics_host.
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
+
+    def handles_namespace(self, namespace: str | None) -> bool:
+        scope = {n.strip() for n in self.task_namespaces.split(",") if n.strip()}
+        return not scope or (namespace or "") in scope
 
     def image_for(self, task_type: TaskType) -> str:
         return self.runner_images.get(task_type, self.runner_image)

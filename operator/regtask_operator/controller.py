@@ -566,7 +566,7 @@ class Controller:
             labels = meta.get("labels") or {}
             task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
             task_name = labels.get(naming.LABEL_TASK)
-            if not task_ns or not task_name:
+            if not task_ns or not task_name or not self.settings.handles_namespace(task_ns):
                 continue
             key = TaskKey(task_ns, task_name)
             with_job.add(key)

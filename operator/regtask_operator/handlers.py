@@ -38,6 +38,16 @@ QUOTAS = (API_GROUP, API_VERSION, "companyquotas")
 MANAGED_JOBS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 
 
+def _in_scope(namespace: str | None, **_: Any) -> bool:
+    """Only tasks and quotas of the namespaces this operator serves (REGTASK_TASK_NAMESPACES)."""
+    return get_operator_settings().handles_namespace(namespace)
+
+
+def _job_in_scope(annotations: kopf.Annotations, **_: Any) -> bool:
+    namespace = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
+    return get_operator_settings().handles_namespace(namespace)
+
+
 def _runtime(memo: kopf.Memo) -> Runtime:
     runtime: Runtime = memo["runtime"]
     return runtime
@@ -91,8 +101,8 @@ async def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
         return False
 
 
-@kopf.on.create(*TASKS)
-@kopf.on.resume(*TASKS)
+@kopf.on.create(*TASKS, when=_in_scope)
+@kopf.on.resume(*TASKS, when=_in_scope)
 async def task_seen(
     spec: kopf.Spec,
     status: kopf.Status,
@@ -128,7 +138,7 @@ async def task_seen(
         await controller.cancel(task, "CancelRequested", "cancelled before it started")
 
 
-@kopf.on.event(*TASKS)
+@kopf.on.event(*TASKS, when=_in_scope)
 async def task_event(
     status: kopf.Status, namespace: str | None, name: str, memo: Any, **_: Any
 ) -> None:
@@ -137,7 +147,7 @@ async def task_event(
         _runtime(memo).controller.mark_handled(TaskKey(namespace or "", name))
 
 
-@kopf.on.field(*TASKS, field="spec.cancel")
+@kopf.on.field(*TASKS, field="spec.cancel", when=_in_scope)
 async def cancel_requested(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     if not new:
         return
@@ -147,7 +157,7 @@ async def cancel_requested(new: Any, namespace: str | None, name: str, memo: Any
         await controller.cancel(task, "CancelRequested", "cancelled by request")
 
 
-@kopf.on.delete(*TASKS)
+@kopf.on.delete(*TASKS, when=_in_scope)
 async def task_deleted(
     spec: kopf.Spec,
     status: kopf.Status,
@@ -172,7 +182,7 @@ async def task_deleted(
     await controller.forget(key)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS)
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS, when=_job_in_scope)
 async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         return  # an unexpected deletion is caught by the reconcile loop (the task is requeued)
@@ -186,9 +196,9 @@ async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
     await _runtime(memo).controller.job_changed(TaskKey(task_ns, task_name), outcome)
 
 
-@kopf.on.create(*QUOTAS)
-@kopf.on.update(*QUOTAS)
-@kopf.on.resume(*QUOTAS)
+@kopf.on.create(*QUOTAS, when=_in_scope)
+@kopf.on.update(*QUOTAS, when=_in_scope)
+@kopf.on.resume(*QUOTAS, when=_in_scope)
 async def quota_changed(
     spec: kopf.Spec,
     namespace: str | None,
@@ -217,7 +227,7 @@ async def quota_changed(
         log.warning("quota_mirror_failed", company_id=quota.company_id, error=str(exc))
 
 
-@kopf.on.delete(*QUOTAS, optional=True)
+@kopf.on.delete(*QUOTAS, optional=True, when=_in_scope)
 async def quota_deleted(spec: kopf.Spec, memo: Any, **_: Any) -> None:
     company_id = spec.get("companyId")
     if company_id:

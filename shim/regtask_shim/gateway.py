@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
@@ -69,6 +69,7 @@ log = structlog.get_logger(__name__)
 
 MAX_PROGRESS_DATA_BYTES = 8 * 1024
 MAX_VECTOR_BATCH = 1000
+SPEC_CACHE_TTL_S = 30.0
 # Chroma collection names derived from (company, user, collection): "rtv-<readable>-<hash>".
 VECTOR_COLLECTION_PREFIX = "rtv"
 
@@ -299,6 +300,8 @@ class GatewayState:
     throttle: ProgressThrottle
     chroma: AsyncClientAPI | None = None
     chroma_lock: asyncio.Lock | None = None
+    # task id -> (expiry on the monotonic clock, spec); see _spec.
+    spec_cache: dict[str, tuple[float, RegistryTaskSpec]] = field(default_factory=dict)
 
     async def chroma_client(self) -> AsyncClientAPI:
         """Connected on first use: the gateway starts (and serves LLM calls) without Chroma."""
@@ -346,12 +349,26 @@ async def _claims(
 ClaimsDep = Annotated[TaskClaims, Depends(_claims)]
 
 
-async def _spec(state: GatewayState, claims: TaskClaims) -> RegistryTaskSpec:
-    """The token's task spec; a spec that names another tenant than the token is refused."""
-    try:
-        spec = await state.specs.get(claims.task_id)
-    except TaskNotFound as exc:
-        raise HTTPException(404, f"task {claims.task_id} not found") from exc
+async def _spec(state: GatewayState, claims: TaskClaims, fresh: bool = False) -> RegistryTaskSpec:
+    """The token's task spec; a spec that names another tenant than the token is refused.
+
+    Progress and result writes need only immutable fields (ids, type, max duration: the CRD
+    refuses changes), so they use a copy up to :data:`SPEC_CACHE_TTL_S` old instead of one API
+    read per write; ``GET /v1/task`` reads fresh (it carries ``cancel``).
+    """
+    now = time.monotonic()
+    cached = None if fresh else state.spec_cache.get(claims.task_id)
+    if cached is not None and cached[0] > now:
+        spec = cached[1]
+    else:
+        try:
+            spec = await state.specs.get(claims.task_id)
+        except TaskNotFound as exc:
+            state.spec_cache.pop(claims.task_id, None)
+            raise HTTPException(404, f"task {claims.task_id} not found") from exc
+        if len(state.spec_cache) > 10_000:
+            state.spec_cache = {k: v for k, v in state.spec_cache.items() if v[0] > now}
+        state.spec_cache[claims.task_id] = (now + SPEC_CACHE_TTL_S, spec)
     if (spec.user_id, spec.company_id, spec.task_type.value) != (
         claims.user_id,
         claims.company_id,
@@ -466,7 +483,7 @@ def create_gateway_app(
 
     @app.get("/v1/task")
     async def get_task(state: StateDep, claims: ClaimsDep) -> TaskView:
-        spec = await _spec(state, claims)
+        spec = await _spec(state, claims, fresh=True)
         inputs = [await _resolve_input(state, claims, item) for item in spec.inputs]
         registry = await _user_registry(state, claims.user_id)
         return TaskView(

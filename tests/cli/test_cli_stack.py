@@ -8,11 +8,13 @@ the operator admits them on the real control plane, runners run as local process
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask_cli.quota import NEVER
 from regtask_dev.nodesim import NodeSimulator
@@ -20,6 +22,8 @@ from regtask_dev.stack import GatewayProcess, wait_until
 from tests.fixtures.cli import RegtaskCli
 
 pytestmark = pytest.mark.kube
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 TEXT = (
     "Facture 2025-042 de ACME Industries SAS, datée du 24/09/2025. "
@@ -85,6 +89,25 @@ def test_submit_then_watch_to_completion_then_list_and_status(
     assert pretty.exit_code == 0
     assert "completed" in pretty.stdout and "result.entities_found" in pretty.stdout
 
+    finished = regtask_cli.run("cancel", task_id)
+    assert finished.exit_code == 6
+    assert finished.stderr.strip() == (
+        "error: shim refused the call (HTTP 409): task already finished with status 'completed'"
+    )
+
+    # a file, followed right from the submit (--watch), as JSON lines
+    followed = regtask_cli.run(
+        *("submit", "document-analysis", "-u", "cli_user", "-c", "acme"),
+        *("--file", str(DATA / "report.md"), "--watch", "--json", "--timeout", "150"),
+    )
+    assert followed.exit_code == 0, followed.output
+    started, *updates = (json_out(line) for line in followed.stdout.splitlines())
+    assert started["task_id"].startswith("doc_analysis_cli-") and started["status"] == "queued"
+    assert any(u["source"] == "event" and u["current_step"] == "key_phrases" for u in updates)
+    final = updates[-1]
+    assert (final["source"], final["status"], final["progress"]) == ("final", "completed", 100)
+    assert final["result"]["documents"][0]["kind"] == "markdown"
+
     # watching a finished task answers at once, from the status read
     again = regtask_cli.run("watch", task_id, "--user", "cli_user", "--json", "--timeout", "20")
     assert again.exit_code == 0, again.output
@@ -104,6 +127,14 @@ def company_quota(api: client.ApiClient, namespace: str, company_id: str, max_ta
             "spec": {"companyId": company_id, "maxTasksPerUser": max_tasks},
         },
     )
+
+
+def task_spec(api: client.ApiClient, namespace: str, task_id: str) -> dict[str, Any]:
+    task = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, "registrytasks", naming.task_resource_name(task_id)
+    )
+    assert isinstance(task, dict)
+    return dict(task["spec"])
 
 
 def quota_status(api: client.ApiClient, namespace: str, company_id: str) -> dict[str, Any]:
@@ -169,18 +200,64 @@ def test_waiting_task_shows_in_quota_then_cancel_stops_it(
     assert line.split()[1] == "1"  # "│ 1 │ task │ ...": queue position 1
     assert "cli_user2" in line and "never" in line
 
-    cancelled = regtask_cli.run("cancel", task_id)
-    assert cancelled.exit_code == 0, cancelled.output
-    assert f"cancel requested for {task_id}" in cancelled.stdout
-
-    watched = regtask_cli.run(
-        "watch", task_id, "--user", "cli_user2", "--poll-interval", "2", "--timeout", "60"
+    # the other submit forms queue behind it (LLM.start_conversation for a model, vectors)
+    chosen = regtask_cli.run(
+        *("submit", "llm", "-u", "cli_user2", "-c", "frozen_co", "-p", "Hi again"),
+        *("--model", "tiny-model", "--temperature", "0.3"),
     )
-    assert watched.exit_code == 1, watched.output
-    assert f"CANCELLED: {task_id} cancelled" in watched.stdout
+    assert chosen.exit_code == 0, chosen.output
+    chosen_id = chosen.stdout.split()[1]
+    vectors = regtask_cli.run(
+        *("submit", "vectors", "-u", "cli_user2", "-c", "frozen_co", "--collection", "reports"),
+        *("--file", str(DATA / "report.md"), "--file", str(DATA / "invoice.pdf"), "--json"),
+    )
+    assert vectors.exit_code == 0, vectors.output
+    vectors_id = json_out(vectors.stdout)["task_id"]
+
+    def queue() -> list[tuple[int | None, str]]:
+        rows = json_out(regtask_cli.run("quota", "frozen_co", "--json").stdout)["waiting"]
+        return [(row["queue_position"], row["task_id"]) for row in rows]
+
+    expected = [(1, task_id), (2, chosen_id), (3, vectors_id)]
+    wait_until(lambda: queue() == expected, 30, "three tasks queued")
+    spec = task_spec(kube_api, control_namespace, chosen_id)
+    assert spec["parameters"] == {"model": "tiny-model", "temperature": "0.3"}
+    inputs = task_spec(kube_api, control_namespace, vectors_id)["inputs"]
+    assert [(i["name"], i["contentType"]) for i in inputs] == [
+        ("report.md", "text/markdown"),
+        ("invoice.pdf", "application/pdf"),
+    ]
+    assert inputs[1]["encoding"] == "base64"
+
+    # watch (the console script) is subscribed before the cancel: the end arrives as an event
+    watcher = regtask_cli.popen(
+        *("watch", task_id, "--user", "cli_user2", "--json"),
+        *("--poll-interval", "60", "--timeout", "90"),
+    )
+    try:
+        assert watcher.stdout is not None
+        first = json.loads(watcher.stdout.readline())
+        assert (first["source"], first["status"]) == ("start", "waiting_quota")
+        cancelled = regtask_cli.run("cancel", task_id)
+        assert cancelled.exit_code == 0, cancelled.output
+        assert f"cancel requested for {task_id}" in cancelled.stdout
+        rest, errors = watcher.communicate(timeout=90)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 1, errors
+    updates = [json.loads(line) for line in rest.splitlines()]
+    assert any(u["source"] == "event" and u["status"] == "cancelled" for u in updates), updates
+    assert (updates[-1]["source"], updates[-1]["status"]) == ("final", "cancelled")
     assert status_of() == "cancelled"
-    after = json_out(regtask_cli.run("quota", "frozen_co", "--json").stdout)
-    assert after["waiting"] == []
+
+    pretty_end = regtask_cli.run("watch", task_id, "--user", "cli_user2", "--timeout", "20")
+    assert pretty_end.exit_code == 1, pretty_end.output
+    assert f"CANCELLED: {task_id} cancelled" in pretty_end.stdout
+    for other in (chosen_id, vectors_id):
+        assert regtask_cli.run("cancel", other).exit_code == 0
+    wait_until(lambda: queue() == [], 30, "queue emptied by the cancels")
 
     # failures: one line on stderr, a documented exit code
     unknown = regtask_cli.run("status", "no_such_task")
