@@ -393,7 +393,7 @@ def test_active_deadline_kills_the_process_and_fails_the_job(
     )
     attempt = node_sim.wait_for_attempt(namespace, "slow")
 
-    status = wait_job(kube_api, namespace, "slow", "Failed", timeout=15)
+    status = wait_job(kube_api, namespace, "slow", "Failed", timeout=60)
     assert conditions(status)["Failed"].reason == "DeadlineExceeded"
     assert conditions(status)["Failed"].message == "Job was active longer than specified deadline"
     assert (status.failed, status.active, status.terminating) == (1, None, 0)
@@ -459,7 +459,7 @@ def test_deleting_a_running_job_terminates_its_process(
     client.BatchV1Api(kube_api).delete_namespaced_job(
         "doomed", namespace, body=client.V1DeleteOptions(propagation_policy="Background")
     )
-    wait_until(lambda: process_gone(attempt.pid), "the process to be terminated", timeout=5)
+    wait_until(lambda: process_gone(attempt.pid), "the process to be terminated", timeout=30)
     [finished] = node_sim.attempts(namespace, "doomed")
     assert finished.exit_code == 128 + signal.SIGTERM
 
@@ -535,7 +535,7 @@ def test_sigkilled_stand_in_process_takes_its_children_along(
         stand_in.kill()
         stand_in.wait()
 
-        wait_until(lambda: process_gone(child), "the child to die with the stand-in", timeout=5)
+        wait_until(lambda: process_gone(child), "the child to die with the stand-in", timeout=30)
         assert_still_active_without_progress(kube_api, namespace, "orphan")
     finally:
         stand_in.kill()

@@ -143,7 +143,7 @@ def test_failing_runner_is_retried_then_failed(
             >= {"Admitted", "BackoffLimitExceeded"}
             and True
         ),
-        10,
+        30,
         "Admitted and BackoffLimitExceeded events",
     )
     assert events
