@@ -13,9 +13,8 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
+from regtask_dev.procs import LocalServer, free_port, start_process, stop_process, tail, wait_for
 
 
 def _chroma_binary() -> str:
@@ -29,7 +28,7 @@ def _chroma_binary() -> str:
     return found
 
 
-class ChromaServer:
+class ChromaServer(LocalServer):
     def __init__(
         self, port: int | None = None, workdir: Path | None = None, start_timeout_s: float = 60
     ) -> None:
@@ -82,19 +81,3 @@ class ChromaServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> ChromaServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

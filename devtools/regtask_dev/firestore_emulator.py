@@ -20,10 +20,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from regtask_dev.procs import free_port, port_open, start_process, stop_process, tail, wait_for
+from regtask_dev.procs import (
+    LocalServer,
+    free_port,
+    port_open,
+    start_process,
+    stop_process,
+    tail,
+    wait_for,
+)
 
 EMULATOR_HOST_ENV = "FIRESTORE_EMULATOR_HOST"
 
@@ -49,7 +56,7 @@ def emulator_host_env(host: str) -> Iterator[None]:
                 os.environ[EMULATOR_HOST_ENV] = previous
 
 
-class FirestoreEmulator:
+class FirestoreEmulator(LocalServer):
     def __init__(
         self,
         port: int | None = None,
@@ -171,22 +178,6 @@ class FirestoreEmulator:
                 project=self.project_id,
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             )
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> FirestoreEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _group_alive(pgid: int) -> bool:

@@ -21,16 +21,14 @@ loaded), so two processes it is.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
-from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
+from regtask_dev.procs import LocalServer, free_port, start_process, stop_process, tail, wait_for
 
 CHAT_MODEL_ALIAS = "gemma-3-270m"
 EMBEDDING_MODEL_ALIAS = "gemma-3-270m-embed"
@@ -73,7 +71,7 @@ def _ready_or_dead(base_url: str, proc: subprocess.Popen[bytes]) -> Callable[[],
     return lambda: proc.poll() is not None or _models_ready(base_url)
 
 
-class LlamaServer:
+class LlamaServer(LocalServer):
     """Chat on ``port`` (``base_url``), embeddings on ``embedding_port``."""
 
     def __init__(
@@ -165,19 +163,3 @@ class LlamaServer:
         for proc in self.procs:
             stop_process(proc)
         self.procs = []
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -6,12 +6,19 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
-from regtask_dev.procs import free_port, port_open, start_process, stop_process, tail, wait_for
+from regtask_dev.procs import (
+    LocalServer,
+    free_port,
+    port_open,
+    start_process,
+    stop_process,
+    tail,
+    wait_for,
+)
 
 
-class RedisServer:
+class RedisServer(LocalServer):
     def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
         self.port = port or free_port()
         self._own_dir = workdir is None
@@ -57,19 +64,3 @@ class RedisServer:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

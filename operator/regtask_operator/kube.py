@@ -12,10 +12,11 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.kubeclient import async_api_client
 
 FIELD_MANAGER = "regtask-operator"
 TASK_PLURAL = "registrytasks"
@@ -59,17 +60,7 @@ class Kube:
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> Kube:
-        configuration = client.Configuration()
-        if kubeconfig:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
-            )
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                await config.load_kube_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(await async_api_client(kubeconfig))
 
     async def close(self) -> None:
         await self.api.close()

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import structlog
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from regtask.crdgen import CRDS
 from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec
+from regtask.kubeclient import async_api_client
 from regtask.naming import task_resource_name
 
 log = structlog.get_logger(__name__)
@@ -61,18 +62,8 @@ class KubeTaskSpecSource:
 
     @classmethod
     async def connect(cls, namespace: str, kubeconfig: str | None = None) -> KubeTaskSpecSource:
-        """In-cluster service account first; a kubeconfig file when one is given (dev, tests)."""
-        configuration = client.Configuration()
-        if kubeconfig:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
-            )
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                await config.load_kube_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration), namespace)
+        """A kubeconfig file when one is given (dev, tests); else in-cluster."""
+        return cls(await async_api_client(kubeconfig), namespace)
 
     async def get(self, task_id: str) -> RegistryTaskSpec:
         name = task_resource_name(task_id)

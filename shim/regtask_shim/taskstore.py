@@ -28,6 +28,7 @@ from regtask.crmodels import (
     RegistryTaskSpec,
     RegistryTaskStatus,
 )
+from regtask.kubeclient import async_api_client
 from regtask_shim.errors import BadArguments, ShimError, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -130,22 +131,14 @@ class KubeTaskStore:
             return self._custom
         async with self._lock:
             if self._custom is None:
-                configuration = client.Configuration()
                 try:
-                    if self.kubeconfig is not None:
-                        await config.load_kube_config(
-                            config_file=str(self.kubeconfig), client_configuration=configuration
-                        )
-                    else:
-                        config.load_incluster_config(  # type: ignore[no-untyped-call]
-                            client_configuration=configuration
-                        )
+                    api = await async_api_client(self.kubeconfig)
                 except (config.ConfigException, OSError) as exc:
                     log.error("kube_config_unusable", error=str(exc))
                     raise Unavailable(
                         "Kubernetes API unavailable: no usable configuration"
                     ) from exc
-                self._api = client.ApiClient(configuration)
+                self._api = api
                 self._custom = client.CustomObjectsApi(self._api)
         return self._custom
 
