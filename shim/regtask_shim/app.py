@@ -12,12 +12,14 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import regtask
 from regtask.identifiers import ID_MAX_LENGTH, ID_PATTERN
 from regtask.registry import Registry
+from regtask.servicemetrics import CONTENT_TYPE_LATEST, ShimMetrics
 from regtask_shim import rpc
 from regtask_shim.auth import Authenticator, Principal
 from regtask_shim.errors import ErrorAnswer, answer_for, error_response, install_error_handlers
@@ -55,7 +57,6 @@ from regtask_shim.taskstore import TaskStore
 
 log = structlog.get_logger(__name__)
 
-VERSION = "0.1.0"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorAnswer, "description": text}
     for code, text in {
@@ -76,9 +77,10 @@ SessionPath = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[!-~]
 class EdgeMiddleware:
     """Outermost layer: request size limit (413), last-resort error answer, one log line."""
 
-    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, metrics: ShimMetrics) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,7 +114,12 @@ class EdgeMiddleware:
                 await answer_for(exc)(scope, receive, tracked_send)
         state = scope["state"]
         path = scope.get("path", "")
-        level = log.debug if path == "/healthz" else log.info
+        level = log.debug if path in ("/healthz", "/metrics") else log.info
+        rpc_method = state.get("rpc_method")
+        if rpc_method is not None:
+            # Only published names become labels: arbitrary ones would explode the series.
+            label = rpc_method if rpc_method in rpc.METHODS else "unknown"
+            self.metrics.rpc_calls.labels(label, str(status["code"])).inc()
         level(
             "http_request",
             method=scope.get("method"),
@@ -177,12 +184,20 @@ def create_app(
 
     app = FastAPI(
         title="regtask RPC shim",
-        version=VERSION,
+        version=regtask.__version__,
         description="The web app's RPC door (POST /rpc) and the same operations as REST.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware, max_request_bytes=settings.max_request_bytes)
+    metrics = ShimMetrics()
+    app.add_middleware(
+        EdgeMiddleware, max_request_bytes=settings.max_request_bytes, metrics=metrics
+    )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     bearer = HTTPBearer(auto_error=False, description="Firebase ID token or service token")
 
     async def principal(

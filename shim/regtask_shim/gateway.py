@@ -53,6 +53,7 @@ from regtask.logconfig import configure_logging
 from regtask.naming import derived_name
 from regtask.ratelimit import LlmRateLimiter, RateDecision
 from regtask.registry import Registry
+from regtask.servicemetrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from regtask.settings import Settings
 from regtask.storage import (
     MAX_INLINE_RESULT_BYTES,
@@ -302,6 +303,7 @@ class GatewayState:
     chroma_lock: asyncio.Lock | None = None
     # task id -> (expiry on the monotonic clock, spec); see _spec.
     spec_cache: dict[str, tuple[float, RegistryTaskSpec]] = field(default_factory=dict)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
     async def chroma_client(self) -> AsyncClientAPI:
         """Connected on first use: the gateway starts (and serves LLM calls) without Chroma."""
@@ -479,6 +481,10 @@ def create_gateway_app(
         await state.redis.ping()
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(state: StateDep) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     # ---------------------------------------------------------- task
 
     @app.get("/v1/task")
@@ -616,7 +622,13 @@ def create_gateway_app(
         base = state.settings.llm_base_url
         model = state.settings.llm_default_model
         return await _relay_llm(
-            state, claims, f"{base.rstrip('/')}/chat/completions", model, body, body.stream
+            state,
+            claims,
+            f"{base.rstrip('/')}/chat/completions",
+            model,
+            body,
+            body.stream,
+            kind="chat",
         )
 
     @app.post("/v1/llm/embeddings")
@@ -625,7 +637,13 @@ def create_gateway_app(
         base = settings.llm_embeddings_base_url or settings.llm_base_url
         model = settings.llm_embedding_model or settings.llm_default_model
         return await _relay_llm(
-            state, claims, f"{base.rstrip('/')}/embeddings", model, body, stream=False
+            state,
+            claims,
+            f"{base.rstrip('/')}/embeddings",
+            model,
+            body,
+            stream=False,
+            kind="embeddings",
         )
 
     # ---------------------------------------------------------- vectors
@@ -760,10 +778,13 @@ async def _relay_llm(
     default_model: str,
     body: BaseModel,
     stream: bool,
+    kind: str,
 ) -> Response:
     """Count the request against the company's hour, then pass it through with the real key."""
     quotas = await _quotas(state, claims.company_id)
     decision = await state.limiter.hit(claims.company_id, quotas.max_llm_requests_per_hour)
+    outcome = "allowed" if decision.allowed else "rate_limited"
+    state.metrics.llm_requests.labels(claims.company_id, kind, outcome).inc()
     if not decision.allowed:
         log.warning(
             "llm_rate_limited",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import redis.asyncio as aioredis
 
 from regtask import keys
@@ -88,6 +89,15 @@ async def test_gateway_refuses_over_a_small_company_quota(
     assert answers[2].headers["x-ratelimit-remaining"] == "0"
     assert answers[0].headers["x-ratelimit-remaining"] == "2"
     assert len(fake_llm.state.requests) == 3  # the refused one never reached the provider
+    async with httpx.AsyncClient(base_url=gateway.url) as plain:
+        scraped = (await plain.get("/metrics")).text
+    assert 'regtask_llm_requests_total{company="acme",kind="embeddings",outcome="allowed"} 3.0' in (
+        scraped
+    )
+    assert (
+        'regtask_llm_requests_total{company="acme",kind="embeddings",outcome="rate_limited"} 1.0'
+        in scraped
+    )
 
 
 async def test_gateway_default_quota_is_1000_per_hour(

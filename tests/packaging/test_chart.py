@@ -404,3 +404,26 @@ def test_rbac_table_documents_exactly_the_granted_verbs() -> None:
     assert documented_grants("operator") == granted(rules(objects, "ClusterRole", "operator"))
     assert documented_grants("shim") == granted(rules(objects, "Role", "shim"))
     assert documented_grants("gateway") == granted(rules(objects, "Role", "gateway"))
+
+
+def test_grafana_dashboard_ships_the_operator_and_service_metrics() -> None:
+    objects = render(None, extra=("--set", "metrics.grafanaDashboard.enabled=true"))
+    [config_map] = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["regtask.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "regtask_tasks",
+        "regtask_admission_wait_seconds_bucket",
+        "regtask_quota_running_tasks",
+        "regtask_job_duration_seconds_bucket",
+        "regtask_llm_requests_total",
+        "regtask_mirror_failures_total",
+        "regtask_rpc_calls_total",
+    ):
+        assert metric in exprs
+    assert not [o for o in render(None) if o["metadata"]["name"].endswith("-dashboard")]

@@ -505,3 +505,12 @@ async def test_healthz_reports_redis_and_kubernetes(make_shim: ShimFactory) -> N
     response = await shim.http.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"redis": "ok", "kubernetes": "ok"}}
+
+
+async def test_rpc_calls_are_counted_in_metrics(make_shim: ShimFactory) -> None:
+    shim = await make_shim()
+    ok(await shim.rpc("REGISTRY.register_user", [USER, "s-metrics", "/"]))
+    await shim.rpc("NOPE.__class__", [])
+    scraped = (await shim.http.get("/metrics")).text
+    assert 'regtask_rpc_calls_total{method="REGISTRY.register_user",status="200"} 1.0' in scraped
+    assert 'regtask_rpc_calls_total{method="unknown",status="404"} 1.0' in scraped
