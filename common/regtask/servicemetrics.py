@@ -16,8 +16,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.llm_requests = Counter(
             "regtask_llm_requests_total",
-            "LLM requests through the gateway, per company and outcome "
-            "(allowed, rate_limited).",
+            "LLM requests through the gateway, per company and outcome (allowed, rate_limited).",
             ["company", "kind", "outcome"],
             registry=self.registry,
         )
