@@ -12,8 +12,15 @@ setup:
 	bash hack/setup.sh
 
 ## demo: the whole platform locally, one task of each type through the RPC shim; stays up
+##       KIND=1: the same on a kind cluster with the Helm chart (needs Docker, kind, kubectl);
+##       the cluster is kept (delete it with `kind delete cluster --name regtask-e2e`)
+KIND ?=
 demo: setup
+ifeq ($(KIND),1)
+	KEEP_CLUSTER=1 bash hack/kind-e2e.sh
+else
 	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m regtask_dev.demo up
+endif
 
 ## demo-down: stop every process `make demo` started
 demo-down:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class ControllerCollector(Collector):
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         tasks = GaugeMetricFamily(
             "regtask_tasks",
             "Tasks known to the operator, by phase, type and company.",
@@ -100,3 +100,23 @@ class ControllerCollector(Collector):
         )
         failures.add_metric([], self.controller.mirror.pending())
         yield failures
+        firestore = self.controller.mirror.firestore
+        if firestore is not None:
+            # The Firestore mirror retries in its own thread; its counters are its own.
+            stats = firestore.stats()
+            for name, key, help_text in (
+                (
+                    "regtask_firestore_mirror_failed_attempts_total",
+                    "failed_attempts",
+                    "Failed Firestore writes (each is retried).",
+                ),
+                (
+                    "regtask_firestore_mirror_dropped_total",
+                    "dropped",
+                    "Firestore documents dropped from a full queue.",
+                ),
+                ("regtask_firestore_mirror_written_total", "written", "Firestore writes done."),
+            ):
+                family = CounterMetricFamily(name.removesuffix("_total"), help_text)
+                family.add_metric([], stats.get(key, 0))
+                yield family

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,16 @@ def test_redis_and_firestore_outage(
             fs.close()
             assert operator.proc is not None and operator.proc.poll() is None, "operator survived"
             assert "registry_mirror_failed" in operator.log_text()
+            with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
+                scraped = response.read().decode()
+            values = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in scraped.splitlines()
+                if line and not line.startswith("#")
+            }
+            assert values['regtask_mirror_failures_total{target="redis"}'] >= 1
+            assert values["regtask_firestore_mirror_failed_attempts_total"] >= 1
+            assert values["regtask_firestore_mirror_written_total"] >= 2
         finally:
             operator.stop()
             gateway.stop()
