@@ -230,3 +230,14 @@ def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.2)
             return last
         time.sleep(interval_s)
     raise TimeoutError(f"{what}: not reached after {timeout_s:.0f}s (last: {last!r})")
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """A Prometheus text page as {series with labels: value} (comments skipped)."""
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
+        text = response.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from kubernetes import client
 from regtask import keys, naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask_dev.nodesim import NodeSimulator
-from regtask_dev.stack import wait_until
+from regtask_dev.stack import scrape_metrics, wait_until
 
 pytestmark = pytest.mark.kube
 
@@ -151,13 +150,7 @@ def test_failing_runner_is_retried_then_failed(
     secrets = client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
     assert naming.token_secret_name("fail_task_1") not in {s.metadata.name for s in secrets}
 
-    with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
-        scraped = response.read().decode()
-    series = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in scraped.splitlines()
-        if line and not line.startswith("#")
-    }
+    series = scrape_metrics(operator.metrics_url)
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
     assert series[f"regtask_tasks_finished_total{{{labels}}}"] == 1.0
     assert (

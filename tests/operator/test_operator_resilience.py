@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from regtask_dev.controlplane import ControlPlane
 from regtask_dev.firestore_emulator import FirestoreEmulator
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.redis_server import RedisServer
-from regtask_dev.stack import GatewayProcess, OperatorProcess, wait_until
+from regtask_dev.stack import GatewayProcess, OperatorProcess, scrape_metrics, wait_until
 from tests.fixtures.platform import TOKEN_SECRET, operator_env
 from tests.operator.test_operator_lifecycle import new_task, phase_of
 
@@ -118,13 +117,7 @@ def test_redis_and_firestore_outage(
             fs.close()
             assert operator.proc is not None and operator.proc.poll() is None, "operator survived"
             assert "registry_mirror_failed" in operator.log_text()
-            with urllib.request.urlopen(operator.metrics_url, timeout=5) as response:
-                scraped = response.read().decode()
-            values = {
-                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in scraped.splitlines()
-                if line and not line.startswith("#")
-            }
+            values = scrape_metrics(operator.metrics_url)
             assert values['regtask_mirror_failures_total{target="redis"}'] >= 1
             assert values["regtask_firestore_mirror_failed_attempts_total"] >= 1
             assert values["regtask_firestore_mirror_written_total"] >= 2
