@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from regtask import naming, tokens
 from regtask.crmodels import (
@@ -42,7 +41,7 @@ from regtask_operator.admission import (
     Waiting,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, object_path, quota_path, task_path
+from regtask_operator.kube import Kube, KubeError, object_path, quota_path, task_path
 from regtask_operator.mirror import Mirror, TaskSnapshot
 
 log = structlog.get_logger(__name__)
@@ -522,7 +521,7 @@ class Controller:
             )
         async with self._lock:
             self.state.release(task.key)
-        with contextlib.suppress(ApiException):
+        with contextlib.suppress(KubeError):
             await self.kube.delete(
                 "v1", "Secret", task.tenant_namespace, naming.token_secret_name(task.spec.task_id)
             )

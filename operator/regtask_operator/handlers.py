@@ -29,6 +29,7 @@ from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import get_operator_settings
 from regtask_operator.controller import TrackedTask
+from regtask_operator.kube import default_login
 from regtask_operator.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -82,7 +83,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # manifests/ and the chart); standalone (tests, a single dev process) needs none.
     settings.peering.mandatory = not config.standalone
     settings.posting.level = logging.INFO
-    runtime = await Runtime.start(config, get_settings(), memo.get("kubeconfig"))
+    runtime = await Runtime.start(config, get_settings(), default_login(settings))
     memo["runtime"] = runtime
 
 

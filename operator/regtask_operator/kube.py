@@ -1,26 +1,37 @@
-"""The operator's Kubernetes calls, over one shared ``kubernetes_asyncio`` session.
+"""The operator's Kubernetes calls, over one shared aiohttp session.
 
 Idempotent by construction: server-side apply for objects the operator owns the shape of
 (tenant namespace and its policies: applying again repairs drift), ``create`` tolerating
 "already exists" for Jobs and Secrets (derived names make a second create harmless), ``delete``
 tolerating "not found".
+
+The session is built from the same :class:`kopf.ConnectionInfo` as Kopf's own (service account
+in a cluster, else the kubeconfig), with aiohttp, which Kopf already runs on. No Kubernetes
+client library is imported: their generated models cost ~100 MB of resident memory (see
+``regtask_operator.__main__``), and the operator only needs a handful of raw REST calls.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
+import ssl
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
+import kopf
 
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask.kubeclient import async_api_client
 
 FIELD_MANAGER = "regtask-operator"
 TASK_PLURAL = "registrytasks"
 QUOTA_PLURAL = "companyquotas"
+REQUEST_TIMEOUT_S = 30
 
 _PLURALS = {
     "Namespace": "namespaces",
@@ -32,6 +43,17 @@ _PLURALS = {
     "Job": "jobs",
     "Event": "events",
 }
+
+Login = Callable[[], kopf.ConnectionInfo | None]
+
+
+class KubeError(Exception):
+    """A refused API call: the HTTP status and the apiserver's own message."""
+
+    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+        super().__init__(f"{method} {path}: {status} {message}")
+        self.status = status
+        self.message = message
 
 
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -53,17 +75,77 @@ def quota_path(namespace: str, name: str, status: bool = False) -> str:
     return path + "/status" if status else path
 
 
+def default_login(settings: kopf.OperatorSettings) -> Login:
+    """Kopf's own logins, in Kopf's order: in-cluster ServiceAccount, else KUBECONFIG."""
+
+    def login() -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
+
+    return login
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context(cafile=info.ca_path)
+    if info.ca_data:
+        context.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode("ascii"))
+    cert, key = info.certificate_path, info.private_key_path
+    with tempfile.TemporaryDirectory() as scratch:
+        # ssl wants files; inline kubeconfig data (base64 PEM) goes through a private temp dir.
+        if info.certificate_data:
+            cert = str(Path(scratch) / "cert.pem")
+            Path(cert).write_bytes(base64.b64decode(info.certificate_data))
+        if info.private_key_data:
+            key = str(Path(scratch) / "key.pem")
+            Path(key).write_bytes(base64.b64decode(info.private_key_data))
+        if cert:
+            context.load_cert_chain(cert, key)
+    return context
+
+
+def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    if info.token:
+        return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
+    if info.username and info.password:
+        pair = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
+    def __init__(self, login: Login) -> None:
+        self._login = login
+        self._info: kopf.ConnectionInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.writes = 0  # counted for the admission benchmark (API writes per task)
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> Kube:
-        return cls(await async_api_client(kubeconfig))
+    async def connect(cls, login: Login) -> Kube:
+        kube = cls(login)
+        await kube._relogin()
+        return kube
+
+    async def _relogin(self) -> aiohttp.ClientSession:
+        info = self._login()
+        if info is None:
+            raise RuntimeError("no Kubernetes credentials: neither in-cluster nor KUBECONFIG")
+        old, self._info = self._session, info
+        self._session = aiohttp.ClientSession(
+            base_url=info.server,
+            headers=_auth_headers(info),
+            connector=aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        )
+        if old is not None:
+            await old.close()
+        return self._session
 
     async def close(self) -> None:
-        await self.api.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def request(
         self,
@@ -75,17 +157,26 @@ class Kube:
     ) -> dict[str, Any]:
         if method != "GET":
             self.writes += 1
-        result = await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            response_types_map={200: "object", 201: "object", 202: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-        )
-        return result if isinstance(result, dict) else {}
+        session = self._session or await self._relogin()
+        for attempt in (1, 2):
+            async with session.request(
+                method,
+                path,
+                params=query or None,
+                data=None if body is None else json.dumps(body),
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            ) as response:
+                text = await response.text()
+                if response.status == 401 and attempt == 1:
+                    # Rotated ServiceAccount token (or expired credentials): log in again once.
+                    session = await self._relogin()
+                    continue
+                if response.status >= 400:
+                    raise KubeError(response.status, method, path, _message(text))
+                result = json.loads(text) if text else {}
+                return result if isinstance(result, dict) else {}
+        raise AssertionError("unreachable")  # pragma: no cover
+
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
@@ -106,7 +197,7 @@ class Kube:
         path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
         try:
             await self.request("POST", path, manifest, query=[("fieldManager", FIELD_MANAGER)])
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -120,7 +211,7 @@ class Kube:
                 object_path(api_version, kind, namespace, name),
                 {"propagationPolicy": "Background"},
             )
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 404:
                 return False
             raise
@@ -154,7 +245,7 @@ class Kube:
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", path)
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -178,7 +269,14 @@ class Kube:
             return await self.request(
                 "PATCH", path, patch, content_type="application/merge-patch+json"
             )
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 404:
                 return None
             raise
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message") or text)[:500]
+    except (ValueError, AttributeError):
+        return text[:500]

@@ -20,7 +20,7 @@ from regtask.settings import Settings
 from regtask_operator import maintenance, metrics
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
-from regtask_operator.kube import Kube
+from regtask_operator.kube import Kube, Login
 from regtask_operator.mirror import Mirror
 
 log = structlog.get_logger(__name__)
@@ -40,11 +40,11 @@ class Runtime:
 
     @classmethod
     async def start(
-        cls, settings: OperatorSettings, shared: Settings, kubeconfig: str | None = None
+        cls, settings: OperatorSettings, shared: Settings, login: Login
     ) -> Runtime:
         if not settings.token_secret:
             raise RuntimeError("REGTASK_TOKEN_SECRET is required (shared with the gateway)")
-        kube = await Kube.connect(kubeconfig)
+        kube = await Kube.connect(login)
         # A blocking pool: a burst of handlers waits for a free connection instead of failing
         # with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
