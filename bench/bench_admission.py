@@ -45,6 +45,10 @@ TASKS = int(os.environ.get("BENCH_TASKS", "300"))
 USERS = int(os.environ.get("BENCH_USERS", "10"))
 LIMIT = int(os.environ.get("BENCH_LIMIT", "5"))
 KNOWN = int(os.environ.get("BENCH_KNOWN", "10000"))
+# Then this many more tasks with room for all of them at once: the lifecycle without waiting.
+UNCONTENDED = int(os.environ.get("BENCH_UNCONTENDED", "50"))
+# The operator's batched token cleanup runs this often (its default): waited for before counting.
+TOKEN_CLEANUP_S = 30
 COMPANY = "bench_co"
 NAMESPACE = "regtask-system"
 TOKEN = secrets.token_hex(32)
@@ -63,7 +67,7 @@ OPERATOR_WRITES = {
     ("resourcequotas", ""),
     ("limitranges", ""),
 }
-WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE", "APPLY", "CREATE", "UPDATE"}
+WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE", "DELETECOLLECTION", "APPLY", "CREATE", "UPDATE"}
 
 
 def request_counts(plane: ControlPlane) -> dict[tuple[str, str, str], float]:
@@ -80,13 +84,26 @@ def request_counts(plane: ControlPlane) -> dict[tuple[str, str, str], float]:
     return counts
 
 
-def operator_writes(before: dict[Any, float], after: dict[Any, float], creates: int) -> float:
+def operator_writes(
+    before: dict[Any, float], after: dict[Any, float], creates: int
+) -> tuple[float, dict[str, float], float]:
+    """(object writes, the same by verb/resource, Event posts) between two counter readings."""
     total = 0.0
+    by_kind: dict[str, float] = {}
+    events = 0.0
     for (verb, resource, sub), value in after.items():
-        if verb.upper() in WRITE_VERBS and (resource, sub) in OPERATOR_WRITES:
-            total += value - before.get((verb, resource, sub), 0.0)
-    # The bench's own task creations are POSTs on registrytasks: not the operator's.
-    return total - creates
+        delta = value - before.get((verb, resource, sub), 0.0)
+        if not delta or verb.upper() not in WRITE_VERBS:
+            continue
+        if resource == "events":
+            events += delta
+        elif (resource, sub) in OPERATOR_WRITES:
+            if (verb.upper(), resource, sub) == ("POST", "registrytasks", ""):
+                delta -= creates  # the bench's own task creations are not the operator's
+            total += delta
+            label = f"{verb} {resource}{'/' + sub if sub else ''}"
+            by_kind[label] = by_kind.get(label, 0.0) + delta
+    return total, {k: v for k, v in sorted(by_kind.items()) if v}, events
 
 
 def rss_mb(pid: int) -> float:
@@ -230,15 +247,43 @@ def main() -> None:
 
         wait_until(all_succeeded, 3600, "all tasks Succeeded", 2.0)
         finished = time.monotonic()
-        time.sleep(3)  # let the last status and quota writes land
+        time.sleep(TOKEN_CLEANUP_S + 5)  # let the last status, quota and cleanup writes land
         after = request_counts(plane)
+
+        # The same lifecycle without waiting: room for every task at once.
+        custom.patch_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            NAMESPACE,
+            "companyquotas",
+            "bench",
+            {"spec": {"maxTasksPerUser": 1000}},
+        )
+        time.sleep(2)
+        before_free = request_counts(plane)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create, range(TASKS, TASKS + UNCONTENDED)))
+
+        def all_succeeded_again() -> bool:
+            items = custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, NAMESPACE, "registrytasks"
+            )["items"]
+            done = sum(1 for i in items if (i.get("status") or {}).get("phase") == "Succeeded")
+            return done >= TASKS + UNCONTENDED
+
+        wait_until(all_succeeded_again, 600, "the uncontended tasks Succeeded", 1.0)
+        time.sleep(TOKEN_CLEANUP_S + 5)
+        after_free = request_counts(plane)
         stop.set()
         node.stop()
 
         # Only the tasks admitted at once measure admission itself (the rest waited for room).
         first_wave = sorted(created, key=created.__getitem__)[: USERS * LIMIT]
         latencies = sorted((job_seen[t] - created[t]) * 1000 for t in first_wave if t in job_seen)
-        writes = operator_writes(before, after, TASKS)
+        writes, writes_by_kind, events = operator_writes(before, after, TASKS)
+        free_writes, free_by_kind, free_events = operator_writes(
+            before_free, after_free, UNCONTENDED
+        )
 
         # Memory with many tasks known: KNOWN more tasks for a company whose limit is 0.
         custom.create_namespaced_custom_object(
@@ -294,6 +339,16 @@ def main() -> None:
                 "admission_p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
                 "tasks_per_s": round(TASKS / (finished - began), 2),
                 "api_writes_per_task": round(writes / TASKS, 2),
+                "api_writes_by_kind_per_task": {
+                    k: round(v / TASKS, 2) for k, v in writes_by_kind.items()
+                },
+                "event_posts_per_task": round(events / TASKS, 2),
+                "uncontended_tasks": UNCONTENDED,
+                "api_writes_per_task_uncontended": round(free_writes / UNCONTENDED, 2),
+                "api_writes_by_kind_per_task_uncontended": {
+                    k: round(v / UNCONTENDED, 2) for k, v in free_by_kind.items()
+                },
+                "event_posts_per_task_uncontended": round(free_events / UNCONTENDED, 2),
                 "raw_api_creates_per_s": round(raw_rate, 1),
                 "operator_rss_mb": round(rss, 1),
                 "tasks_known_for_rss": TASKS + KNOWN,

@@ -21,6 +21,7 @@ from regtask.crmodels import (
     API_VERSION,
     CompanyQuotaSpec,
     CompanyQuotaStatus,
+    Phase,
     RegistryTaskSpec,
     RegistryTaskStatus,
 )
@@ -38,6 +39,9 @@ class CrdSpec:
     status_model: type[BaseModel]
     printer_columns: list[dict[str, Any]]
     description: str
+    # The status an object shows before any controller wrote one (applied by the apiserver on
+    # every read): saves the operator one status write per object.
+    status_default: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -52,6 +56,7 @@ CRDS = [
         short_names=["rt", "rtask"],
         spec_model=RegistryTaskSpec,
         status_model=RegistryTaskStatus,
+        status_default={"phase": Phase.QUEUED.value},
         description="A unit of background work (document analysis, embeddings, LLM chat) "
         "run as a Job in its tenant's isolated namespace.",
         printer_columns=[
@@ -135,10 +140,12 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _status_schema(model: type[BaseModel], default: dict[str, Any] | None) -> dict[str, Any]:
     schema = structural_schema(model)
     # Status models allow extra fields (Kopf's own bookkeeping may land there).
     schema["x-kubernetes-preserve-unknown-fields"] = True
+    if default is not None:
+        schema["default"] = default
     return schema
 
 
@@ -178,7 +185,7 @@ def build_crd(spec: CrdSpec) -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": structural_schema(spec.spec_model),
-                                "status": _status_schema(spec.status_model),
+                                "status": _status_schema(spec.status_model, spec.status_default),
                             },
                         }
                     },

@@ -63,6 +63,13 @@ class OperatorSettings(BaseSettings):
     status_sync_interval_s: float = Field(default=2.0, gt=0)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
+    # A waiting task's queue position in its CR status follows at most this often (each
+    # admission moves every waiting task; the registry and the events follow in real time).
+    queue_position_refresh_s: float = Field(default=30.0, ge=0)
+    # Runner progress in the CR status at most this often per task (the registry: real time).
+    progress_status_interval_s: float = Field(default=10.0, ge=0)
+    # Token Secrets of finished tasks are deleted in batches this often (one call per namespace).
+    token_cleanup_interval_s: float = Field(default=30.0, gt=0)
     watch_timeout_s: int = Field(default=300, ge=10)
     # Prometheus metrics on this port (0 = off); bound to metrics_host.
     metrics_port: int = Field(default=9090, ge=0, le=65535)

@@ -41,19 +41,16 @@ from regtask_operator.admission import (
     Waiting,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, KubeError, object_path, quota_path, task_path
+from regtask_operator.kube import Kube, object_path, quota_path, task_path
 from regtask_operator.mirror import Mirror, TaskSnapshot
 
 log = structlog.get_logger(__name__)
 
 # Re-run the tenant namespace apply at most this often per namespace (drift repair).
 NAMESPACE_REFRESH_S = 300.0
-# How long a status write waits for Kopf's own first PATCH of a new task (see TrackedTask).
-HANDLED_WAIT_S = 30.0
-# Every admission shifts every waiting task's position: report a changed position at most this
-# often per task (the first report is immediate), or 200 waiting tasks flood the API.
-POSITION_REFRESH_S = 5.0
 TOKEN_MARGIN_S = 600
+# Task labels per token-cleanup call (the label selector travels in the URL).
+TOKEN_CLEANUP_BATCH = 50
 
 
 @dataclass
@@ -67,9 +64,9 @@ class TrackedTask:
     current_step: str = ""
     reported_wait: tuple[int, str, int] | None = None
     reported_at: float = 0.0
-    # Set once Kopf has written its own post-handler PATCH (its diffbase is in the status):
-    # until then a phase written by the scheduler could be overwritten by the handler's Queued.
-    handled: asyncio.Event = field(default_factory=asyncio.Event)
+    published_wait: tuple[int, str] | None = None
+    # time.monotonic() of the last progress written to the CR status (or of the launch)
+    progress_patched_at: float = 0.0
     admitted_at: float | None = None
     # time.monotonic() when its Job was created by this process (see reconcile)
     launched_mono: float = 0.0
@@ -140,6 +137,10 @@ class Controller:
     # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
+    # companies whose current limits are mirrored in Redis
+    limits_mirrored: set[str] = field(default_factory=set)
+    # tenant namespace -> task labels whose token Secrets are to be deleted (batched)
+    _tokens_to_delete: dict[str, set[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ quotas
 
@@ -154,21 +155,32 @@ class Controller:
         )
         return defaults, self.settings.rate_limit_policy
 
-    def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> None:
-        self.limits[company_id] = CompanyLimits(quotas, policy)
+    def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> bool:
+        """Record a company's limits; True when they differ from the ones known."""
+        limits = CompanyLimits(quotas, policy)
+        if self.limits.get(company_id) == limits:
+            return False
+        self.limits[company_id] = limits
+        self.limits_mirrored.discard(company_id)
         self.kick()
+        return True
 
     def drop_limits(self, company_id: str) -> None:
         self.limits.pop(company_id, None)
+        self.limits_mirrored.discard(company_id)
         self.kick()
 
     # ------------------------------------------------------------------ tracking
 
     def track(
         self, key: TaskKey, uid: str, spec: RegistryTaskSpec, created: str, status: dict[str, Any]
-    ) -> TrackedTask:
-        """Remember a task (create or resume) and queue it unless it already ended or runs."""
+    ) -> tuple[TrackedTask, bool]:
+        """Remember a task (new, or listed at start-up) and queue it unless it ended or runs.
+
+        Called for every watch event of the task: idempotent. True when it was not known.
+        """
         task = self.tasks.get(key)
+        is_new = task is None
         phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
         if task is None:
             task = TrackedTask(
@@ -181,14 +193,12 @@ class Controller:
                 str(status.get("currentStep") or ""),
             )
             self.tasks[key] = task
-        if (status.get("operatorState") or {}).get("diffbase"):
-            task.handled.set()  # resumed: Kopf handled this task in an earlier life
-        if phase in TERMINAL_PHASES:
-            return task
+        if task.phase in TERMINAL_PHASES or not is_new:
+            return task, is_new
         if not self.state.is_running(key):
             self.state.submit(task.candidate())
         self.kick()
-        return task
+        return task, is_new
 
     def kick(self) -> None:
         self._kick.set()
@@ -318,7 +328,7 @@ class Controller:
         await self.kube.create(jobs.token_secret(spec, task.key.name, task.key.namespace, token))
         job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
         created = await self.kube.create(job)
-        task.launched_mono = time.monotonic()
+        task.launched_mono = task.progress_patched_at = time.monotonic()
         if not created:
             # Launched by an earlier life of the operator: follow that Job, whatever its state.
             existing = await self.kube.get(
@@ -379,14 +389,20 @@ class Controller:
 
     async def _report_waiting(self, waiting: Waiting) -> None:
         task = self.tasks.get(waiting.candidate.key)
-        if task is None or not task.handled.is_set():
-            return  # reported by a later round, once Kopf has written its own status
+        if task is None:
+            return
         marker = (waiting.position, waiting.reason.value, waiting.retry_after_s // 60)
         if task.reported_wait == marker:
             return
         same_reason = task.reported_wait is not None and task.reported_wait[1] == marker[1]
-        if same_reason and time.monotonic() - task.reported_at < POSITION_REFRESH_S:
-            return  # the next scheduler round reports it once the interval has passed
+        if (
+            same_reason
+            and time.monotonic() - task.reported_at < self.settings.queue_position_refresh_s
+        ):
+            # Every admission shifts every waiting task's position: the CR status follows at
+            # most this often per task (the registry and the events get every change, below).
+            await self._publish_waiting(task, waiting)
+            return
         task.reported_wait = marker
         task.reported_at = time.monotonic()
         task.phase = Phase.WAITING
@@ -418,6 +434,14 @@ class Controller:
                 ],
             },
         )
+        await self._publish_waiting(task, waiting)
+
+    async def _publish_waiting(self, task: TrackedTask, waiting: Waiting) -> None:
+        """The registry and the events: every change of position, real time (Redis only)."""
+        marker = (waiting.position, waiting.reason.value)
+        if task.published_wait == marker:
+            return
+        task.published_wait = marker
         await self.mirror.publish(
             task.snapshot(
                 Phase.WAITING,
@@ -425,6 +449,19 @@ class Controller:
                 reason=waiting.reason.value,
                 current_step="waiting_quota",
             )
+        )
+
+    async def refuse_invalid(self, key: TaskKey, error: str) -> None:
+        """A spec the CRD schema let through but the model refuses: Failed, with the reason."""
+        await self.kube.patch_merge(
+            task_path(key.namespace, key.name, status=True),
+            {
+                "status": {
+                    "phase": Phase.FAILED.value,
+                    "reason": "InvalidSpec",
+                    "message": error[:1000],
+                }
+            },
         )
 
     async def _refuse(self, candidate: Candidate, message: str) -> None:
@@ -435,20 +472,12 @@ class Controller:
 
     # ------------------------------------------------------------------ following and finishing
 
-    def mark_handled(self, key: TaskKey) -> None:
-        task = self.tasks.get(key)
-        if task is not None and not task.handled.is_set():
-            task.handled.set()
-
     async def patch_status(self, task: TrackedTask, status: dict[str, Any]) -> bool:
         """Merge-patch the task's status; False when the task is gone.
 
-        Waits (bounded) until Kopf's own PATCH for the creation has landed, so that the
-        handler's ``Queued`` can never overwrite a later phase.
+        The only writer of a task's status besides Kopf's deletion bookkeeping: no handler
+        writes a status of its own, so no later phase can be overwritten by an earlier one.
         """
-        if not task.handled.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(task.handled.wait(), timeout=HANDLED_WAIT_S)
         body = await self.kube.patch_merge(
             task_path(task.key.namespace, task.key.name, status=True), {"status": status}
         )
@@ -521,10 +550,7 @@ class Controller:
             )
         async with self._lock:
             self.state.release(task.key)
-        with contextlib.suppress(KubeError):
-            await self.kube.delete(
-                "v1", "Secret", task.tenant_namespace, naming.token_secret_name(task.spec.task_id)
-            )
+        self.schedule_token_cleanup(task.tenant_namespace, task.key.name)
         self.emit(
             task,
             "Normal" if phase is Phase.SUCCEEDED else "Warning",
@@ -542,6 +568,31 @@ class Controller:
         )
         await self.finish(task, Phase.CANCELLED, reason, message)
 
+    def schedule_token_cleanup(self, namespace: str, task_label: str) -> None:
+        """The token Secret goes in the next batched cleanup (one call per namespace).
+
+        Deleting it does not revoke the token (it expires on its own, see ``launch``): it only
+        tidies the namespace, so it need not happen at once.
+        """
+        self._tokens_to_delete.setdefault(namespace, set()).add(task_label)
+
+    async def cleanup_tokens(self) -> int:
+        """Delete the scheduled token Secrets: one DELETE per tenant namespace and batch."""
+        deleted = 0
+        pending, self._tokens_to_delete = self._tokens_to_delete, {}
+        for namespace, labels in pending.items():
+            ordered = sorted(labels)
+            for start in range(0, len(ordered), TOKEN_CLEANUP_BATCH):
+                batch = ordered[start : start + TOKEN_CLEANUP_BATCH]
+                selector = f"{naming.LABEL_TASK} in ({','.join(batch)})"
+                try:
+                    await self.kube.delete_collection("v1", "Secret", namespace, selector)
+                    deleted += len(batch)
+                except Exception as exc:  # noqa: BLE001 - retried by the next round
+                    log.warning("token_cleanup_failed", namespace=namespace, error=str(exc))
+                    self._tokens_to_delete.setdefault(namespace, set()).update(batch)
+        return deleted
+
     async def forget(self, key: TaskKey) -> None:
         async with self._lock:
             self.state.release(key)
@@ -550,14 +601,16 @@ class Controller:
 
     # ------------------------------------------------------------------ reconciliation
 
-    async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
+    async def reconcile(
+        self, live_jobs: list[dict[str, Any]], listed_at: float, first: bool = False
+    ) -> None:
         """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.
 
         ``listed_at`` is the ``time.monotonic()`` taken before the Jobs were listed: a task
         launched since then has a Job the list may not show yet, and keeps its slot.
         """
         running: list[Candidate] = []
-        finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
+        finished: list[tuple[TaskKey, jobs.JobOutcome, str]] = []
         with_job: set[TaskKey] = set()
         for job in live_jobs:
             meta = job.get("metadata") or {}
@@ -571,7 +624,7 @@ class Controller:
             with_job.add(key)
             outcome = jobs.read_job_status(job.get("status"))
             if outcome.phase is not None:
-                finished.append((key, outcome))
+                finished.append((key, outcome, meta.get("namespace", "")))
                 continue
             if meta.get("deletionTimestamp"):
                 continue
@@ -592,8 +645,11 @@ class Controller:
                 )
             )
         # Finished Jobs first: their tasks end, and are then neither running nor requeued.
-        for key, outcome in finished:
+        for key, outcome, job_namespace in finished:
             await self.job_changed(key, outcome)
+            if first:
+                # An earlier life may have ended before its batched token cleanup ran.
+                self.schedule_token_cleanup(job_namespace, key.name)
         recent = {
             key
             for key, task in self.tasks.items()
@@ -618,6 +674,7 @@ class Controller:
     async def sync_progress(self) -> int:
         """Copy runner progress from the registry into CR status (throttled by the caller)."""
         patched = 0
+        now = time.monotonic()
         for task in list(self.tasks.values()):
             if task.phase is not Phase.RUNNING:
                 continue
@@ -631,7 +688,10 @@ class Controller:
             step = stored.progress.current_step
             if (progress, step) == (task.progress, task.current_step):
                 continue
+            if now - task.progress_patched_at < self.settings.progress_status_interval_s:
+                continue  # the registry has it in real time; the CR follows at this pace
             task.progress, task.current_step = progress, step
+            task.progress_patched_at = now
             if task.phase is Phase.RUNNING:
                 await self.patch_status(task, {"progress": progress, "currentStep": step})
                 patched += 1

@@ -64,14 +64,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = get_operator_settings()
     settings.persistence.finalizer = f"{config.operator_name}/finalizer"
-    # Kopf's progress and diffbase live in the status: one PATCH fewer per task than
-    # annotations, and invisible to `kubectl apply` diffs of the spec.
+    # Kopf's own state is needed only around deletion (the finalizer's handler): keep it in the
+    # status, invisible to `kubectl apply` diffs of the spec. No diff-base: see _NoDiffBase.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
         name=config.operator_name, field="status.operatorState.progress"
     )
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-        name=config.operator_name, field="status.operatorState.diffbase"
-    )
+    settings.persistence.diffbase_storage = _NoDiffBase()
     # Hung watches are Kopf's best-known failure: bound every watch request.
     settings.watching.server_timeout = config.watch_timeout_s
     settings.watching.client_timeout = config.watch_timeout_s + 30
@@ -82,7 +80,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # One active replica: with peering on, the KopfPeering CRDs are required (shipped in
     # manifests/ and the chart); standalone (tests, a single dev process) needs none.
     settings.peering.mandatory = not config.standalone
-    settings.posting.level = logging.INFO
+    # Decisions are posted as Events by the controller; Kopf posts only its warnings and errors.
+    settings.posting.level = logging.WARNING
     runtime = await Runtime.start(config, get_settings(), default_login(settings))
     memo["runtime"] = runtime
 
@@ -102,59 +101,59 @@ async def redis_probe(memo: kopf.Memo, **_: Any) -> bool:
         return False
 
 
-@kopf.on.create(*TASKS, when=_in_scope)
-@kopf.on.resume(*TASKS, when=_in_scope)
-async def task_seen(
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no diff-base: the operator is level-triggered (see :func:`task_event`).
+
+    Kopf's default stores the last-handled spec after every change, one PATCH per task and per
+    change; the handlers here act on each event's whole state instead, so there is nothing to
+    compare with.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+@kopf.on.event(*TASKS, when=_in_scope)
+async def task_event(
+    type: str | None,
+    body: kopf.Body,
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
     namespace: str | None,
     name: str,
     uid: str,
-    patch: kopf.Patch,
     memo: Any,
     **_: Any,
 ) -> None:
+    """Every watch event of a task (and each one listed at start-up) is its whole truth.
+
+    Level-triggered: track it (idempotent), cancel it when ``spec.cancel`` is set. No write here
+    for a new task: the CRD defaults ``status.phase`` to ``Queued``; the scheduler's first
+    decision (Running or Waiting) is the task's first status write.
+    """
     controller = _runtime(memo).controller
+    key = TaskKey(namespace or "", name)
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        return  # task_deleted (behind the finalizer) releases and records the end
     try:
         task_spec = RegistryTaskSpec.model_validate(dict(spec))
     except ValidationError as exc:
-        patch.status["phase"] = Phase.FAILED.value
-        patch.status["reason"] = "InvalidSpec"
-        patch.status["message"] = str(exc)[:1000]
+        if status.get("reason") != "InvalidSpec":
+            await controller.refuse_invalid(key, str(exc))
         return
-    key = TaskKey(namespace or "", name)
     current = dict(status)
-    task = controller.track(
+    task, is_new = controller.track(
         key, uid, task_spec, meta.get("creationTimestamp") or now_iso(), current
     )
     if task.phase in TERMINAL_PHASES:
         return
-    if not current.get("phase"):
-        patch.status["phase"] = Phase.QUEUED.value
-        patch.status["reason"] = "Queued"
-        patch.status["message"] = "waiting for admission"
+    if is_new and current.get("phase") in (None, Phase.QUEUED.value):
         await controller.mirror.publish(task.snapshot(Phase.QUEUED, current_step="queued"))
     if task_spec.cancel:
-        await controller.cancel(task, "CancelRequested", "cancelled before it started")
-
-
-@kopf.on.event(*TASKS, when=_in_scope)
-async def task_event(
-    status: kopf.Status, namespace: str | None, name: str, memo: Any, **_: Any
-) -> None:
-    """Tells the controller when Kopf's own status PATCH (its diffbase) has landed."""
-    if (status.get("operatorState") or {}).get("diffbase"):
-        _runtime(memo).controller.mark_handled(TaskKey(namespace or "", name))
-
-
-@kopf.on.field(*TASKS, field="spec.cancel", when=_in_scope)
-async def cancel_requested(new: Any, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    if not new:
-        return
-    controller = _runtime(memo).controller
-    task = controller.tasks.get(TaskKey(namespace or "", name))
-    if task is not None:
         await controller.cancel(task, "CancelRequested", "cancelled by request")
 
 
@@ -197,41 +196,46 @@ async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
     await _runtime(memo).controller.job_changed(TaskKey(task_ns, task_name), outcome)
 
 
-@kopf.on.create(*QUOTAS, when=_in_scope)
-@kopf.on.update(*QUOTAS, when=_in_scope)
-@kopf.on.resume(*QUOTAS, when=_in_scope)
-async def quota_changed(
+@kopf.on.event(*QUOTAS, when=_in_scope)
+async def quota_event(
+    type: str | None,
     spec: kopf.Spec,
+    meta: kopf.Meta,
     namespace: str | None,
     name: str,
     memo: Any,
-    patch: kopf.Patch,
     **_: Any,
 ) -> None:
+    """Level-triggered too: each event's spec is the company's limits (usage goes to status
+    from the status-sync loop)."""
     runtime = _runtime(memo)
+    controller = runtime.controller
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        company_id = spec.get("companyId")
+        if company_id and controller.quota_objects.get(company_id) == TaskKey(
+            namespace or "", name
+        ):
+            controller.drop_limits(company_id)
+            controller.quota_objects.pop(company_id, None)
+        return
     try:
         quota = CompanyQuotaSpec.model_validate(dict(spec))
     except ValidationError as exc:
-        raise kopf.PermanentError(f"invalid CompanyQuota: {exc}") from exc
+        log.error("company_quota_invalid", namespace=namespace, name=name, error=str(exc))
+        return
     quotas = Quotas(
         max_tasks_per_user=quota.max_tasks_per_user,
         max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
         storage_limit_mb=quota.storage_limit_mb,
     )
-    runtime.controller.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
-    runtime.controller.quota_objects[quota.company_id] = TaskKey(namespace or "", name)
-    patch.status.update(runtime.controller.queue_summary(quota.company_id))
+    controller.quota_objects[quota.company_id] = TaskKey(namespace or "", name)
+    controller.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
+    if quota.company_id in controller.limits_mirrored:
+        return  # the same limits as already mirrored: nothing to write
     try:
         await runtime.registry.set_company_quotas(quota.company_id, quotas, quota.company_name)
+        controller.limits_mirrored.add(quota.company_id)
     except RedisError as exc:
-        # Redis is a mirror; the reconcile of quotas happens on the next change or restart.
+        # Redis is a mirror: the next event of this quota (at the latest the next re-list)
+        # mirrors it again.
         log.warning("quota_mirror_failed", company_id=quota.company_id, error=str(exc))
-
-
-@kopf.on.delete(*QUOTAS, optional=True, when=_in_scope)
-async def quota_deleted(spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    company_id = spec.get("companyId")
-    if company_id:
-        controller = _runtime(memo).controller
-        controller.drop_limits(company_id)
-        controller.quota_objects.pop(company_id, None)

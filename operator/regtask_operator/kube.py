@@ -177,7 +177,6 @@ class Kube:
                 return result if isinstance(result, dict) else {}
         raise AssertionError("unreachable")  # pragma: no cover
 
-
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         path = object_path(
@@ -216,6 +215,17 @@ class Kube:
                 return False
             raise
         return True
+
+    async def delete_collection(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> None:
+        """Delete every object of a kind matching the selector in one call (batched cleanups)."""
+        await self.request(
+            "DELETE",
+            object_path(api_version, kind, namespace),
+            {"propagationPolicy": "Background"},
+            query=[("labelSelector", label_selector)],
+        )
 
     async def post_event(
         self, involved: dict[str, str], kind: str, reason: str, message: str

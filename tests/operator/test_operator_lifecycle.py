@@ -147,8 +147,18 @@ def test_failing_runner_is_retried_then_failed(
     )
     assert events
     tenant = naming.tenant_namespace("user123", "company_abc")
-    secrets = client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
-    assert naming.token_secret_name("fail_task_1") not in {s.metadata.name for s in secrets}
+    # The token Secret goes in the next batched cleanup (REGTASK_TOKEN_CLEANUP_INTERVAL_S=1).
+    wait_until(
+        lambda: (
+            naming.token_secret_name("fail_task_1")
+            not in {
+                s.metadata.name
+                for s in client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
+            }
+        ),
+        15,
+        "the token Secret deleted after the task ended",
+    )
 
     series = scrape_metrics(operator.metrics_url)
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
