@@ -251,11 +251,13 @@ class Controller:
             # Marked in the same critical section: a reconcile that lists Jobs meanwhile must
             # count these slots as taken even though their Jobs do not exist yet.
             self._launching.update(c.key for c in decisions.admitted)
+        # Launches first: under a burst, hundreds of waiting reports would otherwise queue in
+        # front of the Job creations on the shared connection pool.
         await asyncio.gather(
             *(self._launch_guarded(c) for c in decisions.admitted),
-            *(self._report_waiting(w) for w in decisions.waiting),
             *(self._refuse(r.candidate, r.message) for r in decisions.refused),
         )
+        await asyncio.gather(*(self._report_waiting(w) for w in decisions.waiting))
         return decisions
 
     async def _llm_windows(self) -> dict[str, tuple[int, int]]:
