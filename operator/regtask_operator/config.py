@@ -45,7 +45,9 @@ class OperatorSettings(BaseSettings):
     tenant_pods_quota: int = Field(default=20, ge=1)
     tenant_cpu_quota: str = "4"
     tenant_memory_quota: str = "8Gi"
-    namespace_idle_seconds: int = Field(default=3600, ge=60)
+    # A tenant namespace without Jobs, running or waiting tasks is removed once its last
+    # admission is older than this (seconds; tests use a few).
+    namespace_idle_seconds: int = Field(default=3600, ge=1)
     # Where runners may connect besides DNS: the gateway's pods, selected by labels in the
     # control namespace (a NetworkPolicy peer).
     gateway_pod_labels: dict[str, str] = Field(
@@ -70,6 +72,9 @@ class OperatorSettings(BaseSettings):
     progress_status_interval_s: float = Field(default=10.0, ge=0)
     # Token Secrets of finished tasks are deleted in batches this often (one call per namespace).
     token_cleanup_interval_s: float = Field(default=30.0, gt=0)
+    # Re-apply every tenant namespace's fences (drift repair) at most this often, on the
+    # maintenance timer: a repair round runs on the first maintenance round once this has passed.
+    namespace_repair_interval_s: float = Field(default=300.0, gt=0)
     watch_timeout_s: int = Field(default=300, ge=10)
     # Prometheus metrics on this port (0 = off); bound to metrics_host.
     metrics_port: int = Field(default=9090, ge=0, le=65535)

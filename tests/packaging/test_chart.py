@@ -183,6 +183,8 @@ def test_operator_settings_parse_what_the_chart_sets(
     assert settings.default_max_llm_requests_per_hour == op["quotas"]["maxLlmRequestsPerHour"]
     assert settings.default_storage_limit_mb == op["quotas"]["storageLimitMb"]
     assert settings.namespace_idle_seconds == op["tenant"]["namespaceIdleSeconds"]
+    assert settings.namespace_repair_interval_s == op["intervals"]["namespaceRepairSeconds"]
+    assert settings.maintenance_interval_s == op["intervals"]["maintenanceSeconds"]
     assert settings.backoff_limit == op["jobs"]["backoffLimit"]
     assert settings.runner_memory_limit == op["jobs"]["resources"]["limits"]["memory"]
     assert settings.standalone is (not op["peering"]["enabled"])
@@ -241,7 +243,8 @@ def test_shim_and_gateway_settings_parse_what_the_chart_sets(
         (["--set", "operator.replicas=two"], "got string, want integer"),
         (["--set", "tokenSecret.value=too-short"], "minLength: got 9, want 32"),
         (["--set", "images.runnerByTaskType.mining=x:1"], "additional properties 'mining'"),
-        (["--set", "operator.tenant.namespaceIdleSeconds=30"], "minimum: got 30, want 60"),
+        (["--set", "operator.tenant.namespaceIdleSeconds=0"], "minimum: got 0, want 1"),
+        (["--set", "operator.intervals.namespaceRepairSeconds=0"], "namespaceRepairSeconds"),
         (["--set", "images.pullPolicy=Sometimes"], "/images/pullPolicy"),
         (["--set", "images.runner.tag=latest"], "/images/runner/tag"),
         (["--set", "redis.url=http://redis:6379"], "/redis/url"),
