@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.firestore",
+    "tests.fixtures.firebase_auth",
     "tests.fixtures.kube",
     "tests.fixtures.platform",
     "tests.fixtures.shim",

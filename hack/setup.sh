@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests and the local demo need on a fresh Debian machine, idempotently:
-# Debian packages, the Python environment (.venv, from uv.lock), and the control-plane binaries
-# (built from Go modules, cached under ~/.cache/regtask). A second run takes seconds.
+# Debian packages, the Python environment (.venv, from uv.lock), the control-plane binaries
+# (built from Go modules) and firebase-tools (from npm), cached under ~/.cache/regtask. A second
+# run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,6 @@ uv sync --frozen --all-extras --inexact -q
 hack/install-k8s-tools.sh >/dev/null
 # The local OpenAI-compatible LLM server for runner tests and the demo (cached wheel).
 hack/install-llama.sh
+# firebase-tools from npm: its Auth emulator tests the shim's production token verifier.
+hack/install-firebase-tools.sh >/dev/null
 log "ready"

@@ -16,7 +16,12 @@ from fastapi import FastAPI
 from regtask.logconfig import configure_logging
 from regtask.registry import Registry
 from regtask_shim.app import create_app
-from regtask_shim.auth import Authenticator, FirebaseTokenVerifier, TokenVerifier
+from regtask_shim.auth import (
+    Authenticator,
+    FirebaseTokenVerifier,
+    TokenVerifier,
+    refuse_auth_emulator_unless_allowed,
+)
 from regtask_shim.settings import ShimSettings
 from regtask_shim.taskstore import KubeTaskStore
 
@@ -24,6 +29,8 @@ log = structlog.get_logger(__name__)
 
 
 def build_app(settings: ShimSettings) -> FastAPI:
+    # Before anything else, with or without a Firebase project: never by accident.
+    refuse_auth_emulator_unless_allowed(settings.allow_auth_emulator)
     client = aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -55,8 +62,14 @@ def build_app(settings: ShimSettings) -> FastAPI:
 def main() -> None:
     settings = ShimSettings()
     configure_logging(settings.registry_debug)
+    try:
+        app = build_app(settings)
+    except (RuntimeError, ValueError) as exc:
+        # A configuration the shim must not run with: one clear line, exit status 2.
+        log.error("shim_refused_to_start", error=str(exc))
+        raise SystemExit(2) from None
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -9,7 +9,13 @@ Two kinds of callers present ``Authorization: Bearer <token>``:
   build the app with :class:`KeySetTokenVerifier` instead: same interface, same Firebase claim
   rules, but the signing keys are a fixed set the test owns, so expiry, signatures, audience and
   issuer are all really checked. ``python -m regtask_shim`` only ever builds the firebase-admin
-  verifier; the key-set one is reachable from code only.
+  verifier; the key-set one is reachable from code only. The firebase-admin verifier itself is
+  tested against Google's Firebase Auth emulator (``tests/shim/test_firebase_auth_emulator.py``).
+
+``FIREBASE_AUTH_EMULATOR_HOST`` makes firebase-admin skip signature and expiry checks (the
+emulator's tokens are unsigned), so the shim refuses to start with it set unless
+``SHIM_ALLOW_AUTH_EMULATOR=true`` says a local emulator run is meant
+(:func:`refuse_auth_emulator_unless_allowed`).
 
 A Firebase caller acts only as itself (``user_id`` must equal the token's uid) and only for the
 companies it is authorised for. Those come from the token's custom claim
@@ -102,6 +108,17 @@ def claims_from_payload(payload: Mapping[str, Any]) -> FirebaseClaims:
     )
 
 
+def refuse_auth_emulator_unless_allowed(allowed: bool) -> None:
+    """Start-up check: the Auth emulator variable is a configuration error unless allowed."""
+    host = os.environ.get(AUTH_EMULATOR_ENV)
+    if host and not allowed:
+        raise RuntimeError(
+            f"{AUTH_EMULATOR_ENV} is set ({host!r}): firebase-admin would accept unsigned tokens "
+            "(no signature or expiry check) from anyone. Unset it, or set "
+            "SHIM_ALLOW_AUTH_EMULATOR=true for a local run against the Firebase Auth emulator."
+        )
+
+
 class FirebaseTokenVerifier:
     """Production verifier: ``firebase_admin.auth.verify_id_token`` (Google-signed tokens)."""
 
@@ -117,11 +134,7 @@ class FirebaseTokenVerifier:
         import firebase_admin
         from firebase_admin import credentials
 
-        if os.environ.get(AUTH_EMULATOR_ENV) and not allow_emulator:
-            raise RuntimeError(
-                f"{AUTH_EMULATOR_ENV} is set: firebase-admin would accept unsigned tokens. "
-                "Unset it, or set SHIM_ALLOW_AUTH_EMULATOR=true for a local emulator run."
-            )
+        refuse_auth_emulator_unless_allowed(allow_emulator)
         self.project_id = project_id
         self.check_revoked = check_revoked
         self.clock_skew_s = clock_skew_s
@@ -165,6 +178,10 @@ class FirebaseTokenVerifier:
             raise Unauthenticated("token revoked: sign in again") from None
         except auth.UserDisabledError:
             raise Unauthenticated("user account disabled") from None
+        except auth.UserNotFoundError:
+            # check_revoked looks the user up: a deleted account is a refused caller, not an
+            # outage (firebase-admin raises it as a FirebaseError, caught below otherwise).
+            raise Unauthenticated("user account no longer exists") from None
         except auth.InvalidIdTokenError as exc:
             raise Unauthenticated(f"invalid token: {_first_sentence(str(exc))}") from None
         except auth.CertificateFetchError:
