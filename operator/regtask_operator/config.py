@@ -67,9 +67,9 @@ class OperatorSettings(BaseSettings):
     maintenance_interval_s: float = Field(default=60.0, gt=0)
     # A waiting task's queue position in its CR status follows at most this often (each
     # admission moves every waiting task; the registry and the events follow in real time).
-    queue_position_refresh_s: float = Field(default=30.0, ge=0)
+    queue_position_refresh_s: float = Field(default=60.0, ge=0)
     # Runner progress in the CR status at most this often per task (the registry: real time).
-    progress_status_interval_s: float = Field(default=10.0, ge=0)
+    progress_status_interval_s: float = Field(default=30.0, ge=0)
     # Token Secrets of finished tasks are deleted in batches this often (one call per namespace).
     token_cleanup_interval_s: float = Field(default=30.0, gt=0)
     # Re-apply every tenant namespace's fences (drift repair) at most this often, on the

@@ -41,13 +41,14 @@ from regtask_operator.admission import (
     Waiting,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, object_path, quota_path, task_path
+from regtask_operator.kube import Kube, KubeError, object_path, quota_path, task_path
 from regtask_operator.mirror import Mirror, TaskSnapshot
 
 log = structlog.get_logger(__name__)
 
-# Re-run the tenant namespace apply at most this often per namespace (drift repair).
-NAMESPACE_REFRESH_S = 300.0
+# An admission refreshes its namespace's last-used annotation at most this often (idle removal
+# reads it); the fences are applied once per namespace and process (drift: maintenance.py).
+LAST_USED_REFRESH_S = 300.0
 TOKEN_MARGIN_S = 600
 # Task labels per token-cleanup call (the label selector travels in the URL).
 TOKEN_CLEANUP_BATCH = 50
@@ -132,7 +133,8 @@ class Controller:
     limits: dict[str, CompanyLimits] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
-    _namespaces_fresh: dict[str, float] = field(default_factory=dict)
+    # tenant namespace -> time.monotonic() of this process's last apply of it (fences included)
+    _namespaces_applied: dict[str, float] = field(default_factory=dict)
     _launching: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
@@ -286,6 +288,8 @@ class Controller:
             await self.launch(task)
         except Exception as exc:
             log.exception("task_launch_failed", task=str(candidate.key))
+            if task is not None and isinstance(exc, KubeError) and exc.status == 404:
+                self.forget_namespace(task.tenant_namespace)  # removed behind our back: rebuild
             if task is not None:
                 async with self._lock:
                     self.state.release(task.key)
@@ -298,17 +302,18 @@ class Controller:
 
     async def ensure_tenant(self, user_id: str, company_id: str) -> str:
         namespace = naming.tenant_namespace(user_id, company_id)
-        fresh = self._namespaces_fresh.get(namespace, 0.0)
-        if time.monotonic() - fresh < NAMESPACE_REFRESH_S:
+        applied = self._namespaces_applied.get(namespace)
+        if applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
             return namespace
         await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
-        for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
-            await self.kube.apply(manifest)
-        self._namespaces_fresh[namespace] = time.monotonic()
+        if applied is None:
+            for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
+                await self.kube.apply(manifest)
+        self._namespaces_applied[namespace] = time.monotonic()
         return namespace
 
     def forget_namespace(self, namespace: str) -> None:
-        self._namespaces_fresh.pop(namespace, None)
+        self._namespaces_applied.pop(namespace, None)
 
     async def launch(self, task: TrackedTask) -> None:
         spec = task.spec

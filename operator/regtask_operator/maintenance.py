@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 from redis.exceptions import RedisError
 
 from regtask import keys, naming
@@ -25,6 +24,7 @@ from regtask.documents import UnifiedUserDoc
 from regtask.timeutil import now_iso, parse_iso, utc_now
 from regtask_operator import isolation
 from regtask_operator.config import OperatorSettings
+from regtask_operator.kube import KubeError
 
 if TYPE_CHECKING:
     from regtask_operator.runtime import Runtime
@@ -202,12 +202,12 @@ async def repair_namespaces(rt: Runtime, skip: Iterable[str] = ()) -> int:
             for manifest in manifests:
                 applies += 1
                 await rt.kube.apply(manifest)
-        except ApiException as exc:
+        except KubeError as exc:
             log.warning(
                 "tenant_namespace_repair_failed",
                 namespace=name,
                 status=exc.status,
-                error=exc.reason,
+                error=exc.message,
             )
             continue
         repaired += 1

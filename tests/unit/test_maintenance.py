@@ -8,12 +8,12 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from regtask import naming
 from regtask.timeutil import iso_z, parse_iso, utc_now
 from regtask_operator import isolation, maintenance
 from regtask_operator.config import OperatorSettings
+from regtask_operator.kube import KubeError
 from regtask_operator.runtime import Runtime
 
 SETTINGS = OperatorSettings(namespace="regtask-test", token_secret="s" * 32)
@@ -148,7 +148,7 @@ class FakeKube:
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         if self.fail_in is not None and self.fail_in in (meta.get("namespace"), meta["name"]):
-            raise ApiException(status=403, reason="Forbidden")
+            raise KubeError(403, "PATCH", meta["name"], "forbidden")
         self.applied.append(manifest)
         return manifest
 
