@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # read by Kopf's login (and so by ours)
-    configure_logging(get_settings().registry_debug)
+    debug = get_settings().registry_debug
+    configure_logging(debug)
+    if not debug:
+        # Kopf logs "Handler succeeded" per watch event at INFO: one line per task change.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config = get_operator_settings()
     kopf.run(
         clusterwide=True,

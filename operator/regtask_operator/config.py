@@ -72,6 +72,8 @@ class OperatorSettings(BaseSettings):
     progress_status_interval_s: float = Field(default=30.0, ge=0)
     # Token Secrets of finished tasks are deleted in batches this often (one call per namespace).
     token_cleanup_interval_s: float = Field(default=30.0, gt=0)
+    # Freed heap is handed back to the OS this often (see regtask_operator.memory).
+    memory_trim_interval_s: float = Field(default=30.0, gt=0)
     # Re-apply every tenant namespace's fences (drift repair) at most this often, on the
     # maintenance timer: a repair round runs on the first maintenance round once this has passed.
     namespace_repair_interval_s: float = Field(default=300.0, gt=0)

@@ -17,7 +17,7 @@ from regtask.firestore_mirror import FirestoreMirror
 from regtask.ratelimit import LlmRateLimiter
 from regtask.registry import Registry
 from regtask.settings import Settings
-from regtask_operator import maintenance, metrics
+from regtask_operator import maintenance, memory, metrics
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
 from regtask_operator.kube import Kube, Login
@@ -86,6 +86,10 @@ class Runtime:
                 runtime._every(settings.maintenance_interval_s, runtime.maintain),
                 name="maintenance",
             ),
+            asyncio.create_task(
+                runtime._every(settings.memory_trim_interval_s, runtime.trim_memory),
+                name="memory-trim",
+            ),
         ]
         return runtime
 
@@ -96,6 +100,15 @@ class Runtime:
     async def reconcile(self) -> None:
         listed_at = time.monotonic()
         await self.controller.reconcile(await self.live_jobs(), listed_at)
+
+    async def trim_memory(self) -> None:
+        before = memory.resident_mb()
+        if memory.trim():
+            after = memory.resident_mb()
+            if before is not None and after is not None and before - after >= 10:
+                log.info(
+                    "memory_trimmed", resident_mb=round(after, 1), freed_mb=round(before - after, 1)
+                )
 
     async def maintain(self) -> None:
         await maintenance.run_once(self)
