@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -133,8 +134,10 @@ class Controller:
     limits: dict[str, CompanyLimits] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
-    # tenant namespace -> time.monotonic() of this process's last apply of it (fences included)
+    # tenant namespace -> time.monotonic() of this process's last apply of the namespace, and
+    # of its one apply of the fences (drift repair: maintenance.py)
     _namespaces_applied: dict[str, float] = field(default_factory=dict)
+    _fences_applied: dict[str, float] = field(default_factory=dict)
     _launching: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
@@ -150,12 +153,19 @@ class Controller:
         known = self.limits.get(company_id)
         if known is not None:
             return known.quotas, known.policy
-        defaults = Quotas(
-            max_tasks_per_user=self.settings.default_max_tasks_per_user,
-            max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
-            storage_limit_mb=self.settings.default_storage_limit_mb,
+        return self._default_limits.quotas, self._default_limits.policy
+
+    @functools.cached_property
+    def _default_limits(self) -> CompanyLimits:
+        """Built once: the scheduler looks limits up for every queued task at every step."""
+        return CompanyLimits(
+            Quotas(
+                max_tasks_per_user=self.settings.default_max_tasks_per_user,
+                max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
+                storage_limit_mb=self.settings.default_storage_limit_mb,
+            ),
+            self.settings.rate_limit_policy,
         )
-        return defaults, self.settings.rate_limit_policy
 
     def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> bool:
         """Record a company's limits; True when they differ from the ones known."""
@@ -259,8 +269,22 @@ class Controller:
             *(self._launch_guarded(c) for c in decisions.admitted),
             *(self._refuse(r.candidate, r.message) for r in decisions.refused),
         )
-        await asyncio.gather(*(self._report_waiting(w) for w in decisions.waiting))
+        # Most waiting tasks are where they were at the last step: only the moved ones cost a
+        # coroutine (with 10,000 tasks waiting, a step would otherwise build 10,000 of them).
+        moved = [w for w in decisions.waiting if self._wait_changed(w)]
+        await asyncio.gather(*(self._report_waiting(w) for w in moved))
         return decisions
+
+    def _wait_changed(self, waiting: Waiting) -> bool:
+        task = self.tasks.get(waiting.candidate.key)
+        if task is None:
+            return False
+        reason = waiting.reason.value
+        return task.published_wait != (waiting.position, reason) or task.reported_wait != (
+            waiting.position,
+            reason,
+            waiting.retry_after_s // 60,
+        )
 
     async def _llm_windows(self) -> dict[str, tuple[int, int]]:
         companies = {
@@ -309,11 +333,18 @@ class Controller:
         if applied is None:
             for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
                 await self.kube.apply(manifest)
+            self._fences_applied[namespace] = time.monotonic()
         self._namespaces_applied[namespace] = time.monotonic()
         return namespace
 
+    def applied_within(self, namespace: str, seconds: float) -> bool:
+        """Whether this process applied the namespace's fences in the last ``seconds``."""
+        applied = self._fences_applied.get(namespace)
+        return applied is not None and time.monotonic() - applied < seconds
+
     def forget_namespace(self, namespace: str) -> None:
         self._namespaces_applied.pop(namespace, None)
+        self._fences_applied.pop(namespace, None)
 
     async def launch(self, task: TrackedTask) -> None:
         spec = task.spec

@@ -194,6 +194,8 @@ async def repair_namespaces(rt: Runtime, skip: Iterable[str] = ()) -> int:
         name = meta.get("name", "")
         if name in skipped or meta.get("deletionTimestamp"):
             continue
+        if rt.controller.applied_within(name, rt.settings.namespace_repair_interval_s):
+            continue  # admission applied it (fences included) less than an interval ago
         manifests = repair_manifests(namespace, rt.settings)
         if manifests is None:
             log.warning("tenant_namespace_unrepairable", namespace=name)

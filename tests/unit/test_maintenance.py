@@ -179,7 +179,11 @@ def fake_runtime(kube: FakeKube, **controller: Any) -> Runtime:
         kube=kube,
         live_jobs=live_jobs,
         controller=SimpleNamespace(
-            tasks=tasks, state=state, forget_namespace=forgotten.append, forgotten=forgotten
+            tasks=tasks,
+            state=state,
+            forget_namespace=forgotten.append,
+            forgotten=forgotten,
+            applied_within=lambda ns, seconds: ns in controller.get("fresh", ()),
         ),
     )
     return cast(Runtime, rt)
@@ -210,6 +214,17 @@ async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
     kube.applied.clear()
     assert await maintenance.repair_namespaces(rt, skip=skip) == per_namespace * 3
     assert kube.applied == expected
+
+
+async def test_a_repair_round_skips_namespaces_admission_just_applied() -> None:
+    """Admission applied their fences less than a repair interval ago: nothing to repair yet."""
+    tenants = [("alice", "acme"), ("bob", "acme")]
+    kube = FakeKube([namespace(u, c) for u, c in tenants])
+    rt = fake_runtime(kube, fresh={naming.tenant_namespace("alice", "acme")})
+    assert await maintenance.repair_namespaces(rt) == 6
+    assert {m["metadata"].get("namespace") or m["metadata"]["name"] for m in kube.applied} == {
+        naming.tenant_namespace("bob", "acme")
+    }
 
 
 async def test_a_failing_namespace_does_not_stop_the_repair_of_the_others() -> None:
