@@ -14,29 +14,16 @@ here play the client SDK (sign up, sign in, refresh) over the emulator's REST AP
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from regtask_dev.procs import (
-    LocalServer,
-    free_port,
-    port_open,
-    start_process,
-    stop_process,
-    tail,
-    wait_for,
-)
+from regtask_dev.procs import EmulatorServer, free_port
 
 EMULATOR_HOST_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
 # Pinned in hack/install-firebase-tools.sh too (a test checks both say the same).
@@ -89,7 +76,12 @@ class SignedIn:
     refresh_token: str
 
 
-class FirebaseAuthEmulator(LocalServer):
+class FirebaseAuthEmulator(EmulatorServer):
+    name = "firebase auth emulator"
+    dir_prefix = "regtask-firebase-auth-"
+    log_name = "firebase-auth-emulator.log"
+    ready_interval_s = 0.2
+
     def __init__(
         self,
         port: int | None = None,
@@ -100,25 +92,13 @@ class FirebaseAuthEmulator(LocalServer):
         start_timeout_s: float = 180.0,
     ) -> None:
         # A "demo-" project: firebase-tools then never reaches for real Google services.
-        self.port = port or free_port()
+        super().__init__(port, project_id, workdir=workdir, start_timeout_s=start_timeout_s)
         self.hub_port = free_port()
         self.logging_port = free_port()
-        self.project_id = project_id
-        self.start_timeout_s = start_timeout_s
-        self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="regtask-firebase-auth-"))
-        self.log_path = self.workdir / "firebase-auth-emulator.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_s: float | None = None  # how long the last start() waited for readiness
 
     @property
-    def host(self) -> str:
-        """The value for ``FIREBASE_AUTH_EMULATOR_HOST``."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.hub_port, self.logging_port)
 
     def _write_config(self) -> Path:
         config = {
@@ -172,74 +152,34 @@ class FirebaseAuthEmulator(LocalServer):
         parsed: dict[str, Any] = json.loads(raw) if raw else {}
         return parsed
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"firebase auth emulator exited with {self.proc.returncode}")
+    def _answers(self) -> bool:
         try:
             answer = self.request("GET", "/", timeout_s=1.0)
         except (OSError, EmulatorRequestError, ValueError):
             return False
         return bool(answer.get("authEmulator", {}).get("ready"))
 
-    def start(self) -> FirebaseAuthEmulator:
-        if self.running:
-            return self
+    def _command(self) -> list[str]:
+        binary = find_firebase()
+        config = self._write_config()
+        return [
+            str(binary),
+            "emulators:start",
+            "--only",
+            "auth",
+            "--project",
+            self.project_id,
+            "--config",
+            str(config),
+        ]
+
+    def start(self) -> Self:
         try:
-            self._start()
+            return super().start()
         except BaseException:
             # ``with`` never reaches __exit__ when start fails: leave no process, no temp dir.
             self.close()
             raise
-        return self
-
-    def _start(self) -> None:
-        binary = find_firebase()
-        for port in (self.port, self.hub_port, self.logging_port):
-            if port_open(port):
-                raise RuntimeError(f"port {port} is already in use")
-        config = self._write_config()
-        began = time.monotonic()
-        self.proc = start_process(
-            [
-                str(binary),
-                "emulators:start",
-                "--only",
-                "auth",
-                "--project",
-                self.project_id,
-                "--config",
-                str(config),
-            ],
-            self.log_path,
-            env=self._env(),
-            cwd=self.workdir,
-        )
-        try:
-            wait_for(
-                self._ready,
-                self.start_timeout_s,
-                f"firebase auth emulator on {self.port}",
-                interval_s=0.2,
-            )
-        except (TimeoutError, RuntimeError) as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc
-        self.startup_s = time.monotonic() - began
-
-    def stop(self) -> None:
-        """Terminate the firebase-tools process group; wait until its ports are released."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        stop_process(self.proc, grace_s=10.0)
-        self.proc = None
-        try:
-            wait_for(lambda: not _group_alive(pgid), 10, f"auth emulator group {pgid} exit")
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        for port in (self.port, self.hub_port):
-            wait_for(functools.partial(_port_free, port), 10, f"port {port} release")
 
     # ------------------------------------------------------------ what a client app does
 
@@ -249,18 +189,16 @@ class FirebaseAuthEmulator(LocalServer):
 
     def sign_up(self, email: str, password: str) -> SignedIn:
         """``accounts:signUp`` as the client SDK calls it: a new user, signed in."""
-        answer = self.request(
-            "POST",
-            f"/identitytoolkit.googleapis.com/v1/accounts:signUp?key={API_KEY}",
-            {"email": email, "password": password, "returnSecureToken": True},
-        )
-        return SignedIn(answer["localId"], answer["idToken"], answer["refreshToken"])
+        return self._password_call("signUp", email, password)
 
     def sign_in(self, email: str, password: str) -> SignedIn:
         """``accounts:signInWithPassword``: a fresh ID token carrying the current claims."""
+        return self._password_call("signInWithPassword", email, password)
+
+    def _password_call(self, method: str, email: str, password: str) -> SignedIn:
         answer = self.request(
             "POST",
-            f"/identitytoolkit.googleapis.com/v1/accounts:signInWithPassword?key={API_KEY}",
+            f"/identitytoolkit.googleapis.com/v1/accounts:{method}?key={API_KEY}",
             {"email": email, "password": password, "returnSecureToken": True},
         )
         return SignedIn(answer["localId"], answer["idToken"], answer["refreshToken"])
@@ -274,17 +212,3 @@ class FirebaseAuthEmulator(LocalServer):
         )
         token: str = answer["id_token"]
         return token
-
-
-def _port_free(port: int) -> bool:
-    return not port_open(port)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,24 +13,12 @@ import contextlib
 import http.client
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from regtask_dev.procs import (
-    LocalServer,
-    free_port,
-    port_open,
-    start_process,
-    stop_process,
-    tail,
-    wait_for,
-)
+from regtask_dev.procs import EmulatorServer
 
 EMULATOR_HOST_ENV = "FIRESTORE_EMULATOR_HOST"
 
@@ -56,7 +44,11 @@ def emulator_host_env(host: str) -> Iterator[None]:
                 os.environ[EMULATOR_HOST_ENV] = previous
 
 
-class FirestoreEmulator(LocalServer):
+class FirestoreEmulator(EmulatorServer):
+    name = "firestore emulator"
+    dir_prefix = "regtask-firestore-"
+    log_name = "firestore-emulator.log"
+
     def __init__(
         self,
         port: int | None = None,
@@ -65,24 +57,23 @@ class FirestoreEmulator(LocalServer):
         workdir: Path | None = None,
         start_timeout_s: float = 60.0,
     ) -> None:
-        self.port = port or free_port()
-        self.project_id = project_id
-        self.start_timeout_s = start_timeout_s
-        self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="regtask-firestore-"))
-        self.log_path = self.workdir / "firestore-emulator.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_s: float | None = None  # how long the last start() waited for readiness
+        super().__init__(port, project_id, workdir=workdir, start_timeout_s=start_timeout_s)
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def _command(self) -> list[str]:
+        gcloud = shutil.which("gcloud")
+        if gcloud is None:
+            raise RuntimeError("gcloud not found: install google-cloud-cli-firestore-emulator")
+        return [
+            gcloud,
+            "emulators",
+            "firestore",
+            "start",
+            f"--host-port={self.host}",
+            f"--project={self.project_id}",
+            "--quiet",
+        ]
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _gcloud_env(self) -> dict[str, str]:
+    def _env(self) -> dict[str, str]:
         return {
             "CLOUDSDK_CONFIG": str(self.workdir / "gcloud-config"),
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
@@ -101,65 +92,12 @@ class FirestoreEmulator(LocalServer):
         finally:
             conn.close()
 
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"firestore emulator exited with {self.proc.returncode}")
+    def _answers(self) -> bool:
         try:
             status, _ = self._request("GET", "/", timeout_s=1.0)
         except OSError:
             return False
         return status == 200
-
-    def start(self) -> FirestoreEmulator:
-        if self.running:
-            return self
-        gcloud = shutil.which("gcloud")
-        if gcloud is None:
-            raise RuntimeError("gcloud not found: install google-cloud-cli-firestore-emulator")
-        if port_open(self.port):
-            raise RuntimeError(f"port {self.port} is already in use")
-        began = time.monotonic()
-        self.proc = start_process(
-            [
-                gcloud,
-                "emulators",
-                "firestore",
-                "start",
-                f"--host-port={self.host}",
-                f"--project={self.project_id}",
-                "--quiet",
-            ],
-            self.log_path,
-            env=self._gcloud_env(),
-            cwd=self.workdir,
-        )
-        try:
-            wait_for(
-                self._ready,
-                self.start_timeout_s,
-                f"firestore emulator on {self.port}",
-                interval_s=0.1,
-            )
-        except (TimeoutError, RuntimeError) as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc
-        self.startup_s = time.monotonic() - began
-        return self
-
-    def stop(self) -> None:
-        """Terminate the gcloud + java process group; wait until the port is released."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        stop_process(self.proc, grace_s=10.0)
-        self.proc = None
-        # gcloud exits first and java is orphaned inside the same group: wait for all of it.
-        try:
-            wait_for(lambda: not _group_alive(pgid), 10, f"firestore emulator group {pgid} exit")
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        wait_for(lambda: not port_open(self.port), 10, f"port {self.port} release")
 
     def clear(self) -> None:
         """Delete every document of the project (between tests)."""
@@ -178,13 +116,3 @@ class FirestoreEmulator(LocalServer):
                 project=self.project_id,
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             )
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 
 def free_port() -> int:
@@ -107,3 +109,117 @@ class LocalServer(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class EmulatorServer(LocalServer):
+    """An emulator of a Google service on loopback, in its own session (see ``start_process``).
+
+    ``start()`` refuses ports already taken, runs ``_command()`` with ``_env()`` in ``workdir``,
+    waits until ``_answers()`` (the process dying ends the wait) and records ``startup_s``; a
+    failed start stops the process and puts the log's tail in the error. ``stop()`` takes the
+    whole process group down, children a wrapper leaves behind too, and waits until every port
+    of ``ports`` is free again (tests restart an emulator on the same port).
+
+    Subclasses set ``name`` (in messages), ``dir_prefix`` (their temp work dir) and ``log_name``.
+    """
+
+    name: ClassVar[str]
+    dir_prefix: ClassVar[str]
+    log_name: ClassVar[str]
+    ready_interval_s: ClassVar[float] = 0.1
+
+    def __init__(
+        self, port: int | None, project_id: str, *, workdir: Path | None, start_timeout_s: float
+    ) -> None:
+        self.port = port or free_port()
+        self.project_id = project_id
+        self.start_timeout_s = start_timeout_s
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=self.dir_prefix))
+        self.log_path = self.workdir / self.log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None  # how long the last start() waited for readiness
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:<port>``, the value for the client libraries' ``*_EMULATOR_HOST``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the emulator listens on."""
+        return (self.port,)
+
+    @abstractmethod
+    def _command(self) -> list[str]:
+        """The argv to run (may write config files into ``workdir`` first)."""
+
+    def _env(self) -> dict[str, str]:
+        """Variables added to this process's environment for the emulator."""
+        return {}
+
+    @abstractmethod
+    def _answers(self) -> bool:
+        """Whether the emulator answers as ready (False on connection errors)."""
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+        return self._answers()
+
+    def start(self) -> Self:
+        if self.running:
+            return self
+        argv = self._command()
+        for port in self.ports:
+            if port_open(port):
+                raise RuntimeError(f"port {port} is already in use")
+        began = time.monotonic()
+        self.proc = start_process(argv, self.log_path, env=self._env(), cwd=self.workdir)
+        try:
+            wait_for(
+                self._ready,
+                self.start_timeout_s,
+                f"{self.name} on {self.port}",
+                interval_s=self.ready_interval_s,
+            )
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n{tail(self.log_path)}") from exc
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Terminate the process group; wait until the group is gone and the ports released."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        stop_process(self.proc, grace_s=10.0)
+        self.proc = None
+        # A wrapper (gcloud, the firebase CLI) may exit before the children it orphans inside
+        # the same group (java, ...): wait for all of it.
+        try:
+            wait_for(lambda: not _group_alive(pgid), 10, f"{self.name} group {pgid} exit")
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        for port in self.ports:
+            wait_for(functools.partial(_port_free, port), 10, f"port {port} release")
+
+
+def _port_free(port: int) -> bool:
+    return not port_open(port)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

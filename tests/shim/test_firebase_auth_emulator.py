@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 import jwt
@@ -141,6 +141,29 @@ def sign_up(
     return emulator.sign_in(email, password)
 
 
+class AliceOnShim(NamedTuple):
+    """The production shim, alice signed up with the ACME claim, and where the effects land."""
+
+    shim: ProdShim
+    alice: SignedIn
+    redis_async: aioredis.Redis
+    kube_api: client.ApiClient
+    shim_namespace: str
+
+
+@pytest.fixture
+async def alice_on_shim(
+    make_prod_shim: ProdShimFactory,
+    auth_emulator: FirebaseAuthEmulator,
+    redis_async: aioredis.Redis,
+    kube_api: client.ApiClient,
+    shim_namespace: str,
+) -> AliceOnShim:
+    shim = await make_prod_shim()
+    alice = sign_up(auth_emulator, "alice", companies=[ACME])
+    return AliceOnShim(shim, alice, redis_async, kube_api, shim_namespace)
+
+
 def unverified_claims(token: str) -> dict[str, Any]:
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return claims
@@ -160,14 +183,9 @@ def with_claims(token: str, **changes: Any) -> str:
 @pytest.mark.kube
 @pytest.mark.firebase_auth
 async def test_a_signed_in_user_is_accepted_and_acts_as_its_uid(
-    make_prod_shim: ProdShimFactory,
-    auth_emulator: FirebaseAuthEmulator,
-    redis_async: aioredis.Redis,
-    kube_api: client.ApiClient,
-    shim_namespace: str,
+    alice_on_shim: AliceOnShim, auth_emulator: FirebaseAuthEmulator
 ) -> None:
-    shim = await make_prod_shim()
-    alice = sign_up(auth_emulator, "alice", companies=[ACME])
+    shim, alice, redis_async, kube_api, shim_namespace = alice_on_shim
     claims = unverified_claims(alice.id_token)
     # A real emulator token: unsigned, for the emulator's project, with the Admin SDK's claim.
     assert jwt.get_unverified_header(alice.id_token)["alg"] == "none"
@@ -190,14 +208,9 @@ async def test_a_signed_in_user_is_accepted_and_acts_as_its_uid(
 @pytest.mark.kube
 @pytest.mark.firebase_auth
 async def test_another_users_uid_or_company_is_refused(
-    make_prod_shim: ProdShimFactory,
-    auth_emulator: FirebaseAuthEmulator,
-    redis_async: aioredis.Redis,
-    kube_api: client.ApiClient,
-    shim_namespace: str,
+    alice_on_shim: AliceOnShim, auth_emulator: FirebaseAuthEmulator
 ) -> None:
-    shim = await make_prod_shim()
-    alice = sign_up(auth_emulator, "alice", companies=[ACME])
+    shim, alice, redis_async, kube_api, shim_namespace = alice_on_shim
     bob = sign_up(auth_emulator, "bob", companies=[ACME])
     ok(await shim.rpc("REGISTRY.register_user", [bob.uid, "bob-session", "/"], token=bob.id_token))
 
