@@ -138,6 +138,7 @@ class Controller:
     # of its one apply of the fences (drift repair: maintenance.py)
     _namespaces_applied: dict[str, float] = field(default_factory=dict)
     _fences_applied: dict[str, float] = field(default_factory=dict)
+    _tenant_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _launching: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
@@ -326,15 +327,18 @@ class Controller:
 
     async def ensure_tenant(self, user_id: str, company_id: str) -> str:
         namespace = naming.tenant_namespace(user_id, company_id)
-        applied = self._namespaces_applied.get(namespace)
-        if applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
-            return namespace
-        await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
-        if applied is None:
-            for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
-                await self.kube.apply(manifest)
-            self._fences_applied[namespace] = time.monotonic()
-        self._namespaces_applied[namespace] = time.monotonic()
+        # One apply at a time per namespace: the launches of one step for the same tenant all
+        # arrive here together, and all but the first find it freshly applied.
+        async with self._tenant_locks.setdefault(namespace, asyncio.Lock()):
+            applied = self._namespaces_applied.get(namespace)
+            if applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
+                return namespace
+            await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
+            if applied is None:
+                for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
+                    await self.kube.apply(manifest)
+                self._fences_applied[namespace] = time.monotonic()
+            self._namespaces_applied[namespace] = time.monotonic()
         return namespace
 
     def applied_within(self, namespace: str, seconds: float) -> bool:
