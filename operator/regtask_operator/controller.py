@@ -72,6 +72,9 @@ class TrackedTask:
     admitted_at: float | None = None
     # time.monotonic() when its Job was created by this process (see reconcile)
     launched_mono: float = 0.0
+    # Status writes of one task go one at a time, in the order they were decided (see
+    # Controller.patch_status).
+    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def tenant_namespace(self) -> str:
@@ -515,14 +518,21 @@ class Controller:
     # ------------------------------------------------------------------ following and finishing
 
     async def patch_status(self, task: TrackedTask, status: dict[str, Any]) -> bool:
-        """Merge-patch the task's status; False when the task is gone.
+        """Merge-patch the task's status; False when the task is gone or the write is stale.
 
-        The only writer of a task's status besides Kopf's deletion bookkeeping: no handler
-        writes a status of its own, so no later phase can be overwritten by an earlier one.
+        The controller is the only writer of a task's status besides Kopf's deletion
+        bookkeeping. Writes of one task are serialised, and once the task has ended (in memory:
+        ``finish`` sets the phase before it writes) only the final write goes through: a
+        ``Running`` or a progress write still waiting for a connection under a burst can never
+        land after ``Succeeded`` and leave the task looking alive.
         """
-        body = await self.kube.patch_merge(
-            task_path(task.key.namespace, task.key.name, status=True), {"status": status}
-        )
+        async with task.status_lock:
+            phase = status.get("phase")
+            if task.phase in TERMINAL_PHASES and (phase is None or phase != task.phase.value):
+                return False
+            body = await self.kube.patch_merge(
+                task_path(task.key.namespace, task.key.name, status=True), {"status": status}
+            )
         return body is not None
 
     async def job_changed(self, key: TaskKey, outcome: jobs.JobOutcome) -> None:
