@@ -20,6 +20,7 @@ from regtask_cli.quota import NEVER
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import GatewayProcess, wait_until
 from tests.fixtures.cli import RegtaskCli
+from tests.fixtures.platform import create_company_quota
 
 pytestmark = pytest.mark.kube
 
@@ -114,21 +115,6 @@ def test_submit_then_watch_to_completion_then_list_and_status(
     assert json_out(again.stdout.splitlines()[0])["source"] == "start"
 
 
-def company_quota(api: client.ApiClient, namespace: str, company_id: str, max_tasks: int) -> None:
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        API_GROUP,
-        API_VERSION,
-        namespace,
-        "companyquotas",
-        {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": "CompanyQuota",
-            "metadata": {"name": f"quota-{company_id.replace('_', '-')}"},
-            "spec": {"companyId": company_id, "maxTasksPerUser": max_tasks},
-        },
-    )
-
-
 def task_spec(api: client.ApiClient, namespace: str, task_id: str) -> dict[str, Any]:
     task = client.CustomObjectsApi(api).get_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, "registrytasks", naming.task_resource_name(task_id)
@@ -139,7 +125,7 @@ def task_spec(api: client.ApiClient, namespace: str, task_id: str) -> dict[str, 
 
 def quota_status(api: client.ApiClient, namespace: str, company_id: str) -> dict[str, Any]:
     quota = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, "companyquotas", f"quota-{company_id.replace('_', '-')}"
+        API_GROUP, API_VERSION, namespace, "companyquotas", naming.derived_name("cq", company_id)
     )
     assert isinstance(quota, dict)
     return dict(quota.get("status") or {})
@@ -151,7 +137,7 @@ def test_waiting_task_shows_in_quota_then_cancel_stops_it(
     kube_api: client.ApiClient,
     control_namespace: str,
 ) -> None:
-    company_quota(kube_api, control_namespace, "frozen_co", max_tasks=0)
+    create_company_quota(kube_api, control_namespace, "frozen_co", max_tasks=0)
     operator_factory()
     wait_until(
         lambda: "activeTasks" in quota_status(kube_api, control_namespace, "frozen_co"),

@@ -44,7 +44,7 @@ from regtask_operator import isolation, maintenance
 from regtask_operator.config import OperatorSettings
 from regtask_operator.runtime import Runtime
 from tests.fixtures.kube import finish_namespace_deletion, raw_request
-from tests.fixtures.platform import TOKEN_SECRET
+from tests.fixtures.platform import TOKEN_SECRET, create_company_quota
 from tests.operator.test_operator_lifecycle import as_dict, new_task, phase_of
 
 IDLE_S = 3
@@ -185,21 +185,6 @@ def delete_finished_job(api: client.ApiClient, task_id: str, user_id: str, compa
     )
 
 
-def company_quota(api: client.ApiClient, namespace: str, company_id: str, max_tasks: int) -> None:
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        API_GROUP,
-        API_VERSION,
-        namespace,
-        "companyquotas",
-        {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": "CompanyQuota",
-            "metadata": {"name": naming.derived_name("cq", company_id)},
-            "spec": {"companyId": company_id, "maxTasksPerUser": max_tasks},
-        },
-    )
-
-
 def expected_settings(control_namespace: str) -> OperatorSettings:
     return OperatorSettings(namespace=control_namespace, token_secret=TOKEN_SECRET)
 
@@ -253,7 +238,7 @@ def test_idle_tenant_namespace_is_removed_and_busy_ones_are_kept(
         reaches(running_1, "Running")
 
         # The waiting tenant's company may now run nothing: its next task waits.
-        company_quota(kube_api, control_namespace, waiting[1], max_tasks=0)
+        create_company_quota(kube_api, control_namespace, waiting[1], max_tasks=0)
         wait_until(
             lambda: any(
                 (q.get("status") or {}).get("waitingTasks") is not None

@@ -19,6 +19,7 @@ from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import GatewayProcess, wait_until
+from tests.fixtures.platform import create_company_quota
 from tests.operator.test_operator_lifecycle import as_dict, new_task
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -74,25 +75,10 @@ class JobLedger(threading.Thread):
         self.join(timeout=10)
 
 
-def company_quota(api: client.ApiClient, namespace: str, max_tasks: int) -> None:
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        API_GROUP,
-        API_VERSION,
-        namespace,
-        "companyquotas",
-        {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": "CompanyQuota",
-            "metadata": {"name": "burst"},
-            "spec": {"companyId": COMPANY, "maxTasksPerUser": max_tasks},
-        },
-    )
-
-
 def quota_status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     quota = as_dict(
         client.CustomObjectsApi(api).get_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, "companyquotas", "burst"
+            API_GROUP, API_VERSION, namespace, "companyquotas", naming.derived_name("cq", COMPANY)
         )
     )
     return quota.get("status") or {}
@@ -131,7 +117,7 @@ def test_200_tasks_for_one_user_never_exceed_the_limit(
     gateway: GatewayProcess,
     tmp_path: Path,
 ) -> None:
-    company_quota(kube_api, control_namespace, 10)
+    create_company_quota(kube_api, control_namespace, COMPANY, 10)
     operator_factory(REGTASK_GATEWAY_URL=gateway.url)
     ledger = JobLedger(kube_api)
     ledger.start()
@@ -184,7 +170,7 @@ def test_sigkill_twenty_times_loses_nothing(
     gateway: GatewayProcess,
     venv_node: NodeSimulator,
 ) -> None:
-    company_quota(kube_api, control_namespace, 5)
+    create_company_quota(kube_api, control_namespace, COMPANY, 5)
     operator = operator_factory(REGTASK_GATEWAY_URL=gateway.url)
     ledger = JobLedger(kube_api)
     ledger.start()
