@@ -55,14 +55,14 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
     """In-cluster ServiceAccount, else KUBECONFIG: Kopf's own logins, no client library needed.
 
     Kopf keeps its own unbounded connection pool: bounding it (tried, with 10,000 tasks) leaves
     thousands of per-object workers alive waiting for a connection, which costs far more memory
     (415 MB against 190 MB) than the connections' buffers.
     """
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return default_login(settings)()
 
 
 @kopf.on.startup()
