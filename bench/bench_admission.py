@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from kubernetes import client, config, watch
 
 from bench.common import emit
 from regtask import naming
-from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec, TaskInput
+from regtask.tasktypes import TaskType
 from regtask_dev.controlplane import Binaries, ControlPlane
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.redis_server import RedisServer
@@ -40,6 +40,7 @@ from regtask_dev.stack import (
     ensure_namespace,
     wait_until,
 )
+from regtask_shim.taskstore import task_manifest
 
 TASKS = int(os.environ.get("BENCH_TASKS", "300"))
 USERS = int(os.environ.get("BENCH_USERS", "10"))
@@ -47,16 +48,17 @@ LIMIT = int(os.environ.get("BENCH_LIMIT", "5"))
 KNOWN = int(os.environ.get("BENCH_KNOWN", "10000"))
 # Then this many more tasks with room for all of them at once: the lifecycle without waiting.
 UNCONTENDED = int(os.environ.get("BENCH_UNCONTENDED", "50"))
-# The operator's batched token cleanup runs this often (its default): waited for before counting.
-TOKEN_CLEANUP_S = 30
+# Writes that land a little after the last task ends (status sync, quota usage): waited for.
+SETTLE_S = 10
 # The operator hands freed heap back to the OS this often (its default).
 MEMORY_TRIM_S = 30
 COMPANY = "bench_co"
 NAMESPACE = "regtask-system"
-TOKEN = secrets.token_hex(32)
 
 # Operator writes, read from the apiserver's request counters: (resource, subresource) pairs.
-# The bench writes registrytasks (create) and the node stand-in writes jobs/status: not counted.
+# The bench writes registrytasks (create); the node stand-in writes jobs/status, pods,
+# serviceaccounts/token and resourcequotas/status (the kubelet's and controllers' share): not
+# counted.
 OPERATOR_WRITES = {
     ("registrytasks", ""),
     ("registrytasks", "status"),
@@ -117,19 +119,16 @@ def rss_mb(pid: int, field: str = "VmRSS:") -> float:
     return 0.0
 
 
-def task_body(task_id: str, user: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": "RegistryTask",
-        "metadata": {"name": naming.task_resource_name(task_id)},
-        "spec": {
-            "taskId": task_id,
-            "taskType": "document_analysis",
-            "userId": user,
-            "companyId": COMPANY,
-            "inputs": [{"name": "document", "value": f"Facture {task_id}"}],
-        },
-    }
+def task_body(task_id: str, user: str, company: str = COMPANY) -> dict[str, Any]:
+    """The RegistryTask exactly as the shim creates it (finalizer already set)."""
+    spec = RegistryTaskSpec(
+        task_id=task_id,
+        task_type=TaskType.DOCUMENT_ANALYSIS,
+        user_id=user,
+        company_id=company,
+        inputs=[TaskInput(name="document", value=f"Facture {task_id}")],
+    )
+    return task_manifest(spec, NAMESPACE)
 
 
 def main() -> None:
@@ -156,7 +155,6 @@ def main() -> None:
         gateway = GatewayProcess(
             {
                 "REDIS_URL": redis_srv.url,
-                "REGTASK_TOKEN_SECRET": TOKEN,
                 "REGTASK_NAMESPACE": NAMESPACE,
                 "KUBECONFIG": str(plane.kubeconfig_path),
             },
@@ -167,7 +165,6 @@ def main() -> None:
             {
                 "REDIS_URL": redis_srv.url,
                 "REGTASK_NAMESPACE": NAMESPACE,
-                "REGTASK_TOKEN_SECRET": TOKEN,
                 "REGTASK_STANDALONE": "true",
                 "REGTASK_GATEWAY_URL": gateway.url,
             },
@@ -250,7 +247,7 @@ def main() -> None:
 
         wait_until(all_succeeded, 3600, "all tasks Succeeded", 2.0)
         finished = time.monotonic()
-        time.sleep(TOKEN_CLEANUP_S + 5)  # let the last status, quota and cleanup writes land
+        time.sleep(SETTLE_S)  # let the last status, quota and cleanup writes land
         after = request_counts(plane)
 
         # The same lifecycle without waiting: room for every task at once.
@@ -275,7 +272,7 @@ def main() -> None:
             return done >= TASKS + UNCONTENDED
 
         wait_until(all_succeeded_again, 600, "the uncontended tasks Succeeded", 1.0)
-        time.sleep(TOKEN_CLEANUP_S + 5)
+        time.sleep(SETTLE_S)
         after_free = request_counts(plane)
         stop.set()
         node.stop()
@@ -303,8 +300,7 @@ def main() -> None:
         )
 
         def create_known(n: int) -> None:
-            body = task_body(f"known_{n:05d}", f"user{n % 100}")
-            body["spec"]["companyId"] = "frozen_co"
+            body = task_body(f"known_{n:05d}", f"user{n % 100}", "frozen_co")
             custom.create_namespaced_custom_object(
                 API_GROUP, API_VERSION, NAMESPACE, "registrytasks", body
             )

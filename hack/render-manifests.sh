@@ -17,7 +17,6 @@ NAMESPACE=regtask-system
 OVERRIDES=(
     --set controlNamespace.create=true
     --set helmLabels=false
-    --set tokenSecret.existingSecret=regtask-token
 )
 # Chart template(s) -> manifest file; every rendered template must be listed here.
 MAPPING=(

@@ -13,6 +13,11 @@ import re
 
 DNS_LABEL_MAX = 63
 HASH_LENGTH = 10
+# The API server cuts a generateName base ("<job>-") to 58 characters: a Job name of at most 57
+# keeps every pod name "<job>-<5 random characters>", so a pod name tells its Job exactly.
+JOB_NAME_MAX = 57
+# The ServiceAccount every runner pod runs as, in its tenant namespace.
+RUNNER_SERVICE_ACCOUNT = "regtask-runner"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "regtask-operator"
@@ -26,6 +31,10 @@ ANNOTATION_USER = "regtask.io/user-id"
 ANNOTATION_COMPANY = "regtask.io/company-id"
 ANNOTATION_TASK = "regtask.io/task-id"
 ANNOTATION_TASK_NAMESPACE = "regtask.io/task-namespace"
+# The operator's finalizer on RegistryTasks (its Job, quota slot and registry end are released
+# behind it). The shim sets it at creation, which saves the operator one PATCH per task; the
+# operator adds it to tasks created without it (kubectl apply).
+TASK_FINALIZER = "regtask.io/finalizer"
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 
@@ -71,8 +80,10 @@ def task_resource_name(task_id: str) -> str:
 
 
 def job_name(task_id: str) -> str:
-    return derived_name("rt", task_id)
+    """At most :data:`JOB_NAME_MAX` long, so its pods are named ``<job name>-<5 characters>``."""
+    return derived_name("rt", task_id, max_length=JOB_NAME_MAX)
 
 
-def token_secret_name(task_id: str) -> str:
-    return derived_name("rt-token", task_id)
+def pod_job_name(pod_name: str) -> str:
+    """The Job a pod belongs to, from the name the API server generated for it."""
+    return pod_name[: -len("-xxxxx")] if len(pod_name) > len("-xxxxx") else ""

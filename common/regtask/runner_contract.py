@@ -10,9 +10,12 @@ from enum import IntEnum
 ENV_TASK_ID = "REGTASK_TASK_ID"
 ENV_TASK_TYPE = "REGTASK_TASK_TYPE"
 ENV_GATEWAY_URL = "REGTASK_GATEWAY_URL"
-# Read from the per-task Secret (see regtask.tokens); never written into the CR.
-ENV_TASK_TOKEN = "REGTASK_TASK_TOKEN"  # noqa: S105 - a variable name
-TOKEN_SECRET_KEY = "token"  # noqa: S105 - a key name
+# Path of the task's ServiceAccount token, projected by the kubelet (see regtask.tokens); the
+# runner reads the file for each request (the kubelet may rotate it). Never in the CR or the env.
+ENV_TASK_TOKEN_FILE = "REGTASK_TASK_TOKEN_FILE"  # noqa: S105 - a variable name
+TOKEN_VOLUME = "task-token"  # noqa: S105 - a volume name
+TOKEN_MOUNT_PATH = "/var/run/secrets/regtask"  # noqa: S105 - a path
+TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name
 
 RUNNER_MODULE = "regtask_runners"
 

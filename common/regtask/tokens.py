@@ -1,31 +1,78 @@
 """Per-task credentials: what lets a runner touch its own task's records, and nothing else.
 
-The operator mints one token per task (HS256 JWT signed with ``REGTASK_TOKEN_SECRET``, a secret
-shared only by the operator and the gateway), stores it in a Secret in the task's namespace, and
-the Job reads it from there. The gateway verifies it and takes the task, user, company and
-namespace from the claims, never from the request, so one tenant cannot name another's task.
+A runner proves who it is with a Kubernetes ServiceAccount token that the kubelet projects into
+its pod (no Secret, no shared signing key): the token is bound to the pod, expires, and its
+audience names the task (``regtask-gateway:<task id>``), so it is worth nothing for any other
+task or service. The gateway has the API server check it (TokenReview) and then checks what the
+token says against the task's spec with :func:`authorize`: the pod runs in the task's tenant
+namespace, as the runner ServiceAccount, and belongs to the task's Job.
 """
 
 from __future__ import annotations
 
-import time
+import base64
+import binascii
+import json
 
-import jwt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from regtask import naming
+from regtask.crmodels import RegistryTaskSpec
 from regtask.identifiers import Identifier
 
-ALGORITHM = "HS256"
-AUDIENCE = "regtask-gateway"
-ISSUER = "regtask-operator"
-MIN_SECRET_BYTES = 32
+AUDIENCE_PREFIX = "regtask-gateway:"
+# Lifetime asked of the kubelet: at least Kubernetes' minimum (600 s), at least the task's deadline.
+MIN_TOKEN_SECONDS = 600
+TOKEN_MARGIN_SECONDS = 600
 
 
 class TokenError(ValueError):
-    """The token is missing, expired, forged or for another audience."""
+    """The token is missing, expired, forged, for another audience or another task's pod."""
+
+
+def audience(task_id: str) -> str:
+    return AUDIENCE_PREFIX + task_id
+
+
+def token_lifetime(max_duration_s: int) -> int:
+    """The projected token outlives the Job's deadline, so a runner never needs a fresh one."""
+    return max(MIN_TOKEN_SECONDS, max_duration_s + TOKEN_MARGIN_SECONDS)
+
+
+def claimed_task_id(token: str) -> str:
+    """The task id the token's audience names, read *before* any verification.
+
+    Only used to ask the API server the right question (TokenReview for that audience): a
+    forged audience fails there.
+    """
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        audiences = claims["aud"]
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise TokenError("not a ServiceAccount token") from exc
+    if isinstance(audiences, str):
+        audiences = [audiences]
+    ours = [a for a in audiences if isinstance(a, str) and a.startswith(AUDIENCE_PREFIX)]
+    if len(ours) != 1 or len(ours[0]) == len(AUDIENCE_PREFIX):
+        raise TokenError("token audience names no task")
+    return ours[0][len(AUDIENCE_PREFIX) :]
+
+
+class PodIdentity(BaseModel):
+    """What the API server vouches for: a live pod, its namespace and ServiceAccount."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: Identifier  # from the verified audience
+    namespace: str
+    service_account: str
+    pod_name: str
 
 
 class TaskClaims(BaseModel):
+    """The task a verified runner acts for: ids from the task's spec, never from a request."""
+
     model_config = ConfigDict(frozen=True)
 
     task_id: Identifier
@@ -34,50 +81,28 @@ class TaskClaims(BaseModel):
     company_id: Identifier
     namespace: str
     conversation_id: str | None = None
-    expires_at: int = Field(description="epoch seconds")
 
 
-def _check_secret(secret: str) -> bytes:
-    raw = secret.encode()
-    if len(raw) < MIN_SECRET_BYTES:
-        raise ValueError(f"token secret must be at least {MIN_SECRET_BYTES} bytes")
-    return raw
+def authorize(identity: PodIdentity, spec: RegistryTaskSpec) -> TaskClaims:
+    """The claims of the task ``spec`` if the pod is one of its Job's pods; else TokenError.
 
-
-def mint(claims: TaskClaims, secret: str) -> str:
-    payload = {
-        "sub": claims.task_id,
-        "typ": claims.task_type,
-        "uid": claims.user_id,
-        "cid": claims.company_id,
-        "ns": claims.namespace,
-        "conv": claims.conversation_id,
-        "exp": claims.expires_at,
-        "iat": int(time.time()),
-        "aud": AUDIENCE,
-        "iss": ISSUER,
-    }
-    return jwt.encode(payload, _check_secret(secret), algorithm=ALGORITHM)
-
-
-def verify(token: str, secret: str) -> TaskClaims:
-    try:
-        payload = jwt.decode(
-            token,
-            _check_secret(secret),
-            algorithms=[ALGORITHM],
-            audience=AUDIENCE,
-            issuer=ISSUER,
-            options={"require": ["exp", "sub", "aud", "iss"]},
-        )
-    except jwt.PyJWTError as exc:
-        raise TokenError(f"invalid task token: {exc}") from exc
+    Pods of a Job are named ``<job name>-<5 random characters>`` by the API server, and only the
+    Job controller creates pods in a tenant namespace (tenants have no API access).
+    """
+    namespace = naming.tenant_namespace(spec.user_id, spec.company_id)
+    if spec.task_id != identity.task_id:
+        raise TokenError("token is for another task")
+    if identity.namespace != namespace:
+        raise TokenError("token is from another tenant's namespace")
+    if identity.service_account != naming.RUNNER_SERVICE_ACCOUNT:
+        raise TokenError("token is not a runner's")
+    if naming.pod_job_name(identity.pod_name) != naming.job_name(spec.task_id):
+        raise TokenError("token is from a pod of another Job")
     return TaskClaims(
-        task_id=payload["sub"],
-        task_type=payload["typ"],
-        user_id=payload["uid"],
-        company_id=payload["cid"],
-        namespace=payload["ns"],
-        conversation_id=payload.get("conv"),
-        expires_at=payload["exp"],
+        task_id=spec.task_id,
+        task_type=spec.task_type.value,
+        user_id=spec.user_id,
+        company_id=spec.company_id,
+        namespace=namespace,
+        conversation_id=spec.conversation_id,
     )

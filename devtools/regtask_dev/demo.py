@@ -136,7 +136,6 @@ def _start_control_plane(stack: Stack) -> Path:
 
 def start(stack: Stack) -> dict[str, Any]:
     """Start every service; return what the demo needs to talk to them."""
-    token_secret = secrets.token_hex(32)
     shim_token = secrets.token_urlsafe(32)
 
     say("starting Redis, the control plane, the Firestore emulator, the LLM and ChromaDB ...")
@@ -175,7 +174,6 @@ def start(stack: Stack) -> dict[str, Any]:
     gateway = GatewayProcess(
         {
             **shared,
-            "REGTASK_TOKEN_SECRET": token_secret,
             "KUBECONFIG": str(kubeconfig),
             "LLM_BASE_URL": llm.base_url,
             "LLM_EMBEDDINGS_BASE_URL": llm.embeddings_base_url,
@@ -188,7 +186,6 @@ def start(stack: Stack) -> dict[str, Any]:
         _operator_kubeconfig(api, kubeconfig, stack),
         {
             **shared,
-            "REGTASK_TOKEN_SECRET": token_secret,
             "REGTASK_STANDALONE": "true",
             "REGTASK_GATEWAY_URL": gateway.url,
         },

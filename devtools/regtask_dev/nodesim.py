@@ -13,9 +13,12 @@ What it honours: ``completions`` (run one after the other), ``backoffLimit``,
 ``activeDeadlineSeconds``, ``podFailurePolicy`` rules with ``onExitCodes`` (``FailJob``,
 ``Ignore``, ``Count``), ``suspend``, Job deletion, ``terminationGracePeriodSeconds``, ``env``
 (``value``, ``$(VAR)`` references, ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``),
-``envFrom`` and ``workingDir``. What it does not: images, Pods objects, parallelism (attempts
-run one at a time), the Job controller's exponential back-off (``retry_delay`` instead),
-indexed Jobs and ``onPodConditions`` rules (no Pod conditions exist here).
+``envFrom``, ``workingDir``, and projected ServiceAccount tokens (for those pods it creates Pod
+objects, keeps ResourceQuota status and writes the tokens where the env points: see
+:mod:`regtask_dev.nodepods`). What it does not: images, other volumes, Pod objects for pods
+without such a token, Pod status, parallelism (attempts run one at a time), the Job
+controller's exponential back-off (``retry_delay`` instead), indexed Jobs and
+``onPodConditions`` rules (no Pod conditions exist here).
 
 ``stop()`` is a node loss: every running process gets SIGKILL and no status is written, so
 the Jobs stay ``active`` without progress, as they would until a real controller noticed. A
@@ -46,18 +49,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3 import BaseHTTPResponse
 
 from regtask_dev.lifeline import die_with_parent
+from regtask_dev.nodepods import NODE_NAME, PodObjects, PodRefused, map_path, token_sources
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_SELECTOR = "app.kubernetes.io/managed-by=regtask-operator"
-NODE_NAME = "regtask-nodesim"
 _DEFAULT_BACKOFF_LIMIT = 6
 _DEFAULT_GRACE_SECONDS = 30
 _POLL_SECONDS = 0.1
@@ -65,6 +68,7 @@ _WATCH_SECONDS = 60
 _STATUS_RETRIES = 10
 
 Job = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class NodeSimError(RuntimeError):
@@ -251,6 +255,7 @@ class NodeSimulator:
         self.retry_delay = retry_delay
         self._batch = client.BatchV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._pods = PodObjects(self._core, log_dir / "volumes")
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._runners: dict[str, _JobRunner] = {}
@@ -578,13 +583,59 @@ class _JobRunner(threading.Thread):
         return job
 
     def _run_attempt(self, job: Job) -> tuple[str, str, int]:
-        """Run the first container once; return (container name, pod name, exit code)."""
+        """Run the first container once; return (container name, pod name, exit code).
+
+        Pods that mount a projected ServiceAccount token get a Pod object (the token is bound
+        to it), deleted when the process ends; others run without one.
+        """
         pod_spec = job["spec"]["template"]["spec"]
         container = pod_spec["containers"][0]
-        pod_name = f"{self._name}-" + "".join(
+        # The API server's generateName: the base cut to 58 characters, 5 random ones added.
+        pod_name = f"{self._name}-"[:58] + "".join(
             secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5)
         )
+        if not token_sources(pod_spec):
+            return self._run_container(job, container, pod_name, {})
+        pod = self._create_pod(job, pod_name)
+        try:
+            mounts = self._mount_tokens(pod, container)
+            return self._run_container(job, container, pod_name, mounts)
+        finally:
+            self._sim._pods.delete(self._namespace, pod_name)
+
+    def _until_accepted(self, action: Callable[[], _T], refused: type[Exception], what: str) -> _T:
+        """Retry ``action`` every second while it raises ``refused``, as a kubelet or the Job
+        controller keeps retrying a pod that cannot start yet; each new reason is logged once."""
+        reported = None
+        while True:
+            self._check_interrupts()
+            try:
+                return action()
+            except refused as exc:
+                if str(exc) != reported:
+                    log.warning("Job %s/%s %s: %s", self._namespace, self._name, what, exc)
+                    reported = str(exc)
+            self._pause(1.0)
+
+    def _create_pod(self, job: Job, pod_name: str) -> dict[str, Any]:
+        """Create the Pod, retrying while the API server refuses it (quota, admission)."""
+        return self._until_accepted(
+            lambda: self._sim._pods.create(job, pod_name), PodRefused, f"pod {pod_name} not created"
+        )
+
+    def _mount_tokens(self, pod: dict[str, Any], container: Job) -> dict[str, Path]:
+        return self._until_accepted(
+            lambda: self._sim._pods.mount_tokens(pod, container),
+            PodRefused,
+            f"pod {pod['metadata']['name']} has no token",
+        )
+
+    def _run_container(
+        self, job: Job, container: Job, pod_name: str, mounts: dict[str, Path]
+    ) -> tuple[str, str, int]:
+        pod_spec = job["spec"]["template"]["spec"]
         env, argv = self._container_config(job, container, pod_name)
+        env = {key: map_path(value, mounts) for key, value in env.items()}
         number = len(self._sim.attempts(self._namespace, self._name)) + 1
         log_path = self._sim.log_dir / self._namespace / self._name / f"{number}-{pod_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -663,29 +714,18 @@ class _JobRunner(threading.Thread):
         self, job: Job, container: Job, pod_name: str
     ) -> tuple[dict[str, str], list[str]]:
         """Resolve env and argv, waiting (pod pending) while a referenced object is missing."""
-        reported = None
-        while True:
-            self._check_interrupts()
-            try:
-                defined = self._resolve_env(job, container, pod_name)
-                argv = [
-                    _expand(a, defined)
-                    for a in [*container.get("command", []), *container.get("args", [])]
-                ]
-                if not argv:
-                    raise _PodConfigError("no command: the stand-in cannot run image entrypoints")
-                return {**self._sim.base_env, **defined}, argv
-            except _PodConfigError as exc:
-                if str(exc) != reported:
-                    log.warning(
-                        "Job %s/%s pod %s cannot start: %s",
-                        self._namespace,
-                        self._name,
-                        pod_name,
-                        exc,
-                    )
-                    reported = str(exc)
-            self._pause(1.0)
+
+        def resolve() -> tuple[dict[str, str], list[str]]:
+            defined = self._resolve_env(job, container, pod_name)
+            argv = [
+                _expand(a, defined)
+                for a in [*container.get("command", []), *container.get("args", [])]
+            ]
+            if not argv:
+                raise _PodConfigError("no command: the stand-in cannot run image entrypoints")
+            return {**self._sim.base_env, **defined}, argv
+
+        return self._until_accepted(resolve, _PodConfigError, f"pod {pod_name} cannot start")
 
     def _resolve_env(self, job: Job, container: Job, pod_name: str) -> dict[str, str]:
         defined: dict[str, str] = {}

@@ -12,15 +12,24 @@ import sys
 # The operator uses neither (see regtask_operator.kube), so a None in sys.modules makes those
 # imports fail fast, as if the libraries were absent (Kopf's documented optional dependency).
 UNUSED_CLIENTS = ("kubernetes", "kubernetes_asyncio", "pykube")
+# Optional extras other libraries import when installed (a dev venv has them, the operator image
+# does not): structlog's dev console renderer and pretty tracebacks import `rich` (~3 MB; the
+# operator logs JSON), redis-py's metrics import the OpenTelemetry SDK (~1.5 MB; unused here).
+# Both libraries treat the failed import as "not installed". The OpenTelemetry API itself stays
+# importable (google-api-core uses it for the Firestore mirror).
+UNUSED_EXTRAS = ("rich", "opentelemetry.sdk")
 
 
 def block_unused_clients() -> None:
-    for name in UNUSED_CLIENTS:
+    for name in (*UNUSED_CLIENTS, *UNUSED_EXTRAS):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
-    block_unused_clients()
+    block_unused_clients()  # first: regtask_operator.memory imports structlog
+    from regtask_operator import memory
+
+    memory.tune()  # before the imports below allocate: see regtask_operator.memory
     import kopf
 
     from regtask.logconfig import configure_logging

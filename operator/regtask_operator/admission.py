@@ -17,7 +17,7 @@ from regtask.crmodels import PRIORITY_RANK, Priority, RateLimitPolicy
 from regtask.documents import Quotas
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskKey:
     """The RegistryTask's namespace and name."""
 
@@ -28,7 +28,7 @@ class TaskKey:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     key: TaskKey
     task_id: str

@@ -19,7 +19,8 @@ class OperatorSettings(BaseSettings):
     # Namespaces whose RegistryTasks and CompanyQuotas this operator handles (comma-separated,
     # e.g. "regtask-system"); empty = every namespace.
     task_namespaces: str = ""
-    # Identity of this operator in finalizers, Kopf storage and field managers.
+    # Identity of this operator in Kopf's storage and field managers (the finalizer is
+    # regtask.naming.TASK_FINALIZER, shared with the shim).
     operator_name: str = "regtask.io"
     peering_name: str = "regtask-operator"
     standalone: bool = Field(default=False, description="no peering (tests, single dev run)")
@@ -29,8 +30,6 @@ class OperatorSettings(BaseSettings):
     runner_images: dict[TaskType, str] = Field(default_factory=dict)
     image_pull_policy: str = "IfNotPresent"
     gateway_url: str = "http://regtask-gateway.regtask-system.svc:8081"
-    # Signs per-task tokens; shared with the gateway only. Required.
-    token_secret: str = Field(default="", repr=False)
 
     # Job shape
     backoff_limit: int = Field(default=2, ge=0)
@@ -43,8 +42,11 @@ class OperatorSettings(BaseSettings):
 
     # Tenant namespaces
     tenant_pods_quota: int = Field(default=20, ge=1)
-    tenant_cpu_quota: str = "4"
-    tenant_memory_quota: str = "8Gi"
+    # Requests and limits of all the tenant's pods together: room for the default
+    # maxTasksPerUser (10) runners at their limits (1 CPU, 1Gi); raise both with that quota, or
+    # admitted tasks' pods wait for room (the Job controller retries them).
+    tenant_cpu_quota: str = "10"
+    tenant_memory_quota: str = "10Gi"
     # A tenant namespace without Jobs, running or waiting tasks is removed once its last
     # admission is older than this (seconds; tests use a few).
     namespace_idle_seconds: int = Field(default=3600, ge=1)
@@ -66,12 +68,11 @@ class OperatorSettings(BaseSettings):
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=60.0, gt=0)
     # A waiting task's queue position in its CR status follows at most this often (each
-    # admission moves every waiting task; the registry and the events follow in real time).
-    queue_position_refresh_s: float = Field(default=60.0, ge=0)
+    # admission moves every waiting task; the registry and the events, what the web app reads,
+    # follow in real time). Every refresh is one API write per waiting task.
+    queue_position_refresh_s: float = Field(default=300.0, ge=0)
     # Runner progress in the CR status at most this often per task (the registry: real time).
-    progress_status_interval_s: float = Field(default=30.0, ge=0)
-    # Token Secrets of finished tasks are deleted in batches this often (one call per namespace).
-    token_cleanup_interval_s: float = Field(default=30.0, gt=0)
+    progress_status_interval_s: float = Field(default=60.0, ge=0)
     # Freed heap is handed back to the OS this often (see regtask_operator.memory).
     memory_trim_interval_s: float = Field(default=30.0, gt=0)
     # Re-apply every tenant namespace's fences (drift repair) at most this often, on the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from regtask import naming, tokens
+from regtask import naming
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
@@ -30,7 +31,7 @@ from regtask.crmodels import (
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
-from regtask.tasktypes import TASK_TYPES
+from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso, parse_iso
 from regtask_operator import isolation, jobs, metrics
 from regtask_operator.admission import (
@@ -50,56 +51,107 @@ log = structlog.get_logger(__name__)
 # An admission refreshes its namespace's last-used annotation at most this often (idle removal
 # reads it); the fences are applied once per namespace and process (drift: maintenance.py).
 LAST_USED_REFRESH_S = 300.0
-TOKEN_MARGIN_S = 600
-# Task labels per token-cleanup call (the label selector travels in the URL).
-TOKEN_CLEANUP_BATCH = 50
 
 
-@dataclass
 class TrackedTask:
-    key: TaskKey
-    uid: str
-    spec: RegistryTaskSpec
-    created: str
-    phase: Phase = Phase.QUEUED
-    progress: int = 0
-    current_step: str = ""
-    reported_wait: tuple[int, str, int] | None = None
-    reported_at: float = 0.0
-    published_wait: tuple[int, str] | None = None
-    # time.monotonic() of the last progress written to the CR status (or of the launch)
-    progress_patched_at: float = 0.0
-    admitted_at: float | None = None
-    # time.monotonic() when its Job was created by this process (see reconcile)
-    launched_mono: float = 0.0
-    # Status writes of one task go one at a time, in the order they were decided (see
-    # Controller.patch_status).
-    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One known task. Slotted and compact: the operator keeps one per task (10,000 and more).
+
+    The spec is kept as its JSON (a few hundred bytes instead of the validated model's ~2 KB)
+    and validated again when a caller needs it whole (a launch); validation is deterministic,
+    so ``task.spec`` is equal to the spec given here. The fields every scheduler step and
+    metrics scrape read for every task are kept apart.
+    """
+
+    __slots__ = (
+        "_spec_json",
+        "admitted_at",
+        "company_id",
+        "created",
+        "current_step",
+        "key",
+        "launched_mono",
+        "max_duration_s",
+        "phase",
+        "priority",
+        "progress",
+        "progress_patched_at",
+        "published_wait",
+        "reported_at",
+        "reported_wait",
+        "status_lock",
+        "task_id",
+        "task_type",
+        "uid",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        key: TaskKey,
+        uid: str,
+        spec: RegistryTaskSpec,
+        created: str,
+        phase: Phase = Phase.QUEUED,
+        progress: int = 0,
+        current_step: str = "",
+    ) -> None:
+        self.key = key
+        self.uid = uid
+        self.created = created
+        self.phase = phase
+        self.progress = progress
+        self.current_step = current_step
+        self.reported_wait: tuple[int, str, int] | None = None
+        self.reported_at = 0.0
+        self.published_wait: tuple[int, str] | None = None
+        # time.monotonic() of the last progress written to the CR status (or of the launch)
+        self.progress_patched_at = 0.0
+        self.admitted_at: float | None = None
+        # time.monotonic() when its Job was created by this process (see reconcile)
+        self.launched_mono = 0.0
+        # Status writes of one task go one at a time, in the order they were decided (see
+        # Controller.patch_status).
+        self.status_lock = asyncio.Lock()
+        self.task_id: str = spec.task_id
+        self.task_type: TaskType = spec.task_type
+        # Shared by all the tasks of a user or company: one string each, not one per task.
+        self.user_id: str = sys.intern(spec.user_id)
+        self.company_id: str = sys.intern(spec.company_id)
+        self.priority: Priority = spec.priority
+        self.max_duration_s: int = jobs.max_duration(spec)
+        self._spec_json: str = spec.model_dump_json(by_alias=True, exclude_unset=True)
+
+    @property
+    def spec(self) -> RegistryTaskSpec:
+        return RegistryTaskSpec.model_validate_json(self._spec_json)
+
+    def __repr__(self) -> str:
+        return f"TrackedTask({self.key!s}, {self.task_id}, {self.phase.value})"
 
     @property
     def tenant_namespace(self) -> str:
-        return naming.tenant_namespace(self.spec.user_id, self.spec.company_id)
+        return naming.tenant_namespace(self.user_id, self.company_id)
 
     def candidate(self) -> Candidate:
         return Candidate(
             key=self.key,
-            task_id=self.spec.task_id,
-            user_id=self.spec.user_id,
-            company_id=self.spec.company_id,
-            priority=self.spec.priority,
+            task_id=self.task_id,
+            user_id=self.user_id,
+            company_id=self.company_id,
+            priority=self.priority,
             created=parse_iso(self.created).timestamp(),
-            uses_llm=TASK_TYPES[self.spec.task_type].uses_llm,
+            uses_llm=TASK_TYPES[self.task_type].uses_llm,
         )
 
     def snapshot(self, phase: Phase, **changes: Any) -> TaskSnapshot:
         base = TaskSnapshot(
-            task_id=self.spec.task_id,
-            task_type=self.spec.task_type.value,
-            user_id=self.spec.user_id,
-            company_id=self.spec.company_id,
+            task_id=self.task_id,
+            task_type=self.task_type.value,
+            user_id=self.user_id,
+            company_id=self.company_id,
             namespace=self.tenant_namespace,
-            priority=self.spec.priority.value,
-            max_duration_s=jobs.max_duration(self.spec),
+            priority=self.priority.value,
+            max_duration_s=self.max_duration_s,
             created_at=self.created,
             phase=phase,
             progress=self.progress,
@@ -148,8 +200,6 @@ class Controller:
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
     # companies whose current limits are mirrored in Redis
     limits_mirrored: set[str] = field(default_factory=set)
-    # tenant namespace -> task labels whose token Secrets are to be deleted (batched)
-    _tokens_to_delete: dict[str, set[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ quotas
 
@@ -292,9 +342,9 @@ class Controller:
 
     async def _llm_windows(self) -> dict[str, tuple[int, int]]:
         companies = {
-            t.spec.company_id
+            t.company_id
             for t in self.tasks.values()
-            if self.state.is_queued(t.key) and TASK_TYPES[t.spec.task_type].uses_llm
+            if self.state.is_queued(t.key) and TASK_TYPES[t.task_type].uses_llm
         }
         windows: dict[str, tuple[int, int]] = {}
         for company_id in companies:
@@ -356,21 +406,10 @@ class Controller:
     async def launch(self, task: TrackedTask) -> None:
         spec = task.spec
         namespace = await self.ensure_tenant(spec.user_id, spec.company_id)
-        claims = tokens.TaskClaims(
-            task_id=spec.task_id,
-            task_type=spec.task_type.value,
-            user_id=spec.user_id,
-            company_id=spec.company_id,
-            namespace=namespace,
-            conversation_id=spec.conversation_id,
-            expires_at=int(time.time()) + jobs.max_duration(spec) * 2 + TOKEN_MARGIN_S,
-        )
-        token = tokens.mint(claims, self.settings.token_secret)
         metrics.ADMISSION_WAIT.labels(spec.company_id).observe(
             max(0.0, time.time() - parse_iso(task.created).timestamp())
         )
         task.admitted_at = time.time()
-        await self.kube.create(jobs.token_secret(spec, task.key.name, task.key.namespace, token))
         job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
         created = await self.kube.create(job)
         task.launched_mono = task.progress_patched_at = time.monotonic()
@@ -451,7 +490,7 @@ class Controller:
         task.reported_wait = marker
         task.reported_at = time.monotonic()
         task.phase = Phase.WAITING
-        quotas, _ = self.company_limits(task.spec.company_id)
+        quotas, _ = self.company_limits(task.company_id)
         if waiting.retry_after_s:
             message = (
                 f"company LLM quota of {quotas.max_llm_requests_per_hour}/hour reached; "
@@ -567,10 +606,10 @@ class Controller:
         if phase is Phase.SUCCEEDED:
             task.progress = 100
             try:
-                stored = await self.mirror.registry.get_task(task.spec.task_id)
+                stored = await self.mirror.registry.get_task(task.task_id)
                 result = stored.result if stored else None
             except Exception as exc:  # noqa: BLE001 - the result is a bonus in the CR
-                log.warning("task_result_unavailable", task_id=task.spec.task_id, error=str(exc))
+                log.warning("task_result_unavailable", task_id=task.task_id, error=str(exc))
         status: dict[str, Any] = {
             "phase": phase.value,
             "reason": reason,
@@ -593,16 +632,13 @@ class Controller:
         await self.mirror.publish(
             task.snapshot(phase, reason=reason, message=message, result=result)
         )
-        metrics.TASKS_FINISHED.labels(
-            task.spec.task_type.value, task.spec.company_id, phase.value
-        ).inc()
+        metrics.TASKS_FINISHED.labels(task.task_type.value, task.company_id, phase.value).inc()
         if task.admitted_at is not None:
-            metrics.JOB_DURATION.labels(task.spec.task_type.value, phase.value).observe(
+            metrics.JOB_DURATION.labels(task.task_type.value, phase.value).observe(
                 time.time() - task.admitted_at
             )
         async with self._lock:
             self.state.release(task.key)
-        self.schedule_token_cleanup(task.tenant_namespace, task.key.name)
         self.emit(
             task,
             "Normal" if phase is Phase.SUCCEEDED else "Warning",
@@ -616,34 +652,9 @@ class Controller:
         if task.phase in TERMINAL_PHASES:
             return
         await self.kube.delete(
-            "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.spec.task_id)
+            "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.task_id)
         )
         await self.finish(task, Phase.CANCELLED, reason, message)
-
-    def schedule_token_cleanup(self, namespace: str, task_label: str) -> None:
-        """The token Secret goes in the next batched cleanup (one call per namespace).
-
-        Deleting it does not revoke the token (it expires on its own, see ``launch``): it only
-        tidies the namespace, so it need not happen at once.
-        """
-        self._tokens_to_delete.setdefault(namespace, set()).add(task_label)
-
-    async def cleanup_tokens(self) -> int:
-        """Delete the scheduled token Secrets: one DELETE per tenant namespace and batch."""
-        deleted = 0
-        pending, self._tokens_to_delete = self._tokens_to_delete, {}
-        for namespace, labels in pending.items():
-            ordered = sorted(labels)
-            for start in range(0, len(ordered), TOKEN_CLEANUP_BATCH):
-                batch = ordered[start : start + TOKEN_CLEANUP_BATCH]
-                selector = f"{naming.LABEL_TASK} in ({','.join(batch)})"
-                try:
-                    await self.kube.delete_collection("v1", "Secret", namespace, selector)
-                    deleted += len(batch)
-                except Exception as exc:  # noqa: BLE001 - retried by the next round
-                    log.warning("token_cleanup_failed", namespace=namespace, error=str(exc))
-                    self._tokens_to_delete.setdefault(namespace, set()).update(batch)
-        return deleted
 
     async def forget(self, key: TaskKey) -> None:
         async with self._lock:
@@ -653,16 +664,14 @@ class Controller:
 
     # ------------------------------------------------------------------ reconciliation
 
-    async def reconcile(
-        self, live_jobs: list[dict[str, Any]], listed_at: float, first: bool = False
-    ) -> None:
+    async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
         """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.
 
         ``listed_at`` is the ``time.monotonic()`` taken before the Jobs were listed: a task
         launched since then has a Job the list may not show yet, and keeps its slot.
         """
         running: list[Candidate] = []
-        finished: list[tuple[TaskKey, jobs.JobOutcome, str]] = []
+        finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
         with_job: set[TaskKey] = set()
         for job in live_jobs:
             meta = job.get("metadata") or {}
@@ -676,7 +685,7 @@ class Controller:
             with_job.add(key)
             outcome = jobs.read_job_status(job.get("status"))
             if outcome.phase is not None:
-                finished.append((key, outcome, meta.get("namespace", "")))
+                finished.append((key, outcome))
                 continue
             if meta.get("deletionTimestamp"):
                 continue
@@ -697,11 +706,8 @@ class Controller:
                 )
             )
         # Finished Jobs first: their tasks end, and are then neither running nor requeued.
-        for key, outcome, job_namespace in finished:
+        for key, outcome in finished:
             await self.job_changed(key, outcome)
-            if first:
-                # An earlier life may have ended before its batched token cleanup ran.
-                self.schedule_token_cleanup(job_namespace, key.name)
         recent = {
             key
             for key, task in self.tasks.items()
@@ -731,7 +737,7 @@ class Controller:
             if task.phase is not Phase.RUNNING:
                 continue
             try:
-                stored = await self.mirror.registry.get_task(task.spec.task_id)
+                stored = await self.mirror.registry.get_task(task.task_id)
             except Exception:  # noqa: BLE001 - Redis down: the next round will catch up
                 return patched
             if stored is None:

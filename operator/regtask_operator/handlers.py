@@ -6,6 +6,7 @@ Imported by ``python -m regtask_operator`` (and by tests that run the operator i
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -68,7 +69,7 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = get_operator_settings()
-    settings.persistence.finalizer = f"{config.operator_name}/finalizer"
+    settings.persistence.finalizer = naming.TASK_FINALIZER
     # Kopf's own state is needed only around deletion (the finalizer's handler): keep it in the
     # status, invisible to `kubectl apply` diffs of the spec. No diff-base: see _NoDiffBase.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
@@ -141,7 +142,8 @@ async def task_event(
     decision (Running or Waiting) is the task's first status write.
     """
     controller = _runtime(memo).controller
-    key = TaskKey(namespace or "", name)
+    # One namespace string for all the tasks kept in memory, not one per task.
+    key = TaskKey(sys.intern(namespace or ""), name)
     if type == "DELETED" or meta.get("deletionTimestamp"):
         return  # task_deleted (behind the finalizer) releases and records the end
     try:

@@ -11,7 +11,7 @@ from typing import Any
 from regtask import naming
 from regtask_operator.config import OperatorSettings
 
-RUNNER_SERVICE_ACCOUNT = "regtask-runner"
+RUNNER_SERVICE_ACCOUNT = naming.RUNNER_SERVICE_ACCOUNT
 ANNOTATION_LAST_USED = "regtask.io/last-used"
 
 

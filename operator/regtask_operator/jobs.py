@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from regtask import naming, runner_contract
+from regtask import naming, runner_contract, tokens
 from regtask.crmodels import Phase, RegistryTaskSpec
 from regtask.runner_contract import ExitCode
 from regtask.tasktypes import TASK_TYPES
@@ -39,23 +39,6 @@ def job_annotations(spec: RegistryTaskSpec, task_namespace: str) -> dict[str, st
     }
 
 
-def token_secret(
-    spec: RegistryTaskSpec, task_name: str, task_namespace: str, token: str
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": naming.token_secret_name(spec.task_id),
-            "namespace": naming.tenant_namespace(spec.user_id, spec.company_id),
-            "labels": job_labels(spec, task_name),
-            "annotations": job_annotations(spec, task_namespace),
-        },
-        "type": "Opaque",
-        "stringData": {runner_contract.TOKEN_SECRET_KEY: token},
-    }
-
-
 def build_job(
     spec: RegistryTaskSpec, task_name: str, task_namespace: str, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -73,15 +56,26 @@ def build_job(
         {"name": runner_contract.ENV_TASK_TYPE, "value": spec.task_type.value},
         {"name": runner_contract.ENV_GATEWAY_URL, "value": settings.gateway_url},
         {
-            "name": runner_contract.ENV_TASK_TOKEN,
-            "valueFrom": {
-                "secretKeyRef": {
-                    "name": naming.token_secret_name(spec.task_id),
-                    "key": runner_contract.TOKEN_SECRET_KEY,
-                }
-            },
+            "name": runner_contract.ENV_TASK_TOKEN_FILE,
+            "value": f"{runner_contract.TOKEN_MOUNT_PATH}/{runner_contract.TOKEN_FILE_NAME}",
         },
     ]
+    # The runner's credential: a ServiceAccount token the kubelet mints for this pod, bound to
+    # it and scoped to this task (regtask.tokens). No Secret, nothing for the operator to write.
+    token_volume = {
+        "name": runner_contract.TOKEN_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": tokens.audience(spec.task_id),
+                        "expirationSeconds": tokens.token_lifetime(max_duration(spec)),
+                        "path": runner_contract.TOKEN_FILE_NAME,
+                    }
+                }
+            ]
+        },
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -141,10 +135,20 @@ def build_job(
                                 },
                             },
                             "securityContext": container_security,
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+                                {
+                                    "name": runner_contract.TOKEN_VOLUME,
+                                    "mountPath": runner_contract.TOKEN_MOUNT_PATH,
+                                    "readOnly": True,
+                                },
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                        token_volume,
+                    ],
                 },
             },
         },

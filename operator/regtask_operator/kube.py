@@ -195,17 +195,6 @@ class Kube:
             raise
         return True
 
-    async def delete_collection(
-        self, api_version: str, kind: str, namespace: str, label_selector: str
-    ) -> None:
-        """Delete every object of a kind matching the selector in one call (batched cleanups)."""
-        await self.request(
-            "DELETE",
-            object_path(api_version, kind, namespace),
-            {"propagationPolicy": "Background"},
-            query=[("labelSelector", label_selector)],
-        )
-
     async def post_event(
         self, involved: dict[str, str], kind: str, reason: str, message: str
     ) -> None:

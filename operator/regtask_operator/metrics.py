@@ -62,8 +62,7 @@ class ControllerCollector(Collector):
             labels=["phase", "task_type", "company"],
         )
         counts: Counter[tuple[str, str, str]] = Counter(
-            (t.phase.value, t.spec.task_type.value, t.spec.company_id)
-            for t in self.controller.tasks.values()
+            (t.phase.value, t.task_type.value, t.company_id) for t in self.controller.tasks.values()
         )
         for (phase, task_type, company), value in sorted(counts.items()):
             tasks.add_metric([phase, task_type, company], value)
@@ -83,7 +82,7 @@ class ControllerCollector(Collector):
         companies = (
             self.controller.state.companies()
             | set(self.controller.limits)
-            | {t.spec.company_id for t in self.controller.tasks.values()}
+            | {t.company_id for t in self.controller.tasks.values()}
         )
         for company in sorted(companies):
             usage = self.controller.queue_summary(company)

@@ -37,12 +37,9 @@ class Runtime:
     controller: Controller
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
-    _tokens_cleaned_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     async def start(cls, settings: OperatorSettings, shared: Settings, login: Login) -> Runtime:
-        if not settings.token_secret:
-            raise RuntimeError("REGTASK_TOKEN_SECRET is required (shared with the gateway)")
         kube = await Kube.connect(login)
         # A blocking pool: a burst of handlers waits for a free connection instead of failing
         # with "Too many connections".
@@ -72,7 +69,7 @@ class Runtime:
         # Seed the admission counters from the live Jobs before any task is admitted, so a
         # restart never admits over quota while resume handlers are still arriving.
         listed_at = time.monotonic()
-        await controller.reconcile(await runtime.live_jobs(), listed_at, first=True)
+        await controller.reconcile(await runtime.live_jobs(), listed_at)
         runtime.loops = [
             asyncio.create_task(controller.run(runtime.stop), name="scheduler"),
             asyncio.create_task(
@@ -117,9 +114,6 @@ class Runtime:
         """Runner progress into task status, usage into CompanyQuota status (throttled loop)."""
         await self.controller.sync_progress()
         await self.controller.publish_quota_usage()
-        if time.monotonic() - self._tokens_cleaned_at >= self.settings.token_cleanup_interval_s:
-            self._tokens_cleaned_at = time.monotonic()
-            await self.controller.cleanup_tokens()
 
     async def _every(self, interval_s: float, action: Any) -> None:
         while not self.stop.is_set():
@@ -137,8 +131,6 @@ class Runtime:
         for task in self.loops:
             task.cancel()
         await asyncio.gather(*self.loops, return_exceptions=True)
-        with contextlib.suppress(Exception):  # best effort; a restart schedules the rest
-            await asyncio.wait_for(self.controller.cleanup_tokens(), timeout=5)
         if self.firestore is not None:
             await asyncio.to_thread(self.firestore.stop, 5.0)
         await self.redis.aclose()

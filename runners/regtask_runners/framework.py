@@ -22,8 +22,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -35,7 +36,7 @@ from regtask.logconfig import configure_logging
 from regtask.runner_contract import (
     ENV_GATEWAY_URL,
     ENV_TASK_ID,
-    ENV_TASK_TOKEN,
+    ENV_TASK_TOKEN_FILE,
     ENV_TASK_TYPE,
     ExitCode,
 )
@@ -78,12 +79,12 @@ class RunnerEnv:
     task_id: str
     task_type: str
     gateway_url: str
-    token: str = field(repr=False)
+    token_file: Path
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> RunnerEnv:
         source = os.environ if environ is None else environ
-        names = (ENV_TASK_ID, ENV_TASK_TYPE, ENV_GATEWAY_URL, ENV_TASK_TOKEN)
+        names = (ENV_TASK_ID, ENV_TASK_TYPE, ENV_GATEWAY_URL, ENV_TASK_TOKEN_FILE)
         missing = [name for name in names if not source.get(name)]
         if missing:
             raise PermanentError(f"missing environment: {', '.join(missing)}")
@@ -91,8 +92,29 @@ class RunnerEnv:
             task_id=source[ENV_TASK_ID],
             task_type=source[ENV_TASK_TYPE],
             gateway_url=source[ENV_GATEWAY_URL].rstrip("/"),
-            token=source[ENV_TASK_TOKEN],
+            token_file=Path(source[ENV_TASK_TOKEN_FILE]),
         )
+
+    def read_token(self) -> str:
+        """The pod's projected token, read on each use: the kubelet may have rotated it."""
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise PermanentError(f"cannot read the task token: {exc}") from exc
+        if not token:
+            raise PermanentError(f"the task token file {self.token_file} is empty")
+        return token
+
+
+class _Bearer(httpx.Auth):
+    """``Authorization: Bearer`` with a token looked up for every request."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        yield request
 
 
 class InputView(BaseModel):
@@ -182,21 +204,23 @@ def _detail(response: httpx.Response) -> str:
 
 
 class GatewayClient:
-    """The runner's only connection: every call carries the task token."""
+    """The runner's only connection: every call carries the task token.
+
+    ``token`` is the token or a function returning the current one (:meth:`RunnerEnv.read_token`).
+    """
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | Callable[[], str],
         timeout_s: float = GATEWAY_TIMEOUT_S,
         attempts: int = GATEWAY_ATTEMPTS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token
         self.attempts = attempts
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}"},
+            auth=_Bearer(token if callable(token) else lambda: token),
             timeout=httpx.Timeout(timeout_s, connect=5.0),
         )
 
@@ -489,7 +513,7 @@ async def run_task(task_type: str, environ: dict[str, str] | None = None) -> Exi
         raise PermanentError(f"runner for {task_type} started for a {env.task_type} task")
     runner = lookup(task_type)
     structlog.contextvars.bind_contextvars(task_id=env.task_id, task_type=task_type)
-    gateway = GatewayClient(env.gateway_url, env.token)
+    gateway = GatewayClient(env.gateway_url, env.read_token)
     try:
         task = await gateway.get_task()
         ctx = TaskContext(env=env, gateway=gateway, task=task, progress=ProgressReporter(gateway))

@@ -116,7 +116,7 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
 
     client = openai.AsyncOpenAI(
         base_url=f"{ctx.env.gateway_url}/v1/llm",
-        api_key=ctx.env.token,
+        api_key=ctx.env.read_token(),  # valid past the Job's deadline
         max_retries=2,
         timeout=max(task.max_duration_seconds, 30),
     )

@@ -1,8 +1,11 @@
 """The runner gateway: the only door from a task's Job to the platform's data and the LLM.
 
-Every request carries the task's token (``Authorization: Bearer``, :mod:`regtask.tokens`); the
-task, user, company, namespace and conversation come from its verified claims and never from
-the request body, so a runner can read and write its own task's records only. The gateway holds
+Every request carries the runner's token (``Authorization: Bearer``): a ServiceAccount token
+the kubelet projected into the task's pod, checked by the API server
+(:mod:`regtask_shim.runnerauth`) and matched to the task's spec (:func:`regtask.tokens.authorize`).
+The task, user, company, namespace and conversation come from the spec of the task the token is
+bound to, never from the request body, so a runner can read and write its own task's records
+only. The gateway holds
 the LLM provider key (runners never see it) and counts every real LLM request against the
 company's hourly quota (:mod:`regtask.ratelimit`).
 
@@ -32,6 +35,7 @@ from chromadb.api import AsyncClientAPI
 from chromadb.config import Settings as ChromaSettings
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from kubernetes_asyncio.client import ApiClient
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
@@ -49,6 +53,7 @@ from regtask.events import (
     LlmConversationUpdatePayload,
 )
 from regtask.identifiers import Identifier
+from regtask.kubeclient import async_api_client
 from regtask.logconfig import configure_logging
 from regtask.naming import derived_name
 from regtask.ratelimit import LlmRateLimiter, RateDecision
@@ -63,7 +68,8 @@ from regtask.storage import (
     store_result,
 )
 from regtask.tasktypes import TASK_TYPES
-from regtask.tokens import TaskClaims, TokenError, verify
+from regtask.tokens import TaskClaims, TokenError, authorize
+from regtask_shim.runnerauth import AuthUnavailable, RunnerAuthenticator, TokenReviewAuthenticator
 from regtask_shim.taskspec import KubeTaskSpecSource, TaskNotFound, TaskSpecSource
 
 log = structlog.get_logger(__name__)
@@ -80,8 +86,6 @@ class GatewaySettings(BaseSettings):
         env_prefix="", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    # Shared with the operator only: verifies the per-task tokens.
-    token_secret: SecretStr = Field(alias="REGTASK_TOKEN_SECRET")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", alias="REDIS_URL")
     # OpenAI-compatible provider, e.g. https://api.openai.com/v1 or a local llama.cpp server.
     llm_base_url: str = Field(default="http://127.0.0.1:8080/v1", alias="LLM_BASE_URL")
@@ -298,6 +302,7 @@ class GatewayState:
     publisher: AsyncEventPublisher
     http: httpx.AsyncClient
     specs: TaskSpecSource
+    authenticator: RunnerAuthenticator
     throttle: ProgressThrottle
     chroma: AsyncClientAPI | None = None
     chroma_lock: asyncio.Lock | None = None
@@ -329,6 +334,14 @@ def _state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(_state)]
 
 
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        401,
+        detail,
+        headers={"WWW-Authenticate": 'Bearer realm="regtask", error="invalid_token"'},
+    )
+
+
 async def _claims(
     state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> TaskClaims:
@@ -338,39 +351,50 @@ async def _claims(
             401, "missing bearer token", headers={"WWW-Authenticate": 'Bearer realm="regtask"'}
         )
     try:
-        return verify(token.strip(), state.settings.token_secret.get_secret_value())
+        identity = await state.authenticator.authenticate(token.strip())
     except TokenError as exc:
         log.warning("gateway_token_refused", error=str(exc))
+        raise _unauthorized("invalid or expired task token") from exc
+    except AuthUnavailable as exc:
         raise HTTPException(
-            401,
-            "invalid or expired task token",
-            headers={"WWW-Authenticate": 'Bearer realm="regtask", error="invalid_token"'},
+            503, "cannot verify the token now", headers={"Retry-After": "5"}
         ) from exc
+    spec = await _spec_by_id(state, identity.task_id)
+    try:
+        return authorize(identity, spec)
+    except TokenError as exc:
+        log.error("gateway_token_task_mismatch", task_id=identity.task_id, error=str(exc))
+        raise HTTPException(403, "token does not match the task") from exc
 
 
 ClaimsDep = Annotated[TaskClaims, Depends(_claims)]
 
 
-async def _spec(state: GatewayState, claims: TaskClaims, fresh: bool = False) -> RegistryTaskSpec:
-    """The token's task spec; a spec that names another tenant than the token is refused.
+async def _spec_by_id(state: GatewayState, task_id: str, fresh: bool = False) -> RegistryTaskSpec:
+    """The task's spec, from a copy up to :data:`SPEC_CACHE_TTL_S` old unless ``fresh``.
 
     Progress and result writes need only immutable fields (ids, type, max duration: the CRD
-    refuses changes), so they use a copy up to :data:`SPEC_CACHE_TTL_S` old instead of one API
-    read per write; ``GET /v1/task`` reads fresh (it carries ``cancel``).
+    refuses changes), so they use the copy instead of one API read per write; ``GET /v1/task``
+    reads fresh (it carries ``cancel``).
     """
     now = time.monotonic()
-    cached = None if fresh else state.spec_cache.get(claims.task_id)
+    cached = None if fresh else state.spec_cache.get(task_id)
     if cached is not None and cached[0] > now:
-        spec = cached[1]
-    else:
-        try:
-            spec = await state.specs.get(claims.task_id)
-        except TaskNotFound as exc:
-            state.spec_cache.pop(claims.task_id, None)
-            raise HTTPException(404, f"task {claims.task_id} not found") from exc
-        if len(state.spec_cache) > 10_000:
-            state.spec_cache = {k: v for k, v in state.spec_cache.items() if v[0] > now}
-        state.spec_cache[claims.task_id] = (now + SPEC_CACHE_TTL_S, spec)
+        return cached[1]
+    try:
+        spec = await state.specs.get(task_id)
+    except TaskNotFound as exc:
+        state.spec_cache.pop(task_id, None)
+        raise HTTPException(404, f"task {task_id} not found") from exc
+    if len(state.spec_cache) > 10_000:
+        state.spec_cache = {k: v for k, v in state.spec_cache.items() if v[0] > now}
+    state.spec_cache[task_id] = (now + SPEC_CACHE_TTL_S, spec)
+    return spec
+
+
+async def _spec(state: GatewayState, claims: TaskClaims, fresh: bool = False) -> RegistryTaskSpec:
+    """The claims' task spec; one that now names another tenant than the claims is refused."""
+    spec = await _spec_by_id(state, claims.task_id, fresh)
     if (spec.user_id, spec.company_id, spec.task_type.value) != (
         claims.user_id,
         claims.company_id,
@@ -422,15 +446,23 @@ def create_gateway_app(
     settings: GatewaySettings,
     spec_source: TaskSpecSource | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    authenticator: RunnerAuthenticator | None = None,
 ) -> FastAPI:
-    """Build the app; ``spec_source`` defaults to the RegistryTask CRs (tests pass memory)."""
+    """Build the app. By default specs come from the RegistryTask CRs and tokens are reviewed
+    by the API server; tests without a cluster pass both (memory, a static authenticator)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url)
-        specs = spec_source or await KubeTaskSpecSource.connect(
-            settings.namespace, settings.kubeconfig
-        )
+        api: ApiClient | None = None
+        specs: TaskSpecSource
+        auth: RunnerAuthenticator
+        if spec_source is not None and authenticator is not None:
+            specs, auth = spec_source, authenticator
+        else:
+            api = await async_api_client(settings.kubeconfig)
+            specs = spec_source or KubeTaskSpecSource(api, settings.namespace)
+            auth = authenticator or TokenReviewAuthenticator(api)
         registry_settings = Settings.model_validate(
             {
                 "REDIS_URL": settings.redis_url,
@@ -454,6 +486,7 @@ def create_gateway_app(
             publisher=AsyncEventPublisher(client),
             http=http,
             specs=specs,
+            authenticator=auth,
             throttle=ProgressThrottle(settings.progress_min_interval_s),
         )
         log.info(
@@ -465,8 +498,8 @@ def create_gateway_app(
             yield
         finally:
             await http.aclose()
-            if spec_source is None:
-                await specs.close()
+            if api is not None:
+                await api.close()
             await client.aclose()
 
     app = FastAPI(title="regtask runner gateway", version="1", lifespan=lifespan)

@@ -71,13 +71,15 @@ class TaskStore(Protocol):
 
 
 def task_manifest(spec: RegistryTaskSpec, namespace: str) -> dict[str, Any]:
-    """The RegistryTask the operator admits: labels for selection, raw ids in annotations."""
+    """The RegistryTask the operator admits: labels for selection, raw ids in annotations, and
+    the operator's finalizer already set (one PATCH per task fewer for the operator)."""
     return {
         "apiVersion": API_VERSION_FULL,
         "kind": TASK_KIND,
         "metadata": {
             "name": naming.task_resource_name(spec.task_id),
             "namespace": namespace,
+            "finalizers": [naming.TASK_FINALIZER],
             "labels": {
                 LABEL_USER: user_label(spec.user_id),
                 naming.LABEL_TENANT: naming.tenant_label(spec.user_id, spec.company_id),

@@ -365,6 +365,69 @@ def test_job_runs_to_complete_with_env_from_secret_and_fields(
     assert attempt.pod_name.startswith("ok-")
 
 
+def test_a_projected_token_is_bound_to_a_pod_object_that_ends_with_the_process(
+    kube_api: client.ApiClient, namespace: str, node_sim: NodeSimulator
+) -> None:
+    """What a kubelet does for a projected ServiceAccount token, and the quota controller for
+    the namespace's ResourceQuota (admission refuses pods while it has no status)."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, k8s({"metadata": {"name": "worker"}}))
+    core.create_namespaced_resource_quota(
+        namespace, k8s({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "1"}}})
+    )
+    body = job_body(
+        "tok",
+        [
+            sys.executable,
+            "-c",
+            "import os, time; print(open(os.environ['TOKEN_FILE']).read(), flush=True); "
+            "time.sleep(5)",
+        ],
+        env=[{"name": "TOKEN_FILE", "value": "/var/run/secrets/t/token"}],
+    )
+    pod_spec = body["spec"]["template"]["spec"]
+    pod_spec["serviceAccountName"] = "worker"
+    pod_spec["volumes"] = [
+        {
+            "name": "t",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"audience": "aud-x", "path": "token"}},
+                ]
+            },
+        }
+    ]
+    pod_spec["containers"][0]["volumeMounts"] = [{"name": "t", "mountPath": "/var/run/secrets/t"}]
+    create_job(kube_api, namespace, body)
+
+    attempt = node_sim.wait_for_attempt(namespace, "tok")
+    live = core.read_namespaced_pod(attempt.pod_name, namespace)
+    assert live.spec.service_account_name == "worker"
+    assert live.metadata.labels["batch.kubernetes.io/job-name"] == "tok"
+    quota = core.read_namespaced_resource_quota("q", namespace)
+    assert quota.status.hard == {"pods": "1"} and quota.status.used == {"pods": "1"}
+    token = wait_until(lambda: attempt.output().strip(), "the token printed by the process")
+
+    def review(audience: str) -> client.V1TokenReviewStatus | None:
+        spec = client.V1TokenReviewSpec(token=token, audiences=[audience])
+        answer = client.AuthenticationV1Api(kube_api).create_token_review(
+            client.V1TokenReview(spec=spec)
+        )
+        return answer.status
+
+    alive = review("aud-x")
+    assert alive is not None and alive.authenticated
+    assert alive.user.username == f"system:serviceaccount:{namespace}:worker"
+    assert alive.user.extra["authentication.kubernetes.io/pod-name"] == [attempt.pod_name]
+    other_audience = review("aud-y")
+    assert other_audience is not None and not other_audience.authenticated
+    wait_job(kube_api, namespace, "tok", "Complete")
+    assert core.list_namespaced_pod(namespace).items == []  # deleted with its process
+    # Bound to the pod: with the pod gone, the token is refused even for its own audience (once
+    # the API server's 10 s cache of successful authentications has let go of it).
+    wait_until(lambda: not (review("aud-x") or alive).authenticated, "the token refused", 30)
+
+
 def test_job_fails_after_backoff_limit_retries(
     kube_api: client.ApiClient, namespace: str, node_sim: NodeSimulator
 ) -> None:

@@ -289,7 +289,7 @@ async def test_upstream_errors_are_relayed_and_unreachable_is_502(
     body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
     async with client(relayed.url, await relayed.add_task(spec)) as http:
         failed = await http.post("/v1/llm/chat/completions", json=body)
-    async with client(down.url, down.token(spec)) as http:
+    async with client(down.url, await down.add_task(spec)) as http:
         unreachable = await http.post("/v1/llm/chat/completions", json=body)
     assert failed.status_code == 503
     assert failed.json()["error"]["message"] == "fake failure"

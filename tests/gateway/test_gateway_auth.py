@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 
 import pytest
 import redis.asyncio as aioredis
 
-from regtask import keys
+from regtask import keys, naming
 from regtask.crmodels import InputRef, TaskInput
 from regtask.documents import TaskDoc
 from regtask.storage import blob_key, blob_ref
 from regtask.tasktypes import TaskType
-from regtask.tokens import TaskClaims, mint
 from tests.fixtures.gateway import GatewayFactory
 from tests.gateway.helpers import bearer, client, make_spec
 
@@ -51,25 +48,22 @@ async def test_every_runner_endpoint_requires_a_token(
     assert basic.status_code == 401
 
 
-async def test_forged_and_expired_tokens_are_refused(
+async def test_unknown_tokens_and_pods_of_other_jobs_are_refused(
     make_gateway: GatewayFactory, redis_async: aioredis.Redis
 ) -> None:
+    """Tokens the authenticator does not vouch for: 401; a pod that is not the task's: 403.
+
+    (Forged, wrong-audience and deleted-pod tokens against the real API server's TokenReview:
+    tests/gateway/test_gateway_tokenreview.py.)
+    """
     gateway = make_gateway()
     spec = make_spec("doc_analysis_job1")
     good = await gateway.add_task(spec)
-    claims = TaskClaims(
-        task_id=spec.task_id,
-        task_type=spec.task_type.value,
-        user_id=spec.user_id,
-        company_id=spec.company_id,
-        namespace="rt-x",
-        expires_at=2**31,
-    )
-    forged = mint(claims, secrets.token_urlsafe(48))  # right claims, attacker's key
-    expired = gateway.token(spec, expires_in_s=-30)
+    other_job = gateway.token(spec, pod_name=naming.job_name("doc_analysis_job2") + "-abcde")
+    other_account = gateway.token(spec, service_account="default")
     async with client(gateway.url) as http:
         ok = await http.get("/v1/task", headers=bearer(good))
-        for token in (forged, expired, good[:-4] + "AAAA", "not-a-jwt"):
+        for token in (good[:-4] + "AAAA", "not-a-jwt", secrets.token_urlsafe(32)):
             response = await http.post(
                 "/v1/task/progress",
                 json={"progress": 50, "current_step": "forged"},
@@ -77,6 +71,14 @@ async def test_forged_and_expired_tokens_are_refused(
             )
             assert response.status_code == 401, token
             assert response.json()["detail"] == "invalid or expired task token"
+        for token in (other_job, other_account):
+            response = await http.post(
+                "/v1/task/progress",
+                json={"progress": 50, "current_step": "forged"},
+                headers=bearer(token),
+            )
+            assert response.status_code == 403
+            assert response.json()["detail"] == "token does not match the task"
     assert ok.status_code == 200
     assert ok.json()["task_id"] == spec.task_id
     doc = await _task_doc(redis_async, spec.task_id)
@@ -86,18 +88,15 @@ async def test_forged_and_expired_tokens_are_refused(
 async def test_task_a_token_cannot_write_task_b(
     make_gateway: GatewayFactory, redis_async: aioredis.Redis
 ) -> None:
-    """The body cannot name a task; a token edited to name B fails its signature."""
+    """The body cannot name a task; a token standing for a pod of A cannot be taken for B."""
     gateway = make_gateway(progress_min_interval_s=0)
     spec_a = make_spec("doc_analysis_a", user_id="alice", company_id="acme")
     spec_b = make_spec("doc_analysis_b", user_id="bob", company_id="globex")
     token_a = await gateway.add_task(spec_a)
     await gateway.add_task(spec_b)
-
-    header, payload, signature = token_a.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims.update(sub=spec_b.task_id, uid="bob", cid="globex")
-    edited = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-    token_edited = f"{header}.{edited}.{signature}"
+    # A's pod, in A's namespace, presenting a token whose audience names B.
+    pod_a = gateway.authenticator.identities[token_a]
+    token_a_for_b = gateway.token(spec_b, namespace=pod_a.namespace, pod_name=pod_a.pod_name)
 
     async with client(gateway.url) as http:
         named_b = await http.post(
@@ -105,10 +104,10 @@ async def test_task_a_token_cannot_write_task_b(
             json={"task_id": spec_b.task_id, "progress": 99, "current_step": "hijack"},
             headers=bearer(token_a),
         )
-        edited_response = await http.post(
+        audience_b = await http.post(
             "/v1/task/progress",
             json={"progress": 99, "current_step": "hijack"},
-            headers=bearer(token_edited),
+            headers=bearer(token_a_for_b),
         )
         own = await http.post(
             "/v1/task/progress",
@@ -121,7 +120,7 @@ async def test_task_a_token_cannot_write_task_b(
             headers=bearer(token_a),
         )
     assert named_b.status_code == 422  # extra fields are refused, never interpreted
-    assert edited_response.status_code == 401
+    assert audience_b.status_code == 403
     assert own.status_code == 200 and own.json() == {"accepted": True, "applied": True}
     assert result_b.status_code == 422
     doc_b = await _task_doc(redis_async, spec_b.task_id)

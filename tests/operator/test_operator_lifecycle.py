@@ -9,7 +9,7 @@ import pytest
 import redis
 from kubernetes import client
 
-from regtask import keys, naming
+from regtask import keys, naming, tokens
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import scrape_metrics, wait_until
@@ -17,12 +17,23 @@ from regtask_dev.stack import scrape_metrics, wait_until
 pytestmark = pytest.mark.kube
 
 
-def new_task(api: client.ApiClient, namespace: str, task_id: str, **spec: Any) -> str:
+def new_task(
+    api: client.ApiClient,
+    namespace: str,
+    task_id: str,
+    *,
+    preset_finalizer: bool = False,
+    **spec: Any,
+) -> str:
+    """A task as `kubectl apply` creates it, or with the finalizer already set (as the shim)."""
     name = naming.task_resource_name(task_id)
+    metadata: dict[str, Any] = {"name": name}
+    if preset_finalizer:
+        metadata["finalizers"] = [naming.TASK_FINALIZER]
     body = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": "RegistryTask",
-        "metadata": {"name": name},
+        "metadata": metadata,
         "spec": {
             "taskId": task_id,
             "taskType": "document_analysis",
@@ -100,9 +111,14 @@ def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
     assert job.spec.active_deadline_seconds == 1800  # document_analysis default
     assert job.spec.pod_failure_policy.rules[0].action == "FailJob"
     env = {e.name: e for e in container.env}
-    assert env["REGTASK_TASK_TOKEN"].value_from.secret_key_ref.name == naming.token_secret_name(
-        "iso_task_1"
-    )
+    token_file = env["REGTASK_TASK_TOKEN_FILE"].value
+    (volume,) = [v for v in pod.volumes or [] if v.projected is not None]
+    (source,) = volume.projected.sources or []
+    projected = source.service_account_token
+    assert projected.audience == tokens.audience("iso_task_1")
+    assert projected.expiration_seconds >= 1800
+    mount = next(m for m in container.volume_mounts if m.name == volume.name)
+    assert mount.read_only and token_file == f"{mount.mount_path}/{projected.path}"
     # never a secret in the CR
     assert "token" not in json.dumps(task["spec"]).lower()
 
@@ -147,18 +163,11 @@ def test_failing_runner_is_retried_then_failed(
     )
     assert events
     tenant = naming.tenant_namespace("user123", "company_abc")
-    # The token Secret goes in the next batched cleanup (REGTASK_TOKEN_CLEANUP_INTERVAL_S=1).
-    wait_until(
-        lambda: (
-            naming.token_secret_name("fail_task_1")
-            not in {
-                s.metadata.name
-                for s in client.CoreV1Api(kube_api).list_namespaced_secret(tenant).items
-            }
-        ),
-        15,
-        "the token Secret deleted after the task ended",
-    )
+    # The runner's credential was a token bound to its pod: no Secret was ever written, and
+    # the pods (deleted as their processes ended) took their tokens with them.
+    core = client.CoreV1Api(kube_api)
+    assert core.list_namespaced_secret(tenant).items == []
+    assert core.list_namespaced_pod(tenant).items == []
 
     series = scrape_metrics(operator.metrics_url)
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
@@ -196,7 +205,8 @@ def test_cancel_and_delete(
     doc = json.loads(redis_sync.hget(keys.task("cancel_task_1"), keys.DATA_FIELD) or b"{}")
     assert doc["task_info"]["status"] == "cancelled"
 
-    other = new_task(kube_api, control_namespace, "delete_task_1")
+    # Created as the shim creates tasks: the finalizer already set, no PATCH from the operator.
+    other = new_task(kube_api, control_namespace, "delete_task_1", preset_finalizer=True)
     wait_until(lambda: phase_of(kube_api, control_namespace, other) == "Running", 30, "Running")
     api.delete_namespaced_custom_object(
         API_GROUP, API_VERSION, control_namespace, "registrytasks", other

@@ -44,7 +44,7 @@ from regtask_operator import isolation, maintenance
 from regtask_operator.config import OperatorSettings
 from regtask_operator.runtime import Runtime
 from tests.fixtures.kube import finish_namespace_deletion, raw_request
-from tests.fixtures.platform import TOKEN_SECRET, create_company_quota
+from tests.fixtures.platform import create_company_quota
 from tests.operator.test_operator_lifecycle import as_dict, new_task, phase_of
 
 IDLE_S = 3
@@ -186,7 +186,7 @@ def delete_finished_job(api: client.ApiClient, task_id: str, user_id: str, compa
 
 
 def expected_settings(control_namespace: str) -> OperatorSettings:
-    return OperatorSettings(namespace=control_namespace, token_secret=TOKEN_SECRET)
+    return OperatorSettings(namespace=control_namespace)
 
 
 # ------------------------------------------------------------------ idle namespaces

@@ -17,7 +17,7 @@ from regtask_dev.firestore_emulator import FirestoreEmulator
 from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.redis_server import RedisServer
 from regtask_dev.stack import GatewayProcess, OperatorProcess, scrape_metrics, wait_until
-from tests.fixtures.platform import TOKEN_SECRET, operator_env
+from tests.fixtures.platform import operator_env
 from tests.operator.test_operator_lifecycle import new_task, phase_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -40,7 +40,6 @@ def test_redis_and_firestore_outage(
         gateway = GatewayProcess(
             {
                 "REDIS_URL": own_redis.url,
-                "REGTASK_TOKEN_SECRET": TOKEN_SECRET,
                 "REGTASK_NAMESPACE": control_namespace,
                 "KUBECONFIG": str(control_plane.kubeconfig_path),
             },

@@ -192,7 +192,6 @@ def test_operator_settings_parse_what_the_chart_sets(
     assert {k.value: v for k, v in settings.runner_images.items()} == chart_values["images"][
         "runnerByTaskType"
     ]
-    assert len(settings.token_secret) >= 32
     shared = Settings()
     assert shared.unified_registry_enabled is chart_values["config"]["unifiedRegistryEnabled"]
     assert shared.registry_debug is chart_values["config"]["registryDebug"]
@@ -241,7 +240,7 @@ def test_shim_and_gateway_settings_parse_what_the_chart_sets(
         (["--set", "operator.quotas.maxTasksPerUser=-1"], "/operator/quotas/maxTasksPerUser"),
         (["--set", "operator.quotas.storageLimitMb=-5"], "minimum: got -5, want 0"),
         (["--set", "operator.replicas=two"], "got string, want integer"),
-        (["--set", "tokenSecret.value=too-short"], "minLength: got 9, want 32"),
+        (["--set", "tokenSecret.value=a-signing-key-no-longer-used"], "tokenSecret"),
         (["--set", "images.runnerByTaskType.mining=x:1"], "additional properties 'mining'"),
         (["--set", "operator.tenant.namespaceIdleSeconds=0"], "minimum: got 0, want 1"),
         (["--set", "operator.intervals.namespaceRepairSeconds=0"], "namespaceRepairSeconds"),
@@ -304,8 +303,12 @@ def test_shim_and_gateway_roles_are_least_privilege() -> None:
     assert rules(objects, "Role", "gateway") == [
         {"apiGroups": ["regtask.io"], "resources": ["registrytasks"], "verbs": ["get"]}
     ]
-    # Namespaced only: neither may touch another namespace.
-    assert not find(objects, "ClusterRole", "shim") and not find(objects, "ClusterRole", "gateway")
+    # The shim is namespaced only; the gateway's one cluster-wide right is TokenReview (the
+    # runners' tokens come from every tenant namespace), which reads nothing.
+    assert not find(objects, "ClusterRole", "shim")
+    assert rules(objects, "ClusterRole", "gateway") == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
 
 
 def test_images_run_as_the_jobs_uid() -> None:
@@ -359,10 +362,9 @@ def test_operator_metrics_and_service_monitor() -> None:
     assert container_env(one(off, "Deployment", "operator"))["REGTASK_METRICS_PORT"]["value"] == "0"
 
 
-def test_generated_token_secret_is_only_made_without_an_existing_one() -> None:
-    generated = one(rendered(None), "Secret")
-    assert len(generated["data"]["token"]) > 64  # base64 of 64 random characters
-    assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+def test_the_chart_makes_no_secret_unless_given_a_value() -> None:
+    """Runners' credentials are projected ServiceAccount tokens: no signing key to generate."""
+    assert not find(rendered(None), "Secret")
     existing = render(Path(__file__).parent / "values" / "existing-secrets-firestore.yaml")
     assert not find(existing, "Secret")
 
@@ -406,7 +408,9 @@ def test_rbac_table_documents_exactly_the_granted_verbs() -> None:
     objects = rendered(None)
     assert documented_grants("operator") == granted(rules(objects, "ClusterRole", "operator"))
     assert documented_grants("shim") == granted(rules(objects, "Role", "shim"))
-    assert documented_grants("gateway") == granted(rules(objects, "Role", "gateway"))
+    assert documented_grants("gateway") == granted(rules(objects, "Role", "gateway")) | granted(
+        rules(objects, "ClusterRole", "gateway")
+    )
 
 
 def test_grafana_dashboard_ships_the_operator_and_service_metrics() -> None:

@@ -16,7 +16,7 @@ from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import KubeError
 from regtask_operator.runtime import Runtime
 
-SETTINGS = OperatorSettings(namespace="regtask-test", token_secret="s" * 32)
+SETTINGS = OperatorSettings(namespace="regtask-test")
 NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
 
 
@@ -173,9 +173,7 @@ def fake_runtime(kube: FakeKube, **controller: Any) -> Runtime:
         return [{"metadata": {"namespace": ns}} for ns in controller.get("jobs_in", ())]
 
     rt = SimpleNamespace(
-        settings=OperatorSettings(
-            namespace="regtask-test", token_secret="s" * 32, namespace_idle_seconds=600
-        ),
+        settings=OperatorSettings(namespace="regtask-test", namespace_idle_seconds=600),
         kube=kube,
         live_jobs=live_jobs,
         controller=SimpleNamespace(
@@ -303,3 +301,19 @@ def test_idle_seconds_may_be_a_few_seconds_and_repair_has_a_default_cadence() ->
         OperatorSettings(namespace_idle_seconds=0)
     with pytest.raises(ValueError, match="namespace_repair_interval_s"):
         OperatorSettings(namespace_repair_interval_s=0)
+
+
+def test_default_tenant_quota_holds_the_default_concurrency() -> None:
+    """maxTasksPerUser runners at their limits fit the tenant's ResourceQuota (found on the
+    node stand-in once it created real Pods: with 4 CPUs, the 5th runner's pod was refused)."""
+    from kubernetes.utils import parse_quantity
+
+    settings = OperatorSettings(namespace="regtask-test")
+    runners = settings.default_max_tasks_per_user
+    assert runners * parse_quantity(settings.runner_cpu_limit) <= parse_quantity(
+        settings.tenant_cpu_quota
+    )
+    assert runners * parse_quantity(settings.runner_memory_limit) <= parse_quantity(
+        settings.tenant_memory_quota
+    )
+    assert runners <= settings.tenant_pods_quota

@@ -1,16 +1,18 @@
-"""Derived Kubernetes names and per-task tokens (pure functions)."""
+"""Derived Kubernetes names and who may act for a task (pure functions)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
-import time
 
 import pytest
 
 from regtask import naming, tokens
+from regtask.crmodels import RegistryTaskSpec
+from regtask.tasktypes import TaskType
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-SECRET = "s" * 32
 
 
 @pytest.mark.parametrize(
@@ -41,32 +43,81 @@ def test_task_names_are_labels() -> None:
             assert DNS_LABEL.match(name) and len(name) <= 63
 
 
-def claims(**overrides: object) -> tokens.TaskClaims:
-    base: dict[str, object] = {
-        "task_id": "doc_analysis_job456",
-        "task_type": "document_analysis",
-        "user_id": "user123",
-        "company_id": "company_abc",
-        "namespace": "rt-user123-company-abc-0123456789",
-        "expires_at": int(time.time()) + 60,
+def test_job_names_leave_room_for_pod_names() -> None:
+    """Pods are "<job>-<5 characters>": the Job name fits the API server's 58-character base."""
+    for task_id in ["doc_analysis_job456", "llm_conv_" + "z" * 119, "x" * 128]:
+        job = naming.job_name(task_id)
+        assert len(job) <= naming.JOB_NAME_MAX
+        pod = f"{job}-ab12c"
+        assert len(pod) <= 63 and naming.pod_job_name(pod) == job
+
+
+SPEC = RegistryTaskSpec(
+    task_id="doc_analysis_job456",
+    task_type=TaskType.DOCUMENT_ANALYSIS,
+    user_id="user123",
+    company_id="company_abc",
+)
+
+
+def identity(**overrides: str) -> tokens.PodIdentity:
+    base = {
+        "task_id": SPEC.task_id,
+        "namespace": naming.tenant_namespace(SPEC.user_id, SPEC.company_id),
+        "service_account": naming.RUNNER_SERVICE_ACCOUNT,
+        "pod_name": naming.job_name(SPEC.task_id) + "-x7k2p",
     }
-    return tokens.TaskClaims.model_validate({**base, **overrides})
+    return tokens.PodIdentity.model_validate({**base, **overrides})
 
 
-def test_token_round_trip() -> None:
-    token = tokens.mint(claims(), SECRET)
-    assert tokens.verify(token, SECRET) == claims()
+def test_a_pod_of_the_tasks_job_acts_for_the_task() -> None:
+    claims = tokens.authorize(identity(), SPEC)
+    assert (claims.task_id, claims.user_id, claims.company_id) == (
+        SPEC.task_id,
+        SPEC.user_id,
+        SPEC.company_id,
+    )
+    assert claims.namespace == naming.tenant_namespace(SPEC.user_id, SPEC.company_id)
 
 
-def test_forged_or_expired_tokens_are_refused() -> None:
-    token = tokens.mint(claims(), SECRET)
-    with pytest.raises(tokens.TokenError, match="Signature verification failed"):
-        tokens.verify(token, "t" * 32)
-    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    with pytest.raises(tokens.TokenError):
-        tokens.verify(tampered, SECRET)
-    expired = tokens.mint(claims(expires_at=int(time.time()) - 5), SECRET)
-    with pytest.raises(tokens.TokenError, match="expired"):
-        tokens.verify(expired, SECRET)
-    with pytest.raises(ValueError, match="at least 32 bytes"):
-        tokens.mint(claims(), "short")
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"task_id": "doc_analysis_other"}, "another task"),
+        ({"namespace": naming.tenant_namespace("mallory", "company_abc")}, "another tenant"),
+        ({"service_account": "default"}, "not a runner"),
+        ({"pod_name": naming.job_name("doc_analysis_other") + "-x7k2p"}, "another Job"),
+        ({"pod_name": naming.job_name(SPEC.task_id)}, "another Job"),
+        ({"pod_name": "x7k2p"}, "another Job"),
+    ],
+)
+def test_any_other_pod_is_refused(overrides: dict[str, str], error: str) -> None:
+    with pytest.raises(tokens.TokenError, match=error):
+        tokens.authorize(identity(**overrides), SPEC)
+
+
+def _unsigned(payload: dict[str, object]) -> str:
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2ln"
+
+
+def test_the_audience_names_the_task() -> None:
+    assert tokens.audience("t1") == "regtask-gateway:t1"
+    assert tokens.claimed_task_id(_unsigned({"aud": ["regtask-gateway:t1"]})) == "t1"
+    assert tokens.claimed_task_id(_unsigned({"aud": "regtask-gateway:t2"})) == "t2"
+    for bad in (
+        "not-a-jwt",
+        _unsigned({"sub": "x"}),
+        _unsigned({"aud": ["https://kubernetes.default.svc"]}),
+        _unsigned({"aud": ["regtask-gateway:"]}),
+        _unsigned({"aud": ["regtask-gateway:a", "regtask-gateway:b"]}),
+    ):
+        with pytest.raises(tokens.TokenError):
+            tokens.claimed_task_id(bad)
+
+
+def test_token_lifetime_outlives_the_deadline() -> None:
+    assert tokens.token_lifetime(60) == 660
+    assert tokens.token_lifetime(7200) == 7800

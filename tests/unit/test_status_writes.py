@@ -33,7 +33,7 @@ class SlowKube:
 
 
 def controller_and_task(kube: SlowKube) -> tuple[Controller, TrackedTask]:
-    settings = OperatorSettings(namespace="regtask-test", token_secret="s" * 32)
+    settings = OperatorSettings(namespace="regtask-test")
     controller = Controller(settings, kube, mirror=None, llm_window=None)  # type: ignore[arg-type]
     spec = RegistryTaskSpec.model_validate(
         {"taskId": "t1", "taskType": "document_analysis", "userId": "u", "companyId": "c"}

@@ -64,10 +64,6 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Secrets ----------------------------------------------------------------------------- */}}
 
-{{- define "regtask.tokenSecretName" -}}
-{{- default (printf "%s-token" (include "regtask.fullname" .)) .Values.tokenSecret.existingSecret -}}
-{{- end -}}
-
 {{- define "regtask.llmSecretName" -}}
 {{- default (printf "%s-llm" (include "regtask.fullname" .)) .Values.llm.apiKey.existingSecret -}}
 {{- end -}}
@@ -222,9 +218,6 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.firestore.enabled (not .Values.firestore.projectId) -}}
 {{- fail "firestore.enabled=true needs firestore.projectId" -}}
-{{- end -}}
-{{- if and .Values.tokenSecret.existingSecret .Values.tokenSecret.value -}}
-{{- fail "set tokenSecret.existingSecret or tokenSecret.value, not both" -}}
 {{- end -}}
 {{- if and .Values.llm.apiKey.existingSecret .Values.llm.apiKey.value -}}
 {{- fail "set llm.apiKey.existingSecret or llm.apiKey.value, not both" -}}
