@@ -1,13 +1,13 @@
 """`helm install` / `helm upgrade` against the real apiserver (no kubelet: no pod runs).
 
 What only a real install shows: CRDs from crds/ are installed before the templates are mapped
-(the HA set's ClusterKopfPeering needs its CRD), and the generated token Secret survives
-upgrades (a new one would void the tokens of running tasks).
+(the HA set's ClusterKopfPeering needs its CRD), the API server's own authorizer grants the
+gateway's ServiceAccount TokenReview (how runners' tokens are checked), and an upgrade applies
+new values.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import secrets
 from collections.abc import Callable, Iterator
@@ -44,23 +44,34 @@ def release(
         client.CoreV1Api(kube_api).delete_namespace(namespace)
 
 
-def token(api: client.ApiClient, namespace: str, secret: str) -> str:
-    data = client.CoreV1Api(api).read_namespaced_secret(secret, namespace).data
-    return base64.b64decode(data["token"]).decode()
+def allowed(api: client.ApiClient, user: str, verb: str, resource: str, group: str) -> bool:
+    """The API server's RBAC answer for a ServiceAccount (SubjectAccessReview, as admin)."""
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts"],
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb, resource=resource, group=group
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(api).create_subject_access_review(review)
+    return bool(answer.status.allowed)
 
 
-def test_generated_token_survives_upgrades(
+def test_install_grants_token_review_and_upgrade_applies_values(
     release: tuple[str, str, Helm], kube_api: client.ApiClient
 ) -> None:
     name, namespace, run = release
     installed = run("install", name, str(CHART), "--create-namespace")
     assert installed.returncode == 0, installed.stderr
-    secret = f"{name}-regtask-token"
-    first = token(kube_api, namespace, secret)
-    assert len(first) == 64
+    gateway = f"system:serviceaccount:{namespace}:{name}-regtask-gateway"
+    operator = f"system:serviceaccount:{namespace}:{name}-regtask-operator"
+    assert allowed(kube_api, gateway, "create", "tokenreviews", "authentication.k8s.io")
+    assert not allowed(kube_api, operator, "create", "tokenreviews", "authentication.k8s.io")
+    assert not allowed(kube_api, gateway, "list", "secrets", "")
     upgraded = run("upgrade", name, str(CHART), "--set", "operator.quotas.rateLimitPolicy=Refuse")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert token(kube_api, namespace, secret) == first
     deployment = client.AppsV1Api(kube_api).read_namespaced_deployment(
         f"{name}-regtask-operator", namespace
     )
