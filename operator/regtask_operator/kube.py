@@ -103,7 +103,6 @@ class Kube:
         self._login = login
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
-        self.writes = 0  # counted for the admission benchmark (API writes per task)
 
     @classmethod
     async def connect(cls, login: Login) -> Kube:
@@ -134,8 +133,6 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        if method != "GET":
-            self.writes += 1
         session = self._session or await self._relogin()
         for attempt in (1, 2):
             async with session.request(

@@ -5,9 +5,8 @@ the kubelet projected into the task's pod, checked by the API server
 (:mod:`regtask_shim.runnerauth`) and matched to the task's spec (:func:`regtask.tokens.authorize`).
 The task, user, company, namespace and conversation come from the spec of the task the token is
 bound to, never from the request body, so a runner can read and write its own task's records
-only. The gateway holds
-the LLM provider key (runners never see it) and counts every real LLM request against the
-company's hourly quota (:mod:`regtask.ratelimit`).
+only. The gateway holds the LLM provider key (runners never see it) and counts every real LLM
+request against the company's hourly quota (:mod:`regtask.ratelimit`).
 
 Run it with ``python -m regtask_shim.gateway`` (uvicorn; settings from the environment, see
 :class:`GatewaySettings`).
@@ -334,14 +333,6 @@ def _state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(_state)]
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        401,
-        detail,
-        headers={"WWW-Authenticate": 'Bearer realm="regtask", error="invalid_token"'},
-    )
-
-
 async def _claims(
     state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> TaskClaims:
@@ -354,7 +345,11 @@ async def _claims(
         identity = await state.authenticator.authenticate(token.strip())
     except TokenError as exc:
         log.warning("gateway_token_refused", error=str(exc))
-        raise _unauthorized("invalid or expired task token") from exc
+        raise HTTPException(
+            401,
+            "invalid or expired task token",
+            headers={"WWW-Authenticate": 'Bearer realm="regtask", error="invalid_token"'},
+        ) from exc
     except AuthUnavailable as exc:
         raise HTTPException(
             503, "cannot verify the token now", headers={"Retry-After": "5"}
