@@ -110,8 +110,10 @@ class ServiceProcess:
         workdir: Path,
         health_path: str = "/healthz",
         port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        self.host = host
         self.module_args = module_args
         self.env = env
         self.workdir = workdir
@@ -124,7 +126,7 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", *self.module_args]
@@ -209,13 +211,14 @@ class OperatorProcess(ServiceProcess):
 
 
 class GatewayProcess(ServiceProcess):
-    """``python -m regtask_shim.gateway`` (settings from the environment)."""
+    """``python -m regtask_shim.gateway`` (settings from the environment), bound to ``host``:
+    a cluster's ``host_address`` makes it reachable from pods (and nothing outside)."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        super().__init__("gateway", ["regtask_shim.gateway"], env, workdir)
+    def __init__(self, env: dict[str, str], workdir: Path, host: str = "127.0.0.1") -> None:
+        super().__init__("gateway", ["regtask_shim.gateway"], env, workdir, host=host)
         self.env = {
             **env,
-            "REGTASK_GATEWAY_HOST": "127.0.0.1",
+            "REGTASK_GATEWAY_HOST": host,
             "REGTASK_GATEWAY_PORT": str(self.port),
         }
 

@@ -56,6 +56,9 @@ class OperatorSettings(BaseSettings):
         default_factory=lambda: {"app.kubernetes.io/name": "regtask-gateway"}
     )
     gateway_port: int = 8081
+    # Addresses (CIDRs) of a gateway that runs outside the cluster, e.g. a host process during
+    # tests, which no pod selector can name: runners may reach them on gateway_port as well.
+    gateway_egress_cidrs: list[str] = Field(default_factory=list)
 
     # Quotas
     default_max_tasks_per_user: int = Field(default=10, ge=0)

@@ -102,7 +102,11 @@ def namespaced_manifests(
                                     }
                                 },
                                 "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
-                            }
+                            },
+                            *(
+                                {"ipBlock": {"cidr": cidr}}
+                                for cidr in settings.gateway_egress_cidrs
+                            ),
                         ],
                         "ports": [{"protocol": "TCP", "port": settings.gateway_port}],
                     },

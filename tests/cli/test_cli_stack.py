@@ -1,7 +1,7 @@
-"""``regtask`` against the real stack: shim process, operator, gateway, node stand-in, Redis.
+"""``regtask`` against the real stack: shim process, operator, gateway, the test cluster, Redis.
 
 Nothing is imitated: tasks are submitted through the shim's ``POST /rpc`` like the web app's,
-the operator admits them on the real control plane, runners run as local processes, and
+the operator admits them on the test cluster, runners run as real pods, and
 ``watch`` reads the events the gateway and the operator publish on Redis.
 """
 
@@ -17,10 +17,9 @@ from kubernetes import client
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask_cli.quota import NEVER
-from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import GatewayProcess, wait_until
 from tests.fixtures.cli import RegtaskCli
-from tests.fixtures.platform import create_company_quota
+from tests.fixtures.platform import create_company_quota, gateway_env
 
 pytestmark = pytest.mark.kube
 
@@ -41,9 +40,8 @@ def test_submit_then_watch_to_completion_then_list_and_status(
     regtask_cli: RegtaskCli,
     operator_factory: Any,
     gateway: GatewayProcess,
-    venv_node: NodeSimulator,
 ) -> None:
-    operator_factory(REGTASK_GATEWAY_URL=gateway.url)
+    operator_factory(**gateway_env(gateway))
     task_id = "doc_analysis_cli-e2e"
 
     submitted = regtask_cli.run(

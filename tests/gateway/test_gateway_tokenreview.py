@@ -16,8 +16,8 @@ from kubernetes import client
 
 from regtask import keys, naming, tokens
 from regtask.documents import TaskDoc
-from regtask_dev.controlplane import ControlPlane
 from regtask_dev.gateway_harness import GatewayHarness
+from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
 from tests.fixtures.kube import delete_namespace
 from tests.gateway.helpers import bearer, make_spec
@@ -26,13 +26,11 @@ PROGRESS = {"progress": 30, "current_step": "reviewed"}
 
 
 @pytest.fixture
-def reviewing_gateway(
-    control_plane: ControlPlane, redis_server: RedisServer
-) -> Iterator[GatewayHarness]:
+def reviewing_gateway(cluster: KindCluster, redis_server: RedisServer) -> Iterator[GatewayHarness]:
     gateway = GatewayHarness(
         review_tokens=True,
         redis_url=redis_server.url,
-        kubeconfig=str(control_plane.kubeconfig_path),
+        kubeconfig=str(cluster.kubeconfig_path),
     ).start()
     yield gateway
     gateway.stop()
@@ -168,14 +166,12 @@ async def test_a_deleted_pods_token_is_refused(
 
 
 async def test_no_token_review_answer_is_503(
-    control_plane: ControlPlane, redis_server: RedisServer, tmp_path: Any
+    cluster: KindCluster, redis_server: RedisServer, tmp_path: Any
 ) -> None:
     """The API server unreachable: the runner is told to retry, not that its token is bad."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
-        control_plane.kubeconfig_path.read_text().replace(
-            control_plane.server_url, "https://127.0.0.1:9"
-        )
+        cluster.kubeconfig_path.read_text().replace(cluster.server_url, "https://127.0.0.1:9")
     )
     spec = make_spec("tr_task_down")
     with GatewayHarness(

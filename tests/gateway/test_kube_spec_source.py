@@ -10,7 +10,7 @@ from kubernetes import client
 from regtask.crmodels import API_GROUP, API_VERSION, API_VERSION_FULL, TaskInput
 from regtask.naming import task_resource_name
 from regtask.tasktypes import TaskType
-from regtask_dev.controlplane import ControlPlane
+from regtask_dev.kind import KindCluster
 from regtask_shim.taskspec import TASK_PLURAL, KubeTaskSpecSource, TaskNotFound
 from tests.gateway.helpers import make_spec
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kube
 
 
 async def test_reads_the_spec_of_the_tasks_cr(
-    control_plane: ControlPlane, kube_api: client.ApiClient, control_namespace: str
+    cluster: KindCluster, kube_api: client.ApiClient, control_namespace: str
 ) -> None:
     spec = make_spec(
         "doc_analysis_Job_42",
@@ -37,7 +37,7 @@ async def test_reads_the_spec_of_the_tasks_cr(
     client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
         API_GROUP, API_VERSION, control_namespace, TASK_PLURAL, body
     )
-    source = await KubeTaskSpecSource.connect(control_namespace, str(control_plane.kubeconfig_path))
+    source = await KubeTaskSpecSource.connect(control_namespace, str(cluster.kubeconfig_path))
     try:
         read = await source.get(spec.task_id)
         with pytest.raises(TaskNotFound):

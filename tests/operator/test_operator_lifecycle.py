@@ -1,4 +1,4 @@
-"""The operator process on the real control plane, with the node stand-in running Jobs."""
+"""The operator process against the test cluster; its Jobs run as real pods of the runner image."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from kubernetes import client
 
 from regtask import keys, naming, tokens
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask_dev.nodesim import NodeSimulator
 from regtask_dev.stack import scrape_metrics, wait_until
+from tests.fixtures.platform import gateway_env
 
 pytestmark = pytest.mark.kube
 
@@ -131,7 +131,6 @@ def test_failing_runner_is_retried_then_failed(
     kube_api: client.ApiClient,
     control_namespace: str,
     operator_factory: Any,
-    venv_node: NodeSimulator,
     redis_sync: redis.Redis,
 ) -> None:
     # The gateway address is unreachable: the runner cannot fetch its task and exits with a
@@ -163,11 +162,14 @@ def test_failing_runner_is_retried_then_failed(
     )
     assert events
     tenant = naming.tenant_namespace("user123", "company_abc")
-    # The runner's credential was a token bound to its pod: no Secret was ever written, and
-    # the pods (deleted as their processes ended) took their tokens with them.
+    # The runner's credential was a token bound to its pod: no Secret was ever written. The
+    # Job's two failed pods (one per attempt) stay until the Job goes, their tokens dead.
     core = client.CoreV1Api(kube_api)
     assert core.list_namespaced_secret(tenant).items == []
-    assert core.list_namespaced_pod(tenant).items == []
+    pods = core.list_namespaced_pod(
+        tenant, label_selector=f"batch.kubernetes.io/job-name={naming.job_name('fail_task_1')}"
+    ).items
+    assert [p.status.phase for p in pods] == ["Failed", "Failed"]
 
     series = scrape_metrics(operator.metrics_url)
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
@@ -236,10 +238,9 @@ def test_document_analysis_succeeds_end_to_end(
     control_namespace: str,
     operator_factory: Any,
     gateway: Any,
-    venv_node: NodeSimulator,
     redis_sync: redis.Redis,
 ) -> None:
-    operator_factory(REGTASK_GATEWAY_URL=gateway.url)
+    operator_factory(**gateway_env(gateway))
     text = (
         "Facture 2025-042 de ACME Industries SAS, datée du 24/09/2025. "
         "Montant total: 1 250,00 EUR. IBAN FR76 3000 6000 0112 3456 7890 189. "

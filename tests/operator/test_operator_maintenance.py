@@ -2,23 +2,17 @@
 ones repaired without a new task, stale presence swept offline into Firestore's
 ``listeners_registry``, expired registry references pruned.
 
-The test control plane has no kube-controller-manager: a deleted namespace stays
-``Terminating`` (its ``deletionTimestamp`` is what the operator's removal can be seen by) and
-finished Jobs stay until deleted. Where a test needs what those controllers would do next, it
-does it itself (``finish_namespace_deletion``, deleting a finished Job as its TTL would).
+Kubernetes' own controllers do their part: the TTL controller deletes finished Jobs
+(``ttlSecondsAfterFinished``), the namespace controller empties and removes a deleted namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import secrets
-import sys
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -35,16 +29,15 @@ from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
 from regtask.registry import Registry
 from regtask.settings import Settings
 from regtask.timeutil import iso_z, parse_iso, utc_now
-from regtask_dev.controlplane import ControlPlane
 from regtask_dev.firestore_emulator import FirestoreEmulator
-from regtask_dev.nodesim import DEFAULT_LABEL_SELECTOR, NodeSimulator
+from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
-from regtask_dev.stack import OperatorProcess, wait_until
+from regtask_dev.stack import GatewayProcess, OperatorProcess, wait_until
 from regtask_operator import isolation, maintenance
 from regtask_operator.config import OperatorSettings
 from regtask_operator.runtime import Runtime
-from tests.fixtures.kube import finish_namespace_deletion, raw_request
-from tests.fixtures.platform import create_company_quota
+from tests.fixtures.kube import raw_request
+from tests.fixtures.platform import create_company_quota, gateway_env
 from tests.operator.test_operator_lifecycle import as_dict, new_task, phase_of
 
 IDLE_S = 3
@@ -53,18 +46,6 @@ MANAGED = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def namespace_controller(kube_api: client.ApiClient) -> Iterator[None]:
-    """After the test (and its operators, started later, stopped earlier): finish deleting every
-    tenant namespace an operator removed, as the namespace controller would, so a later test of
-    the session finds a clean slate rather than a namespace stuck ``Terminating``."""
-    yield
-    core = client.CoreV1Api(kube_api)
-    for ns in core.list_namespace(label_selector=MANAGED).items:
-        if ns.metadata.deletion_timestamp is not None:
-            finish_namespace_deletion(kube_api, str(ns.metadata.name))
 
 
 def read_namespace(api: client.ApiClient, name: str) -> dict[str, Any] | None:
@@ -77,9 +58,10 @@ def read_namespace(api: client.ApiClient, name: str) -> dict[str, Any] | None:
     return cast(dict[str, Any], api.sanitize_for_serialization(found))
 
 
-def terminating(api: client.ApiClient, name: str) -> bool:
+def removed(api: client.ApiClient, name: str) -> bool:
+    """Deleted: being emptied by the namespace controller, or gone already."""
     ns = read_namespace(api, name)
-    return ns is not None and bool(ns["metadata"].get("deletionTimestamp"))
+    return ns is None or bool(ns["metadata"].get("deletionTimestamp"))
 
 
 def object_path(manifest: dict[str, Any]) -> str:
@@ -153,40 +135,24 @@ def log_events(operator: OperatorProcess, event: str) -> list[dict[str, Any]]:
     return found
 
 
-def apply_requests(plane: ControlPlane) -> float:
+def apply_requests(cluster: KindCluster) -> float:
     """Server-side applies the apiserver has served, all resources (``apiserver_request_total``)."""
     total = 0.0
     pattern = re.compile(r'^apiserver_request_total\{(.*verb="APPLY".*)\} ([0-9.e+]+)$')
-    for line in plane.get("/metrics").decode().splitlines():
+    for line in cluster.get("/metrics").decode().splitlines():
         match = pattern.match(line)
         if match:
             total += float(match.group(2))
     return total
 
 
-def node_except(api: client.ApiClient, log_dir: Path, *tenants: tuple[str, str]) -> NodeSimulator:
-    """A node stand-in (the virtualenv's python) that never runs the Jobs of ``tenants``:
-    their tasks stay Running."""
-    selector = ",".join(
-        [DEFAULT_LABEL_SELECTOR]
-        + [f"{naming.LABEL_TENANT}!={naming.tenant_label(u, c)}" for u, c in tenants]
+def expected_settings(control_namespace: str, gateway: GatewayProcess) -> OperatorSettings:
+    """The settings the test's operator builds tenant namespaces with."""
+    return OperatorSettings(
+        namespace=control_namespace,
+        gateway_port=gateway.port,
+        gateway_egress_cidrs=[f"{gateway.host}/32"],
     )
-    venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"}
-    return NodeSimulator(api, log_dir, label_selector=selector, base_env=env).start()
-
-
-def delete_finished_job(api: client.ApiClient, task_id: str, user_id: str, company_id: str) -> None:
-    """What the TTL controller does once ``ttlSecondsAfterFinished`` has passed."""
-    client.BatchV1Api(api).delete_namespaced_job(
-        naming.job_name(task_id),
-        naming.tenant_namespace(user_id, company_id),
-        body=client.V1DeleteOptions(propagation_policy="Background"),
-    )
-
-
-def expected_settings(control_namespace: str) -> OperatorSettings:
-    return OperatorSettings(namespace=control_namespace)
 
 
 # ------------------------------------------------------------------ idle namespaces
@@ -196,45 +162,48 @@ def expected_settings(control_namespace: str) -> OperatorSettings:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_idle_tenant_namespace_is_removed_and_busy_ones_are_kept(
-    namespace_controller: None,
+    cluster: KindCluster,
     kube_api: client.ApiClient,
     control_namespace: str,
     operator_factory: Any,
     gateway: Any,
-    tmp_path: Path,
 ) -> None:
     run = secrets.token_hex(3)
     idle = (f"idle_{run}", f"co_{run}")
     waiting = (f"waiting_{run}", f"cw_{run}")  # its company's quota lets it run nothing
-    running = (f"running_{run}", f"co_{run}")  # its Job is never run by the node stand-in
+    running = (f"running_{run}", f"co_{run}")  # its Job gets no pod (the node is cordoned)
     ns = {
         key: naming.tenant_namespace(*pair)
         for key, pair in {"idle": idle, "waiting": waiting, "running": running}.items()
     }
+    # The TTL controller deletes finished Jobs this long after they finish: long enough to see
+    # a namespace kept for its finished Job first.
+    job_ttl_s = 20
+    operator = operator_factory(
+        **gateway_env(gateway),
+        REGTASK_NAMESPACE_IDLE_SECONDS=str(IDLE_S),
+        REGTASK_TTL_SECONDS_AFTER_FINISHED=str(job_ttl_s),
+        **FAST_MAINTENANCE,
+    )
 
-    node = node_except(kube_api, tmp_path / "node", running)
-    try:
-        operator = operator_factory(
-            REGTASK_GATEWAY_URL=gateway.url,
-            REGTASK_NAMESPACE_IDLE_SECONDS=str(IDLE_S),
-            **FAST_MAINTENANCE,
+    def task(task_id: str, pair: tuple[str, str]) -> str:
+        return new_task(kube_api, control_namespace, task_id, userId=pair[0], companyId=pair[1])
+
+    def reaches(name: str, phase: str, timeout_s: float = 120) -> None:
+        wait_until(
+            lambda: phase_of(kube_api, control_namespace, name) == phase,
+            timeout_s,
+            f"{name} {phase}",
         )
 
-        def task(task_id: str, pair: tuple[str, str]) -> str:
-            return new_task(kube_api, control_namespace, task_id, userId=pair[0], companyId=pair[1])
-
-        def reaches(name: str, phase: str, timeout_s: float = 120) -> None:
-            wait_until(
-                lambda: phase_of(kube_api, control_namespace, name) == phase,
-                timeout_s,
-                f"{name} {phase}",
-            )
-
-        idle_1 = task(f"idle_1_{run}", idle)
-        waiting_1 = task(f"waiting_1_{run}", waiting)
+    idle_1 = task(f"idle_1_{run}", idle)
+    waiting_1 = task(f"waiting_1_{run}", waiting)
+    reaches(idle_1, "Succeeded")
+    reaches(waiting_1, "Succeeded")
+    finished_at = utc_now()
+    cluster.kubectl("cordon", cluster.node_container)
+    try:
         running_1 = task(f"running_1_{run}", running)
-        reaches(idle_1, "Succeeded")
-        reaches(waiting_1, "Succeeded")
         reaches(running_1, "Running")
 
         # The waiting tenant's company may now run nothing: its next task waits.
@@ -271,13 +240,13 @@ def test_idle_tenant_namespace_is_removed_and_busy_ones_are_kept(
         # Older than the idle time, but a finished Job is still in it (until its TTL): kept.
         wait_until(lambda: idle_for(ns["idle"]) > IDLE_S + 1, 30, "idle namespace old enough")
         more_maintenance_rounds(2)
-        assert not terminating(kube_api, ns["idle"])
+        assert (utc_now() - finished_at).total_seconds() < job_ttl_s, "checked within the TTL"
+        assert not removed(kube_api, ns["idle"])
 
-        # The finished Jobs go (their TTL): from now on only the tasks keep a namespace busy.
-        delete_finished_job(kube_api, f"idle_1_{run}", *idle)
-        delete_finished_job(kube_api, f"waiting_1_{run}", *waiting)
-
-        wait_until(lambda: terminating(kube_api, ns["idle"]), 30, "idle namespace removed")
+        # The TTL controller deletes the finished Jobs: from then on only the tasks keep a
+        # namespace busy, and the idle one is removed (then emptied by the namespace
+        # controller).
+        wait_until(lambda: removed(kube_api, ns["idle"]), job_ttl_s + 60, "idle namespace removed")
         assert log_events(operator, "tenant_namespace_removed")
 
         # The two others are as old as the removed one (older than the idle time) for several
@@ -288,26 +257,25 @@ def test_idle_tenant_namespace_is_removed_and_busy_ones_are_kept(
             "busy namespaces older than the idle time",
         )
         more_maintenance_rounds(4)
-        assert not terminating(kube_api, ns["waiting"])
-        assert not terminating(kube_api, ns["running"])
+        assert not removed(kube_api, ns["waiting"])
+        assert not removed(kube_api, ns["running"])
         assert phase_of(kube_api, control_namespace, waiting_2) == "Waiting"
         assert phase_of(kube_api, control_namespace, running_1) == "Running"
-
-        # The namespace controller finishes the deletion; the tenant's next task gets a new
-        # namespace, fenced as before, and runs.
-        finish_namespace_deletion(kube_api, ns["idle"])
-        wait_until(lambda: read_namespace(kube_api, ns["idle"]) is None, 30, "namespace gone")
-        idle_2 = task(f"idle_2_{run}", idle)
-        reaches(idle_2, "Succeeded")
-        again = read_namespace(kube_api, ns["idle"])
-        assert again is not None and not again["metadata"].get("deletionTimestamp")
-        assert as_built(kube_api, *idle, expected_settings(control_namespace)) == []
-        status = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
-            API_GROUP, API_VERSION, control_namespace, "registrytasks", idle_2
-        )
-        assert as_dict(status)["status"]["namespace"] == ns["idle"]
     finally:
-        node.stop()
+        cluster.kubectl("uncordon", cluster.node_container)
+
+    # The namespace controller finishes the deletion; the tenant's next task gets a new
+    # namespace, fenced as before, and runs.
+    wait_until(lambda: read_namespace(kube_api, ns["idle"]) is None, 120, "namespace gone")
+    idle_2 = task(f"idle_2_{run}", idle)
+    reaches(idle_2, "Succeeded")
+    again = read_namespace(kube_api, ns["idle"])
+    assert again is not None and not again["metadata"].get("deletionTimestamp")
+    assert as_built(kube_api, *idle, expected_settings(control_namespace, gateway)) == []
+    status = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+        API_GROUP, API_VERSION, control_namespace, "registrytasks", idle_2
+    )
+    assert as_dict(status)["status"]["namespace"] == ns["idle"]
 
 
 # ------------------------------------------------------------------ drift repair
@@ -317,20 +285,18 @@ def test_idle_tenant_namespace_is_removed_and_busy_ones_are_kept(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_drifted_tenant_namespace_is_repaired_without_a_new_task(
-    namespace_controller: None,
-    control_plane: ControlPlane,
+    cluster: KindCluster,
     kube_api: client.ApiClient,
     control_namespace: str,
     operator_factory: Any,
     gateway: Any,
-    venv_node: NodeSimulator,
 ) -> None:
     run = secrets.token_hex(3)
     user, company = f"drift_{run}", f"co_{run}"
     tenant = naming.tenant_namespace(user, company)
-    settings = expected_settings(control_namespace)
+    settings = expected_settings(control_namespace, gateway)
     env = {
-        "REGTASK_GATEWAY_URL": gateway.url,
+        **gateway_env(gateway),
         "REGTASK_NAMESPACE_REPAIR_INTERVAL_S": "1",
         **FAST_MAINTENANCE,
     }
@@ -379,13 +345,13 @@ def test_drifted_tenant_namespace_is_repaired_without_a_new_task(
     # Cheap: a fresh operator with nothing to admit issues exactly one apply per object per
     # namespace per repair round, counted by the apiserver itself.
     operator.stop()
-    applies_before = apply_requests(control_plane)
+    applies_before = apply_requests(cluster)
     quiet = operator_factory(**env)
     wait_until(
         lambda: len(log_events(quiet, "tenant_namespaces_repaired")) >= 3, 30, "three repair rounds"
     )
     quiet.stop()
-    applied = apply_requests(control_plane) - applies_before
+    applied = apply_requests(cluster) - applies_before
     rounds = log_events(quiet, "tenant_namespaces_repaired")
     per_namespace = 1 + len(isolation.namespaced_manifests(user, company, settings))
     assert all(r["namespaces"] >= 1 for r in rounds), rounds

@@ -12,12 +12,11 @@ import redis
 from kubernetes import client
 
 from regtask import keys
-from regtask_dev.controlplane import ControlPlane
 from regtask_dev.firestore_emulator import FirestoreEmulator
-from regtask_dev.nodesim import NodeSimulator
+from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
 from regtask_dev.stack import GatewayProcess, OperatorProcess, scrape_metrics, wait_until
-from tests.fixtures.platform import operator_env
+from tests.fixtures.platform import gateway_env, operator_env
 from tests.operator.test_operator_lifecycle import new_task, phase_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -29,11 +28,11 @@ def registry_status(client_: redis.Redis, task_id: str) -> str | None:
 
 
 def test_redis_and_firestore_outage(
-    control_plane: ControlPlane,
+    cluster: KindCluster,
     kube_api: client.ApiClient,
     control_namespace: str,
     operator_kubeconfig: Path,
-    venv_node: NodeSimulator,
+    runner_image: str,
     tmp_path: Path,
 ) -> None:
     with RedisServer() as own_redis, FirestoreEmulator() as firestore:
@@ -41,16 +40,18 @@ def test_redis_and_firestore_outage(
             {
                 "REDIS_URL": own_redis.url,
                 "REGTASK_NAMESPACE": control_namespace,
-                "KUBECONFIG": str(control_plane.kubeconfig_path),
+                "KUBECONFIG": str(cluster.kubeconfig_path),
             },
             tmp_path / "gateway",
+            host=cluster.host_address,
         ).start()
         operator = OperatorProcess(
             operator_kubeconfig,
             operator_env(
                 own_redis.url,
                 control_namespace,
-                REGTASK_GATEWAY_URL=gateway.url,
+                runner_image,
+                **gateway_env(gateway),
                 FIRESTORE_PROJECT_ID=firestore.project_id,
                 FIRESTORE_EMULATOR_HOST=firestore.host,
             ),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +14,9 @@ from kubernetes import client, watch
 
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask_dev.nodesim import NodeSimulator
+from regtask_dev.kind import KindCluster
 from regtask_dev.stack import GatewayProcess, wait_until
-from tests.fixtures.platform import create_company_quota
+from tests.fixtures.platform import create_company_quota, gateway_env
 from tests.operator.test_operator_lifecycle import as_dict, new_task
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -111,14 +108,16 @@ def burst(api: client.ApiClient, namespace: str, count: int, prefix: str) -> lis
 
 
 def test_200_tasks_for_one_user_never_exceed_the_limit(
+    cluster: KindCluster,
     kube_api: client.ApiClient,
     control_namespace: str,
     operator_factory: Any,
     gateway: GatewayProcess,
-    tmp_path: Path,
 ) -> None:
     create_company_quota(kube_api, control_namespace, COMPANY, 10)
-    operator_factory(REGTASK_GATEWAY_URL=gateway.url)
+    # The node cordoned: admitted Jobs get no pod yet, so the queue holds still to be read.
+    cluster.kubectl("cordon", cluster.node_container)
+    operator_factory(**gateway_env(gateway))
     ledger = JobLedger(kube_api)
     ledger.start()
     names = burst(kube_api, control_namespace, 200, "burst")
@@ -144,9 +143,7 @@ def test_200_tasks_for_one_user_never_exceed_the_limit(
         "CompanyQuota status shows the queue",
     )
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    node = NodeSimulator(kube_api, tmp_path / "node", base_env=env, retry_delay=0.1)
-    node.start()
+    cluster.kubectl("uncordon", cluster.node_container)
     try:
         wait_until(
             lambda: len(tasks_by_phase(kube_api, control_namespace).get("Succeeded", [])) == 200,
@@ -155,7 +152,7 @@ def test_200_tasks_for_one_user_never_exceed_the_limit(
             2.0,
         )
     finally:
-        node.stop()
+        cluster.kubectl("uncordon", cluster.node_container)
         ledger.stop()
     assert ledger.max_admitted <= 10
     assert ledger.max_admitted == 10  # the limit was actually reached
@@ -168,10 +165,9 @@ def test_sigkill_twenty_times_loses_nothing(
     control_namespace: str,
     operator_factory: Any,
     gateway: GatewayProcess,
-    venv_node: NodeSimulator,
 ) -> None:
     create_company_quota(kube_api, control_namespace, COMPANY, 5)
-    operator = operator_factory(REGTASK_GATEWAY_URL=gateway.url)
+    operator = operator_factory(**gateway_env(gateway))
     ledger = JobLedger(kube_api)
     ledger.start()
     burst(kube_api, control_namespace, 40, "crash")

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from regtask_dev.controlplane import ControlPlane
+from regtask_dev.kind import KindCluster
 from tests.packaging.chart import CHART, VALUES_DIR, HelmResult, helm
 
 pytestmark = pytest.mark.kube
@@ -27,13 +27,13 @@ Helm = Callable[..., HelmResult]
 
 @pytest.fixture
 def release(
-    control_plane: ControlPlane, kube_api: client.ApiClient, crds: list[str]
+    cluster: KindCluster, kube_api: client.ApiClient, crds: list[str]
 ) -> Iterator[tuple[str, str, Helm]]:
     """A release name and namespace of its own (cluster-scoped names differ per release), and
     helm bound to the admin kubeconfig; uninstalled afterwards."""
     name = f"pkg{secrets.token_hex(3)}"
     namespace = f"{name}-ns"
-    kubeconfig = str(control_plane.kubeconfig_path)
+    kubeconfig = str(cluster.kubeconfig_path)
 
     def run(*args: str) -> HelmResult:
         return helm(*args, "--kubeconfig", kubeconfig, "--namespace", namespace)

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from regtask import storage
 from regtask.documents import Quotas
-from regtask_dev.controlplane import ControlPlane
+from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
 from tests.fixtures.shim import ShimFactory, dead_kubeconfig
 from tests.shim.helpers import ok, refused, task_crs
@@ -58,9 +58,9 @@ async def test_redis_down_is_503_with_a_clear_error(
 
 
 async def test_kubernetes_down_is_503_with_a_clear_error(
-    make_shim: ShimFactory, control_plane: ControlPlane, tmp_path: Path
+    make_shim: ShimFactory, cluster: KindCluster, tmp_path: Path
 ) -> None:
-    dead = dead_kubeconfig(control_plane.kubeconfig_path, tmp_path / "dead.yaml")
+    dead = dead_kubeconfig(cluster.kubeconfig_path, tmp_path / "dead.yaml")
     shim = await make_shim(kubeconfig=dead)
     refused(
         await shim.rpc(

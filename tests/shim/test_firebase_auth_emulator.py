@@ -38,13 +38,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client
 
 from regtask import keys
-from regtask_dev.controlplane import ControlPlane
 from regtask_dev.firebase_auth import (
     EMULATOR_HOST_ENV,
     FIREBASE_TOOLS_VERSION,
     FirebaseAuthEmulator,
     SignedIn,
 )
+from regtask_dev.kind import KindCluster
 from regtask_dev.procs import free_port
 from regtask_dev.redis_server import RedisServer
 from regtask_dev.stack import ServiceProcess
@@ -93,7 +93,7 @@ class ProdShimFactory(Protocol):
 async def make_prod_shim(
     redis_server: RedisServer,
     redis_async: aioredis.Redis,
-    control_plane: ControlPlane,
+    cluster: KindCluster,
     shim_namespace: str,
     auth_emulator: FirebaseAuthEmulator,
 ) -> AsyncIterator[ProdShimFactory]:
@@ -104,7 +104,7 @@ async def make_prod_shim(
             values: dict[str, Any] = {
                 "REDIS_URL": redis_server.url,
                 "REGTASK_NAMESPACE": shim_namespace,
-                "KUBECONFIG": control_plane.kubeconfig_path,
+                "KUBECONFIG": cluster.kubeconfig_path,
                 "SHIM_SERVICE_TOKEN": SERVICE_TOKEN,
                 "FIREBASE_PROJECT_ID": project_id or auth_emulator.project_id,
                 "FIREBASE_CHECK_REVOKED": check_revoked,
@@ -475,7 +475,7 @@ def test_build_app_refuses_the_emulator_variable_unless_allowed(
 @pytest.fixture
 def emulator_shim_process(
     redis_server: RedisServer,
-    control_plane: ControlPlane,
+    cluster: KindCluster,
     shim_namespace: str,
     auth_emulator: FirebaseAuthEmulator,
     tmp_path: Path,
@@ -485,7 +485,7 @@ def emulator_shim_process(
     process.env = _shim_env(
         REDIS_URL=redis_server.url,
         REGTASK_NAMESPACE=shim_namespace,
-        KUBECONFIG=str(control_plane.kubeconfig_path),
+        KUBECONFIG=str(cluster.kubeconfig_path),
         SHIM_PORT=str(process.port),
         FIREBASE_PROJECT_ID=auth_emulator.project_id,
         FIREBASE_AUTH_EMULATOR_HOST=auth_emulator.host,
