@@ -345,6 +345,10 @@ class KindCluster:
             timeout=300,
         ).stdout
 
+    def node_exec(self, *argv: str) -> str:
+        """Run a command inside the node container; its stdout."""
+        return _run([self.provider, "exec", self.node_container, *argv], env=self.env).stdout
+
     def get(self, path: str) -> bytes:
         """GET a raw API path as admin, e.g. ``/metrics``; raises on a non-2xx answer."""
         return self._request("GET", path)
@@ -438,7 +442,7 @@ class KindCluster:
             kubelet_patch += "protectKernelDefaults: true\n"
         if node_image:
             node["image"] = node_image
-        return {
+        config: dict[str, Any] = {
             "kind": "Cluster",
             "apiVersion": "kind.x-k8s.io/v1alpha4",
             "name": self.name,
@@ -450,6 +454,12 @@ class KindCluster:
             "kubeadmConfigPatches": [kubelet_patch],
             "nodes": [node],
         }
+        if self.provider == "podman":
+            # kube-router's policy controller rewrites the iptables filter table by save and
+            # restore; kube-proxy in iptables mode lost its chains to it at start-up (seen
+            # here: no Service reachable, for good). In nftables mode the two share no table.
+            config["networking"] = {"kubeProxyMode": "nftables"}
+        return config
 
     def _write_record(self) -> None:
         record = _Record(self.name, self.owner_pid, self.provider, str(self.work_dir))
@@ -496,7 +506,7 @@ class KindCluster:
         for kind, name in (
             ("deployment", "coredns"),
             ("daemonset", "kube-proxy"),
-            ("daemonset", self._policy_engine()),
+            ("daemonset", self.policy_engine),
         ):
             until(f"{kind}/{name}", lambda k=kind, n=name: self._rolled_out(k, n))
         until(
@@ -504,7 +514,8 @@ class KindCluster:
             lambda: bool(self.get("/api/v1/namespaces/default/serviceaccounts/default")),
         )
 
-    def _policy_engine(self) -> str:
+    @property
+    def policy_engine(self) -> str:
         """The DaemonSet that enforces NetworkPolicy: kube-router on the node image built here,
         kindnet (which embeds kube-network-policies) on kindest/node."""
         found = self.get("/apis/apps/v1/namespaces/kube-system/daemonsets")

@@ -112,6 +112,14 @@ def uplinks() -> list[str]:
     return sorted(names)
 
 
+def default_gateways() -> list[str]:
+    """The IPv4 next hops of the default routes (the machine's way out)."""
+    result = run(["ip", "-j", "-4", "route", "show", "default"], check=False)
+    with contextlib.suppress(ValueError):
+        return [r["gateway"] for r in json.loads(result.stdout or "[]") if r.get("gateway")]
+    return []
+
+
 def guard_rules(bridge: str, subnet: str = NETWORK_SUBNET) -> list[list[str]]:
     """The rules of :data:`GUARD_CHAIN` (iptables arguments after ``-A CHAIN``)."""
     rules = [

@@ -40,13 +40,8 @@ class OperatorSettings(BaseSettings):
     runner_memory_request: str = "128Mi"
     runner_memory_limit: str = "1Gi"
 
-    # Tenant namespaces
-    tenant_pods_quota: int = Field(default=20, ge=1)
-    # Requests and limits of all the tenant's pods together: room for the default
-    # maxTasksPerUser (10) runners at their limits (1 CPU, 1Gi); raise both with that quota, or
-    # admitted tasks' pods wait for room (the Job controller retries them).
-    tenant_cpu_quota: str = "10"
-    tenant_memory_quota: str = "10Gi"
+    # Tenant namespaces: their ResourceQuota follows the company's maxTasksPerUser and the
+    # runner resources above (regtask_operator.isolation.tenant_quota).
     # A tenant namespace without Jobs, running or waiting tasks is removed once its last
     # admission is older than this (seconds; tests use a few).
     namespace_idle_seconds: int = Field(default=3600, ge=1)

@@ -190,9 +190,10 @@ class Controller:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     # tenant namespace -> time.monotonic() of this process's last apply of the namespace, and
-    # of its one apply of the fences (drift repair: maintenance.py)
+    # of its apply of the fences with the maxTasksPerUser their quota was sized for (applied
+    # again when the company's limit changes; drift repair: maintenance.py)
     _namespaces_applied: dict[str, float] = field(default_factory=dict)
-    _fences_applied: dict[str, float] = field(default_factory=dict)
+    _fences_applied: dict[str, tuple[float, int]] = field(default_factory=dict)
     _tenant_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _launching: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage, and what it showed.
@@ -383,21 +384,30 @@ class Controller:
         # One apply at a time per namespace: the launches of one step for the same tenant all
         # arrive here together, and all but the first find it freshly applied.
         async with self._tenant_locks.setdefault(namespace, asyncio.Lock()):
+            max_tasks = self.max_tasks_per_user(company_id)
+            fences = self._fences_applied.get(namespace)
+            fresh = fences is not None and fences[1] == max_tasks
             applied = self._namespaces_applied.get(namespace)
-            if applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
+            if fresh and applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
                 return namespace
             await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
-            if applied is None:
-                for manifest in isolation.namespaced_manifests(user_id, company_id, self.settings):
+            if not fresh:
+                for manifest in isolation.namespaced_manifests(
+                    user_id, company_id, self.settings, max_tasks
+                ):
                     await self.kube.apply(manifest)
-                self._fences_applied[namespace] = time.monotonic()
+                self._fences_applied[namespace] = (time.monotonic(), max_tasks)
             self._namespaces_applied[namespace] = time.monotonic()
         return namespace
+
+    def max_tasks_per_user(self, company_id: str) -> int:
+        """The company's maxTasksPerUser: what its tenants' ResourceQuotas are sized for."""
+        return self.company_limits(company_id)[0].max_tasks_per_user
 
     def applied_within(self, namespace: str, seconds: float) -> bool:
         """Whether this process applied the namespace's fences in the last ``seconds``."""
         applied = self._fences_applied.get(namespace)
-        return applied is not None and time.monotonic() - applied < seconds
+        return applied is not None and time.monotonic() - applied[0] < seconds
 
     def forget_namespace(self, namespace: str) -> None:
         self._namespaces_applied.pop(namespace, None)

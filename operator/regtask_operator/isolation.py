@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from regtask import naming
+from regtask_operator import quantity
 from regtask_operator.config import OperatorSettings
 
 RUNNER_SERVICE_ACCOUNT = naming.RUNNER_SERVICE_ACCOUNT
@@ -48,10 +49,32 @@ def namespace_manifest(user_id: str, company_id: str, last_used: str) -> dict[st
     }
 
 
+def tenant_quota(max_tasks: int, settings: OperatorSettings) -> dict[str, str]:
+    """The tenant's ResourceQuota: room for ``max_tasks`` running runners (the company's
+    maxTasksPerUser) and as many pods still terminating after a cancel, at the runners'
+    requests and limits, so that no admitted task waits for a pod.
+
+    No object count on Jobs: a finished Job counts until its ``ttlSecondsAfterFinished``
+    removes it, so a count quota would refuse a tenant's Jobs after that many tasks per TTL
+    (the operator's admission already bounds the running ones).
+    """
+    runners = 2 * max_tasks
+    return {
+        "pods": str(runners),
+        "requests.cpu": quantity.times(settings.runner_cpu_request, runners),
+        "limits.cpu": quantity.times(settings.runner_cpu_limit, runners),
+        "requests.memory": quantity.times(settings.runner_memory_request, runners),
+        "limits.memory": quantity.times(settings.runner_memory_limit, runners),
+        "services": "0",
+        "persistentvolumeclaims": "0",
+    }
+
+
 def namespaced_manifests(
-    user_id: str, company_id: str, settings: OperatorSettings
+    user_id: str, company_id: str, settings: OperatorSettings, max_tasks: int
 ) -> list[dict[str, Any]]:
-    """NetworkPolicies, ResourceQuota, LimitRange and ServiceAccount of the tenant namespace."""
+    """NetworkPolicies, ResourceQuota, LimitRange and ServiceAccount of the tenant namespace;
+    ``max_tasks``: the company's maxTasksPerUser (the quota's size)."""
     namespace = naming.tenant_namespace(user_id, company_id)
     labels = tenant_labels(user_id, company_id)
 
@@ -117,18 +140,7 @@ def namespaced_manifests(
             "apiVersion": "v1",
             "kind": "ResourceQuota",
             "metadata": meta("tenant-quota"),
-            "spec": {
-                "hard": {
-                    "pods": str(settings.tenant_pods_quota),
-                    "requests.cpu": settings.tenant_cpu_quota,
-                    "limits.cpu": settings.tenant_cpu_quota,
-                    "requests.memory": settings.tenant_memory_quota,
-                    "limits.memory": settings.tenant_memory_quota,
-                    "count/jobs.batch": str(settings.tenant_pods_quota),
-                    "services": "0",
-                    "persistentvolumeclaims": "0",
-                }
-            },
+            "spec": {"hard": tenant_quota(max_tasks, settings)},
         },
         {
             "apiVersion": "v1",
@@ -147,8 +159,8 @@ def namespaced_manifests(
                             "memory": settings.runner_memory_request,
                         },
                         "max": {
-                            "cpu": settings.tenant_cpu_quota,
-                            "memory": settings.tenant_memory_quota,
+                            "cpu": settings.runner_cpu_limit,
+                            "memory": settings.runner_memory_limit,
                         },
                     }
                 ]

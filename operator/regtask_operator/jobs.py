@@ -89,8 +89,13 @@ def build_job(
             "backoffLimit": settings.backoff_limit,
             "activeDeadlineSeconds": max_duration(spec),
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            # Rules are evaluated in order, first match wins. A pod drained or evicted gets
+            # SIGTERM and exits 143 with the DisruptionTarget condition: Ignore (a new pod,
+            # not counted against backoffLimit) must come before FailJob on 143, or every
+            # eviction would fail the task.
             "podFailurePolicy": {
                 "rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                     {
                         "action": "FailJob",
                         "onExitCodes": {
@@ -99,7 +104,6 @@ def build_job(
                             "values": [ExitCode.PERMANENT.value, ExitCode.TERMINATED.value],
                         },
                     },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },
             "template": {

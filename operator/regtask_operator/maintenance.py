@@ -10,7 +10,7 @@ repaired without waiting for the next admission of that tenant.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -152,12 +152,13 @@ async def remove_idle_namespaces(rt: Runtime) -> list[str]:
 
 
 def repair_manifests(
-    namespace: dict[str, Any], settings: OperatorSettings
+    namespace: dict[str, Any], settings: OperatorSettings, max_tasks: Callable[[str], int]
 ) -> list[dict[str, Any]] | None:
     """What the tenant namespace and its fences must look like, as admission builds them.
 
     None when the namespace cannot be rebuilt: being deleted, or its annotations do not name
-    the (user, company) whose namespace it is. The last-used time is kept as it is, so a repair
+    the (user, company) whose namespace it is. ``max_tasks`` gives a company's maxTasksPerUser
+    (the size of its tenants' quotas). The last-used time is kept as it is, so a repair
     never makes an idle namespace look used. The Namespace comes last: when the namespace has
     vanished since it was listed, the fences' applies fail first and it is not re-created.
     """
@@ -176,7 +177,7 @@ def repair_manifests(
     used = last_used(namespace)
     stamp = annotations[isolation.ANNOTATION_LAST_USED] if used is not None else now_iso()
     return [
-        *isolation.namespaced_manifests(user_id, company_id, settings),
+        *isolation.namespaced_manifests(user_id, company_id, settings, max_tasks(company_id)),
         isolation.namespace_manifest(user_id, company_id, stamp),
     ]
 
@@ -196,7 +197,7 @@ async def repair_namespaces(rt: Runtime, skip: Iterable[str] = ()) -> int:
             continue
         if rt.controller.applied_within(name, rt.settings.namespace_repair_interval_s):
             continue  # admission applied it (fences included) less than an interval ago
-        manifests = repair_manifests(namespace, rt.settings)
+        manifests = repair_manifests(namespace, rt.settings, rt.controller.max_tasks_per_user)
         if manifests is None:
             log.warning("tenant_namespace_unrepairable", namespace=name)
             continue

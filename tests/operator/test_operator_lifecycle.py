@@ -109,7 +109,9 @@ def test_admitted_task_gets_an_isolated_namespace_and_a_hardened_job(
     assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
     assert pod.automount_service_account_token is False
     assert job.spec.active_deadline_seconds == 1800  # document_analysis default
-    assert job.spec.pod_failure_policy.rules[0].action == "FailJob"
+    ignore, fail = job.spec.pod_failure_policy.rules
+    assert (ignore.action, ignore.on_pod_conditions[0].type) == ("Ignore", "DisruptionTarget")
+    assert (fail.action, fail.on_exit_codes.values) == ("FailJob", [65, 143])
     env = {e.name: e for e in container.env}
     token_file = env["REGTASK_TASK_TOKEN_FILE"].value
     (volume,) = [v for v in pod.volumes or [] if v.projected is not None]

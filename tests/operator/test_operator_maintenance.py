@@ -112,7 +112,9 @@ def as_built(
     stamp = ns["metadata"].get("annotations", {}).get(isolation.ANNOTATION_LAST_USED, "")
     wanted = [
         isolation.namespace_manifest(user_id, company_id, stamp),
-        *isolation.namespaced_manifests(user_id, company_id, settings),
+        *isolation.namespaced_manifests(
+            user_id, company_id, settings, settings.default_max_tasks_per_user
+        ),
     ]
     return [
         f"{m['kind']}/{m['metadata']['name']}"
@@ -353,7 +355,7 @@ def test_drifted_tenant_namespace_is_repaired_without_a_new_task(
     quiet.stop()
     applied = apply_requests(cluster) - applies_before
     rounds = log_events(quiet, "tenant_namespaces_repaired")
-    per_namespace = 1 + len(isolation.namespaced_manifests(user, company, settings))
+    per_namespace = 1 + len(isolation.namespaced_manifests(user, company, settings, 1))
     assert all(r["namespaces"] >= 1 for r in rounds), rounds
     assert all(r["applies"] == per_namespace * r["namespaces"] for r in rounds), rounds
     assert applied == sum(r["applies"] for r in rounds), (applied, rounds)

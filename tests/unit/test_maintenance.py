@@ -11,12 +11,17 @@ import pytest
 
 from regtask import naming
 from regtask.timeutil import iso_z, parse_iso, utc_now
-from regtask_operator import isolation, maintenance
+from regtask_operator import isolation, maintenance, quantity
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import KubeError
 from regtask_operator.runtime import Runtime
 
 SETTINGS = OperatorSettings(namespace="regtask-test")
+
+
+def max_tasks(company_id: str) -> int:
+    """A company's maxTasksPerUser as the controller would give it (one company set apart)."""
+    return 3 if company_id == "globex" else SETTINGS.default_max_tasks_per_user
 NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
 
 
@@ -77,10 +82,10 @@ def test_last_used_reads_the_annotation() -> None:
 def test_repair_rebuilds_what_admission_builds_and_keeps_the_last_used_time() -> None:
     user, company = "Jean.Dupont@ex", "ACME.Corp_FR"
     manifests = maintenance.repair_manifests(
-        namespace(user, company, "2026-01-10T11:00:00Z"), SETTINGS
+        namespace(user, company, "2026-01-10T11:00:00Z"), SETTINGS, max_tasks
     )
     assert manifests == [
-        *isolation.namespaced_manifests(user, company, SETTINGS),
+        *isolation.namespaced_manifests(user, company, SETTINGS, max_tasks(company)),
         isolation.namespace_manifest(user, company, "2026-01-10T11:00:00Z"),
     ]
     # The Namespace last: a namespace deleted meanwhile makes the fences fail first.
@@ -93,7 +98,7 @@ def test_repair_rebuilds_what_admission_builds_and_keeps_the_last_used_time() ->
 def test_repair_stamps_a_missing_or_unreadable_last_used_time_as_now() -> None:
     for stamp in (None, "not a time"):
         before = utc_now().replace(microsecond=0)
-        manifests = maintenance.repair_manifests(namespace("u", "c", stamp), SETTINGS)
+        manifests = maintenance.repair_manifests(namespace("u", "c", stamp), SETTINGS, max_tasks)
         assert manifests is not None
         applied = manifests[-1]["metadata"]["annotations"][isolation.ANNOTATION_LAST_USED]
         assert before <= parse_iso(applied) <= utc_now()
@@ -115,7 +120,7 @@ def test_repair_stamps_a_missing_or_unreadable_last_used_time_as_now() -> None:
     ids=["terminating", "annotations-name-another-tenant", "no-annotations", "no-company"],
 )
 def test_repair_leaves_namespaces_it_cannot_rebuild(listed: dict[str, Any]) -> None:
-    assert maintenance.repair_manifests(listed, SETTINGS) is None
+    assert maintenance.repair_manifests(listed, SETTINGS, max_tasks) is None
 
 
 def test_repair_clock_first_round_then_every_interval() -> None:
@@ -182,6 +187,7 @@ def fake_runtime(kube: FakeKube, **controller: Any) -> Runtime:
             forget_namespace=forgotten.append,
             forgotten=forgotten,
             applied_within=lambda ns, seconds: ns in controller.get("fresh", ()),
+            max_tasks_per_user=max_tasks,
         ),
     )
     return cast(Runtime, rt)
@@ -197,7 +203,7 @@ async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
     kube = FakeKube(listed)
     rt = fake_runtime(kube)
     skip = [naming.tenant_namespace("fred", "acme")]
-    per_namespace = 1 + len(isolation.namespaced_manifests("u", "c", rt.settings))
+    per_namespace = 1 + len(isolation.namespaced_manifests("u", "c", rt.settings, 1))
     assert per_namespace == 6  # Namespace, SA, 2 NetworkPolicies, ResourceQuota, LimitRange
 
     assert await maintenance.repair_namespaces(rt, skip=skip) == per_namespace * 3
@@ -205,7 +211,7 @@ async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
     expected = [
         m
         for u, c in tenants
-        for m in maintenance.repair_manifests(namespace(u, c), rt.settings) or []
+        for m in maintenance.repair_manifests(namespace(u, c), rt.settings, max_tasks) or []
     ]
     assert kube.applied == expected
     # The same again next round: no more calls than objects.
@@ -303,17 +309,54 @@ def test_idle_seconds_may_be_a_few_seconds_and_repair_has_a_default_cadence() ->
         OperatorSettings(namespace_repair_interval_s=0)
 
 
-def test_default_tenant_quota_holds_the_default_concurrency() -> None:
-    """maxTasksPerUser runners at their limits fit the tenant's ResourceQuota (found on the
-    node stand-in once it created real Pods: with 4 CPUs, the 5th runner's pod was refused)."""
-    from kubernetes.utils import parse_quantity
+@pytest.mark.parametrize("limit", [1, 10, 12, 25])
+def test_tenant_quota_holds_the_companys_concurrency(limit: int) -> None:
+    """maxTasksPerUser runners at their requests and limits, plus as many still terminating,
+    fit the tenant's ResourceQuota, whatever the company's limit (a fixed 10 CPU refused the
+    11th runner's pod of a company allowed 12)."""
+    hard = isolation.tenant_quota(limit, SETTINGS)
+    runners = 2 * limit
+    assert int(hard["pods"]) == runners
+    for resource, per_runner in (
+        ("requests.cpu", SETTINGS.runner_cpu_request),
+        ("limits.cpu", SETTINGS.runner_cpu_limit),
+        ("requests.memory", SETTINGS.runner_memory_request),
+        ("limits.memory", SETTINGS.runner_memory_limit),
+    ):
+        assert quantity.parse(hard[resource]) == runners * quantity.parse(per_runner), resource
 
-    settings = OperatorSettings(namespace="regtask-test")
-    runners = settings.default_max_tasks_per_user
-    assert runners * parse_quantity(settings.runner_cpu_limit) <= parse_quantity(
-        settings.tenant_cpu_quota
+
+def test_tenant_quota_counts_no_jobs() -> None:
+    """Finished Jobs live until their TTL and object-count quotas count them: a count on Jobs
+    would refuse a tenant's 21st task within the hour, for ever."""
+    quota = next(
+        m
+        for m in isolation.namespaced_manifests("u", "c", SETTINGS, 10)
+        if m["kind"] == "ResourceQuota"
     )
-    assert runners * parse_quantity(settings.runner_memory_limit) <= parse_quantity(
-        settings.tenant_memory_quota
-    )
-    assert runners <= settings.tenant_pods_quota
+    assert not any(key.startswith("count/") for key in quota["spec"]["hard"])
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "written"),
+    [
+        ("100m", 20, "2"),
+        ("100m", 3, "300m"),
+        ("1", 24, "24"),
+        ("128Mi", 20, "2560Mi"),
+        ("512Mi", 2, "1Gi"),
+        ("1Gi", 20, "20Gi"),
+        ("1M", 1000, "1G"),
+        ("250m", 0, "0"),
+    ],
+)
+def test_quantities_are_multiplied_into_the_api_servers_own_form(
+    text: str, count: int, written: str
+) -> None:
+    assert quantity.times(text, count) == written
+
+
+def test_a_bad_quantity_is_refused() -> None:
+    for bad in ("ten", "-1", "1Xi"):
+        with pytest.raises(ValueError, match="quantity"):
+            quantity.parse(bad)
