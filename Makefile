@@ -6,23 +6,17 @@ TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-down test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
-	bench-llm clean
+	bench-llm clean kind-down
 
 setup:
 	bash hack/setup.sh
 
-## demo: the whole platform locally, one task of each type through the RPC shim; stays up
-##       KIND=1: the same on a kind cluster with the Helm chart (needs Docker, kind, kubectl);
-##       the cluster is kept (delete it with `kind delete cluster --name regtask-e2e`)
-KIND ?=
+## demo: the platform on a kind cluster (chart, images built here), one task of each type
+##       through the RPC shim; stays up until `make demo-down`
 demo: setup
-ifeq ($(KIND),1)
-	KEEP_CLUSTER=1 bash hack/kind-e2e.sh
-else
-	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m regtask_dev.demo up
-endif
+	$(PY) -m regtask_dev.demo up
 
-## demo-down: stop every process `make demo` started
+## demo-down: stop every process `make demo` started, delete its cluster, undo host changes
 demo-down:
 	$(PY) -m regtask_dev.demo down
 
@@ -32,7 +26,7 @@ test: setup check
 
 check: lint typecheck
 	$(PY) -m regtask.crdgen --check
-	shellcheck hack/*.sh .ci/run
+	shellcheck -x hack/*.sh hack/kind/*.sh hack/kind/node/regtask-sysctl-shield .ci/run
 
 lint:
 	.venv/bin/ruff check .
@@ -59,6 +53,11 @@ bench-rpc: setup
 
 bench-llm: setup
 	$(PY) -m bench.bench_llm
+
+## kind-down: delete every kind cluster of this project and undo the host changes (after a
+##            killed run; test sessions and the demo clean up after themselves)
+kind-down:
+	$(PY) -m regtask_dev.kind down --all
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache bench/results/*.json

@@ -209,16 +209,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from kubernetes import config as kube_config
 
-    from regtask_dev.controlplane import ControlPlane, MissingBinariesError
+    from regtask_dev.kind import ClusterError, KindCluster
     from regtask_dev.redis_server import RedisServer
     from regtask_dev.stack import ServiceProcess, apply_crds, ensure_namespace
 
     workdir = Path(tempfile.mkdtemp(prefix="regtask-bench-rpc-"))
+    plane = KindCluster("regtask-bench-rpc", workdir / "kind")
     try:
-        plane = ControlPlane(workdir / "control-plane").start()
-    except MissingBinariesError as exc:
-        print(f"bench-rpc: no control plane, nothing measured: {exc}", file=sys.stderr)
-        emit("rpc", {"control_plane": "unavailable", "reason": str(exc)})
+        plane.create()
+    except ClusterError as exc:
+        print(f"bench-rpc: no cluster, nothing measured: {exc}", file=sys.stderr)
+        plane.delete()
         return 1
     try:
         with RedisServer() as redis_server:
@@ -246,13 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                 fuzz = _in_child(_fuzz_child, shim.url, args.fuzz_examples)
             server_log = shim.log_text()
     finally:
-        plane.stop()
+        plane.delete()
     emit(
         "rpc",
         {
             **load,
             "server": "python -m regtask_shim (uvicorn, 1 worker)",
-            "control_plane": "kube-apiserver + etcd (loopback)",
+            "control_plane": "kind (one node)",
             "fuzz_operations": fuzz["operations"],
             "fuzz_cases": fuzz["cases"],
             "fuzz_5xx": fuzz["5xx"],

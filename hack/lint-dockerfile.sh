@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HADOLINT_VERSION=2.15.1
-DOCKERFILES=(Dockerfile hack/kind/llm.Dockerfile)
+DOCKERFILES=(Dockerfile)
 PY=${PY:-.venv/bin/python}
 
 log() { echo "lint-dockerfile: $*" >&2; }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests and the local demo need on a fresh Debian machine, idempotently:
-# Debian packages, the Python environment (.venv, from uv.lock), the control-plane binaries
-# (built from Go modules) and firebase-tools (from npm), cached under ~/.cache/regtask. A second
-# run takes seconds.
+# Debian packages, the Python environment (.venv, from uv.lock), the Kubernetes tools (built from
+# Go modules), the kind node image and the project's images (built here), the llama.cpp wheel
+# and firebase-tools (from npm), cached under ~/.cache/regtask. A second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,17 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# The kind cluster: podman (rootful; with runc, which accepts this machine's mixed cgroup
+# hierarchies) where no Docker engine answers, buildah for the images, debootstrap for the node
+# and Python base images, iptables/nftables for the network lock-down (hack/kind/README.md).
+if ! docker info >/dev/null 2>&1; then
+    command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+    command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+fi
+command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if ((${#need_apt[@]})); then
     log "installing Debian packages: ${need_apt[*]}"
     SUDO=""
@@ -32,6 +43,12 @@ log "syncing .venv from uv.lock"
 uv sync --frozen --all-extras --inexact -q
 
 hack/install-k8s-tools.sh >/dev/null
+# The kind node image and the Python base image (built here, no pulls; cached by recipe), then
+# the project's images (cached by a hash of their inputs: a code change rebuilds in seconds).
+if ! docker info >/dev/null 2>&1; then
+    hack/kind/node-image.sh >/dev/null
+    hack/kind/images.sh >/dev/null
+fi
 # The local OpenAI-compatible LLM server for runner tests and the demo (cached wheel).
 hack/install-llama.sh
 # firebase-tools from npm: its Auth emulator tests the shim's production token verifier.

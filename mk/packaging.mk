@@ -25,7 +25,7 @@ check-manifests:
 lint-dockerfile:
 	PY=$(PY) hack/lint-dockerfile.sh
 
-## kind-e2e: build the images, run the chart on a kind cluster, wait for the samples to succeed
-## (needs Docker, kind, kubectl; KEEP_CLUSTER=1 keeps the cluster)
-kind-e2e:
+## kind-e2e: build the images, run the chart on a kind cluster of its own, wait for the samples
+## to succeed (KEEP_CLUSTER=1 keeps the cluster)
+kind-e2e: setup
 	hack/kind-e2e.sh

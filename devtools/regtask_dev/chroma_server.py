@@ -30,8 +30,14 @@ def _chroma_binary() -> str:
 
 class ChromaServer(LocalServer):
     def __init__(
-        self, port: int | None = None, workdir: Path | None = None, start_timeout_s: float = 60
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        start_timeout_s: float = 60,
+        host: str = "127.0.0.1",
     ) -> None:
+        """``host``: the address to listen on (a cluster's ``host_address`` for pods)."""
+        self.host = host
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
         self._own_dir = workdir is None
@@ -41,7 +47,7 @@ class ChromaServer(LocalServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def healthy(self) -> bool:
         try:
@@ -55,7 +61,7 @@ class ChromaServer(LocalServer):
             _chroma_binary(),
             "run",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--path",

@@ -1,13 +1,20 @@
-"""``make demo``: the whole platform on this machine, and one task of each type through it.
+"""``make demo``: the whole platform on a kind cluster, and one task of each type through it.
 
-``python -m regtask_dev.demo up`` starts, each in its own session so that they outlive this
-command: Redis, etcd + kube-apiserver, the Firestore emulator, the LLM server (chat and
-embeddings), ChromaDB, the gateway, the operator (as its ServiceAccount, with the shipped RBAC),
-the RPC shim and the node stand-in. It then calls the shim exactly as the web app does
-(``TASK.start_document_analysis``, ``TASK.start_vector_computation``,
+``python -m regtask_dev.demo up`` creates the kind cluster ``regtask-demo`` (the project's own
+node image and network lock-down here, kind's defaults where Docker runs), builds the images
+from the Dockerfile and loads them, starts Redis, the Firestore emulator, the LLM server (chat
+and embeddings) and ChromaDB as host processes on the cluster's host address, installs the Helm
+chart (operator, RPC shim and gateway as pods), and forwards a loopback port to the shim. It
+then calls the shim exactly as the web app does (``REGISTRY.register_user``,
+``TASK.start_document_analysis``, ``TASK.start_vector_computation``,
 ``TASK.start_llm_conversation``), follows the tasks through the real-time events, prints their
-results and the addresses of everything, and leaves the stack running.
-``python -m regtask_dev.demo down`` stops every process ``up`` started (``make demo-down``).
+results and where everything is, and leaves it all running (the host processes in their own
+sessions). ``python -m regtask_dev.demo down`` (``make demo-down``) stops what ``up`` started,
+by PID, deletes the cluster and undoes the host changes.
+
+Readiness comes from the new cluster and services answering, never from files a previous run
+left; a previous demo still running is taken down first. A failure prints one line and where the
+logs are.
 """
 
 from __future__ import annotations
@@ -29,30 +36,17 @@ from typing import Any
 
 import httpx
 import redis
-import yaml
-from kubernetes import client, config
 
 from regtask import keys
 from regtask.events import TaskProgressEvent, parse_event
 from regtask.logconfig import configure_logging
-from regtask_dev.chroma_server import ChromaServer
-from regtask_dev.firestore_emulator import FirestoreEmulator
-from regtask_dev.llm_server import LlamaServer
-from regtask_dev.procs import free_port, start_process, tail, wait_for
-from regtask_dev.redis_server import RedisServer
-from regtask_dev.stack import (
-    CRD_DIR,
-    RBAC_DIR,
-    REPO_ROOT,
-    GatewayProcess,
-    OperatorProcess,
-    ServiceProcess,
-    apply_crds,
-    apply_manifests,
-    ensure_namespace,
-)
+from regtask_dev import images, install, kind
+from regtask_dev.kind import KindCluster
+from regtask_dev.stack import REPO_ROOT
 
 NAMESPACE = "regtask-system"
+RELEASE = "regtask"
+CLUSTER = "regtask-demo"
 USER = "demo_user"
 COMPANY = "company_demo"  # the company of manifests/samples/companyquota.yaml
 DATA = REPO_ROOT / "tests" / "data"
@@ -66,20 +60,24 @@ def say(text: str) -> None:
 
 
 class Stack:
-    """The processes ``up`` started, persisted so that ``down`` can stop them."""
+    """What ``up`` started (host processes by PID, the cluster by name), persisted so that
+    ``down`` can stop exactly that."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.state_path = workdir / "state.json"
         self.pids: dict[str, int] = {}
         self.urls: dict[str, str] = {}
+        self.cluster: str | None = None
 
     def record(self, name: str, pid: int) -> None:
         self.pids[name] = pid
         self.save()
 
     def save(self) -> None:
-        self.state_path.write_text(json.dumps({"pids": self.pids, "urls": self.urls}, indent=2))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        state = {"pids": self.pids, "urls": self.urls, "cluster": self.cluster}
+        self.state_path.write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, workdir: Path) -> Stack:
@@ -88,10 +86,12 @@ class Stack:
             state = json.loads(stack.state_path.read_text())
             stack.pids = {k: int(v) for k, v in state.get("pids", {}).items()}
             stack.urls = dict(state.get("urls", {}))
+            stack.cluster = state.get("cluster")
         return stack
 
     def stop_all(self, grace_s: float = 10.0) -> list[str]:
-        """SIGTERM every process group, SIGKILL what is left; returns what was running."""
+        """SIGTERM every process group, SIGKILL what is left, delete the cluster; returns what
+        was running."""
         stopped = []
         for name, pid in reversed(list(self.pids.items())):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -104,6 +104,9 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         self.pids = {}
+        if self.cluster:
+            stopped += [f"kind cluster {name}" for name in kind.down([self.cluster])]
+            self.cluster = None
         self.save()
         return stopped
 
@@ -116,156 +119,67 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start_control_plane(stack: Stack) -> Path:
-    cp_dir = stack.workdir / "control-plane"
-    proc = start_process(
-        [sys.executable, "-m", "regtask_dev.controlplane", "up", "--dir", str(cp_dir)],
-        stack.workdir / "control-plane.log",
-    )
-    stack.record("control-plane", proc.pid)
-    kubeconfig = cp_dir / "kubeconfig.yaml"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"control plane exited\n{tail(stack.workdir / 'control-plane.log')}")
-        return kubeconfig.exists()
-
-    wait_for(ready, 90, "control plane", interval_s=0.2)
-    return kubeconfig
-
-
 def start(stack: Stack) -> dict[str, Any]:
-    """Start every service; return what the demo needs to talk to them."""
+    """Create the cluster, install the platform; return what the demo needs to talk to it."""
     shim_token = secrets.token_urlsafe(32)
-
-    say("starting Redis, the control plane, the Firestore emulator, the LLM and ChromaDB ...")
-    with ThreadPoolExecutor(max_workers=5) as pool:
-        redis_f = pool.submit(lambda: RedisServer(workdir=_dir(stack, "redis")).start())
-        cp_f = pool.submit(_start_control_plane, stack)
-        fs_f = pool.submit(
-            lambda: FirestoreEmulator(project_id="regtask-demo", workdir=_dir(stack, "fs")).start()
-        )
-        llm_f = pool.submit(lambda: LlamaServer(workdir=_dir(stack, "llm")).start())
-        chroma_f = pool.submit(lambda: ChromaServer(workdir=_dir(stack, "chroma")).start())
-        redis_srv, kubeconfig = redis_f.result(), cp_f.result()
-        assert redis_srv.proc is not None
-        stack.record("redis", redis_srv.proc.pid)
-        firestore, llm, chroma = fs_f.result(), llm_f.result(), chroma_f.result()
-    for name, proc in [("firestore", firestore.proc), ("chroma", chroma.proc)]:
-        if proc is not None:
-            stack.record(name, proc.pid)
-    for index, proc in enumerate(llm.procs):
-        stack.record(f"llm-{index}", proc.pid)
-
-    api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    apply_crds(api, CRD_DIR)
-    ensure_namespace(api, NAMESPACE)
-    apply_manifests(api, RBAC_DIR / "operator.yaml")
-    apply_manifests(api, REPO_ROOT / "manifests" / "samples" / "companyquota.yaml")
-
-    shared = {
-        "REDIS_URL": redis_srv.url,
-        "REGTASK_NAMESPACE": NAMESPACE,
-        "FIRESTORE_PROJECT_ID": firestore.project_id,
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
-        "UNIFIED_REGISTRY_ENABLED": "true",
-    }
-    say("starting the gateway, the operator, the RPC shim and the node stand-in ...")
-    gateway = GatewayProcess(
-        {
-            **shared,
-            "KUBECONFIG": str(kubeconfig),
-            "LLM_BASE_URL": llm.base_url,
-            "LLM_EMBEDDINGS_BASE_URL": llm.embeddings_base_url,
-            "CHROMA_URL": chroma.url,
-        },
-        _dir(stack, "gateway"),
-    ).start()
-    stack.record("gateway", _pid(gateway))
-    operator = OperatorProcess(
-        _operator_kubeconfig(api, kubeconfig, stack),
-        {
-            **shared,
-            "REGTASK_STANDALONE": "true",
-            "REGTASK_GATEWAY_URL": gateway.url,
-        },
-        _dir(stack, "operator"),
-    ).start()
-    stack.record("operator", _pid(operator))
-    shim = ServiceProcess(
-        "shim",
-        ["regtask_shim"],
-        {
-            **shared,
-            "KUBECONFIG": str(kubeconfig),
-            "SHIM_SERVICE_TOKEN": shim_token,
-            "SHIM_HOST": "127.0.0.1",
-        },
-        _dir(stack, "shim"),
-        port=free_port(),
+    cluster = KindCluster(CLUSTER, stack.workdir / "kind", owner_pid=1)  # kept until `down`
+    stack.cluster = CLUSTER
+    stack.save()
+    say("creating the kind cluster and building the images (cached after the first run) ...")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        built = pool.submit(images.build)
+        cluster.create()
+        refs = built.result()
+    say(f"  cluster ready in {cluster.create_seconds:.0f} s; loading the images ...")
+    cluster.load_images(list(refs.values()))
+    say("starting Redis, the Firestore emulator, the LLM and ChromaDB on the host ...")
+    services = install.start_host_services(
+        cluster, stack.workdir / "services", firestore=True, llm=True, chroma=True
     )
-    shim.env["SHIM_PORT"] = str(shim.port)
-    shim.start()
-    stack.record("shim", _pid(shim))
-    venv_bin = str(Path(sys.executable).parent)
-    node = start_process(
-        [
-            sys.executable,
-            "-m",
-            "regtask_dev.nodesim",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--log-dir",
-            str(_dir(stack, "node")),
-        ],
-        stack.workdir / "node.log",
-        env={"PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"},
+    for name, pid in services.pids().items():
+        stack.record(name, pid)
+    say("installing the Helm chart (operator, shim and gateway as pods) ...")
+    values = install.merge(
+        install.image_values(refs),
+        services.values(),
+        {
+            "config": {"unifiedRegistryEnabled": True},
+            "shim": {"replicas": 1, "auth": {"serviceToken": {"value": shim_token}}},
+            "gateway": {"replicas": 1},
+            "operator": {"intervals": {"statusSyncSeconds": 1}},
+        },
     )
-    stack.record("node-stand-in", node.pid)
+    install.install(cluster, RELEASE, NAMESPACE, values, workdir=stack.workdir)
+    cluster.kubectl(
+        "--namespace",
+        NAMESPACE,
+        "apply",
+        "-f",
+        str(REPO_ROOT / "manifests" / "samples" / "companyquota.yaml"),
+    )
+    service = install.component_name(cluster, NAMESPACE, RELEASE, "service", "shim")
+    shim = install.PortForward(
+        cluster, NAMESPACE, f"service/{service}", 8080, stack.workdir / "port-forward.log"
+    ).start(detached=True)
+    assert shim.proc is not None
+    stack.record("shim port-forward", shim.proc.pid)
+    assert services.llm is not None and services.chroma is not None
+    assert services.firestore is not None
     stack.urls = {
         "shim (RPC: POST /rpc)": shim.url,
-        "gateway": gateway.url,
-        "operator metrics": operator.metrics_url,
-        "operator liveness": operator.url + "/healthz",
-        "redis": redis_srv.url,
-        "kubeconfig": str(kubeconfig),
-        "firestore emulator": firestore.host,
-        "llm (OpenAI-compatible)": llm.base_url,
-        "chromadb": chroma.url,
         "shim service token": shim_token,
+        "kubeconfig": str(cluster.kubeconfig_path),
+        "redis": services.redis.url,
+        "firestore emulator": services.firestore.host,
+        "llm (OpenAI-compatible)": services.llm.base_url,
+        "chromadb": services.chroma.url,
+        "operator metrics": (
+            f"kubectl -n {NAMESPACE} port-forward deploy/"
+            f"{install.component_name(cluster, NAMESPACE, RELEASE, 'deployment', 'operator')} 9090"
+        ),
     }
     stack.save()
-    return {"shim": shim.url, "token": shim_token, "redis": redis_srv.url, "api": api}
-
-
-def _dir(stack: Stack, name: str) -> Path:
-    path = stack.workdir / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _pid(process: ServiceProcess) -> int:
-    assert process.proc is not None
-    return process.proc.pid
-
-
-def _operator_kubeconfig(api: client.ApiClient, admin: Path, stack: Stack) -> Path:
-    """A token of the operator's ServiceAccount: the demo runs it with the shipped RBAC."""
-    request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
-    )
-    answer = client.CoreV1Api(api).create_namespaced_service_account_token(
-        "regtask-operator", NAMESPACE, request
-    )
-    kubeconfig = yaml.safe_load(admin.read_text())
-    assert answer.status is not None
-    kubeconfig["users"] = [{"name": "regtask-operator", "user": {"token": answer.status.token}}]
-    for context in kubeconfig["contexts"]:
-        context["context"]["user"] = "regtask-operator"
-    path = stack.workdir / "operator-kubeconfig.yaml"
-    path.write_text(yaml.safe_dump(kubeconfig))
-    path.chmod(0o600)
-    return path
+    return {"shim": shim.url, "token": shim_token, "redis": services.redis.url}
 
 
 def rpc(shim: str, token: str, method: str, args: list[Any], **kwargs: Any) -> dict[str, Any]:
@@ -336,9 +250,9 @@ def submit_and_follow(env: dict[str, Any]) -> bool:
                     final[task_id] = status
     events.close()
     say("")
-    for kind, task_id in started.items():
+    for task_type, task_id in started.items():
         status = final.get(task_id, {"status": "timed out"})
-        say(f"{kind}: {task_id} -> {status.get('status')}")
+        say(f"{task_type}: {task_id} -> {status.get('status')}")
         result = status.get("result") or {}
         say("  " + json.dumps(result, ensure_ascii=False)[:600])
     return all(final.get(t, {}).get("status") == "completed" for t in started.values())
@@ -349,22 +263,29 @@ def up(workdir: Path) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     workdir.mkdir(parents=True, exist_ok=True)
     previous = Stack.load(workdir)
-    if previous.pids:
+    if previous.pids or previous.cluster:
+        say("a previous demo is still up: taking it down first ...")
         previous.stop_all()
     stack = Stack(workdir)
     try:
         env = start(stack)
         succeeded = submit_and_follow(env)
-    except BaseException:
-        say("the demo failed; stopping what it started (logs stay in " + str(workdir) + ")")
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the details in the logs
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        say(f"the demo failed: {reason}")
+        say(f"logs: {workdir} (cluster, services, port-forward); stopping what it started")
         stack.stop_all()
-        raise
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; stopping what the demo started")
+        stack.stop_all()
+        return 130
     say("")
     say("all demo tasks succeeded" if succeeded else "SOME DEMO TASKS DID NOT SUCCEED")
     say("the stack keeps running; stop it with `make demo-down`. Where to look:")
     for name, url in stack.urls.items():
         say(f"  {name:<26} {url}")
-    say(f"  {'logs':<26} {workdir}/*/")
+    say(f"  {'logs':<26} {workdir}/")
     return 0 if succeeded else 1
 
 

@@ -56,8 +56,12 @@ class FirestoreEmulator(EmulatorServer):
         *,
         workdir: Path | None = None,
         start_timeout_s: float = 60.0,
+        bind: str = "127.0.0.1",
     ) -> None:
-        super().__init__(port, project_id, workdir=workdir, start_timeout_s=start_timeout_s)
+        """``bind``: the address to listen on (a cluster's ``host_address`` for pods)."""
+        super().__init__(
+            port, project_id, workdir=workdir, start_timeout_s=start_timeout_s, bind=bind
+        )
 
     def _command(self) -> list[str]:
         gcloud = shutil.which("gcloud")
@@ -84,7 +88,7 @@ class FirestoreEmulator(EmulatorServer):
         }
 
     def _request(self, method: str, path: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        conn = http.client.HTTPConnection(self.bind, self.port, timeout=timeout_s)
         try:
             conn.request(method, path)
             response = conn.getresponse()

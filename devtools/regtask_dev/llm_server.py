@@ -83,7 +83,10 @@ class LlamaServer(LocalServer):
         n_threads: int | None = None,
         workdir: Path | None = None,
         start_timeout_s: float = 120.0,
+        host: str = "127.0.0.1",
     ) -> None:
+        """``host``: the address to listen on (a cluster's ``host_address`` for pods)."""
+        self.host = host
         self.model_path = Path(model_path) if model_path else None
         self.port = port or free_port()
         self.embedding_port = embedding_port or free_port()
@@ -96,11 +99,11 @@ class LlamaServer(LocalServer):
     @property
     def base_url(self) -> str:
         """OpenAI base URL of the chat instance (``.../v1``)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     @property
     def embeddings_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.embedding_port}/v1"
+        return f"http://{self.host}:{self.embedding_port}/v1"
 
     def _argv(self, model: Path, port: int, alias: str, extra: list[str]) -> list[str]:
         argv = [
@@ -112,7 +115,7 @@ class LlamaServer(LocalServer):
             "--model_alias",
             alias,
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(port),
             "--n_ctx",
@@ -142,7 +145,7 @@ class LlamaServer(LocalServer):
             log = self.workdir / f"llama-{name}.log"
             self.procs.append(start_process(self._argv(model, port, alias, extra), log))
         for (port, _, _, name), proc in zip(instances, self.procs, strict=True):
-            url = f"http://127.0.0.1:{port}/v1"
+            url = f"http://{self.host}:{port}/v1"
             log = self.workdir / f"llama-{name}.log"
             try:
                 wait_for(

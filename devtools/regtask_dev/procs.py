@@ -129,8 +129,15 @@ class EmulatorServer(LocalServer):
     ready_interval_s: ClassVar[float] = 0.1
 
     def __init__(
-        self, port: int | None, project_id: str, *, workdir: Path | None, start_timeout_s: float
+        self,
+        port: int | None,
+        project_id: str,
+        *,
+        workdir: Path | None,
+        start_timeout_s: float,
+        bind: str = "127.0.0.1",
     ) -> None:
+        self.bind = bind
         self.port = port or free_port()
         self.project_id = project_id
         self.start_timeout_s = start_timeout_s
@@ -142,8 +149,8 @@ class EmulatorServer(LocalServer):
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:<port>``, the value for the client libraries' ``*_EMULATOR_HOST``."""
-        return f"127.0.0.1:{self.port}"
+        """``<bind address>:<port>``, the value for the client libraries' ``*_EMULATOR_HOST``."""
+        return f"{self.bind}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -176,7 +183,7 @@ class EmulatorServer(LocalServer):
             return self
         argv = self._command()
         for port in self.ports:
-            if port_open(port):
+            if port_open(port, self.bind):
                 raise RuntimeError(f"port {port} is already in use")
         began = time.monotonic()
         self.proc = start_process(argv, self.log_path, env=self._env(), cwd=self.workdir)
@@ -208,11 +215,11 @@ class EmulatorServer(LocalServer):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
         for port in self.ports:
-            wait_for(functools.partial(_port_free, port), 10, f"port {port} release")
+            wait_for(functools.partial(_port_free, port, self.bind), 10, f"port {port} release")
 
 
-def _port_free(port: int) -> bool:
-    return not port_open(port)
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    return not port_open(port, host)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,14 @@ from regtask_dev.procs import (
 
 
 class RedisServer(LocalServer):
-    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, workdir: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        """``host``: the address to bind (a cluster's ``host_address`` for pods to reach). Off
+        loopback the server requires a password (in ``url``): Redis' protected mode refuses
+        other clients without one, and only the platform's pods should get in."""
+        self.host = host
+        self.password = None if host.startswith("127.") else secrets.token_urlsafe(24)
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="regtask-redis-"))
@@ -27,7 +35,8 @@ class RedisServer(LocalServer):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -40,7 +49,7 @@ class RedisServer(LocalServer):
             [
                 binary,
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 str(self.port),
                 "--save",
@@ -51,11 +60,12 @@ class RedisServer(LocalServer):
                 str(self.workdir),
                 "--protected-mode",
                 "yes",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             log,
         )
         try:
-            wait_for(lambda: port_open(self.port), 10, f"redis-server on {self.port}")
+            wait_for(lambda: port_open(self.port, self.host), 10, f"redis-server on {self.port}")
         except TimeoutError as exc:
             raise RuntimeError(f"{exc}\n{tail(log)}") from exc
         return self

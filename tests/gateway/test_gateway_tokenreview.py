@@ -67,7 +67,11 @@ def runner_pod(
             spec=client.V1PodSpec(
                 service_account_name=account,
                 automount_service_account_token=False,
-                containers=[client.V1Container(name="runner", image="runner:test", image_pull_policy="Never")],
+                containers=[
+                    client.V1Container(
+                        name="runner", image="runner:test", image_pull_policy="Never"
+                    )
+                ],
             ),
         ),
     )

@@ -154,7 +154,18 @@ def restricted_namespace(kube_api: client.ApiClient) -> Iterator[str]:
     client.CoreV1Api(kube_api).delete_namespace(name)
 
 
-def pods_of(objects: list[Obj], namespace: str) -> list[Obj]:
+def pods_of(objects: list[Obj], namespace: str, api: client.ApiClient) -> list[Obj]:
+    """The Deployments' pods, in ``namespace``, with their ServiceAccounts created there (the
+    ServiceAccount admission plugin refuses a pod whose account does not exist)."""
+    for deployment in find(objects, "Deployment"):
+        account = deployment["spec"]["template"]["spec"].get("serviceAccountName")
+        if account:
+            body: Any = {"metadata": {"name": account}}
+            try:
+                client.CoreV1Api(api).create_namespaced_service_account(namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
     return [
         {
             "apiVersion": "v1",
@@ -168,19 +179,22 @@ def pods_of(objects: list[Obj], namespace: str) -> list[Obj]:
 
 @pytest.mark.parametrize("values", value_sets(), ids=value_set_id)
 def test_platform_pods_pass_restricted_pod_security(
-    dynamic: DynamicClient, restricted_namespace: str, values: Path | None
+    dynamic: DynamicClient,
+    kube_api: client.ApiClient,
+    restricted_namespace: str,
+    values: Path | None,
 ) -> None:
     """Pod Security admission enforces on Pods (not Deployments): dry-run the pods themselves."""
-    pods = pods_of(render(values, namespace=CHART_NAMESPACE), restricted_namespace)
+    pods = pods_of(render(values, namespace=CHART_NAMESPACE), restricted_namespace, kube_api)
     assert len(pods) >= 2
     assert_accepted(dynamic, pods)
 
 
 def test_restricted_namespace_does_refuse_a_privileged_pod(
-    dynamic: DynamicClient, restricted_namespace: str
+    dynamic: DynamicClient, kube_api: client.ApiClient, restricted_namespace: str
 ) -> None:
     """The check above would pass vacuously if Pod Security admission were off."""
-    pod = pods_of(render(None, namespace=CHART_NAMESPACE), restricted_namespace)[0]
+    pod = pods_of(render(None, namespace=CHART_NAMESPACE), restricted_namespace, kube_api)[0]
     pod["spec"]["securityContext"] = {}
     for container in pod["spec"]["containers"]:
         container["securityContext"] = {"privileged": True}

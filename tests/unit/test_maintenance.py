@@ -22,6 +22,8 @@ SETTINGS = OperatorSettings(namespace="regtask-test")
 def max_tasks(company_id: str) -> int:
     """A company's maxTasksPerUser as the controller would give it (one company set apart)."""
     return 3 if company_id == "globex" else SETTINGS.default_max_tasks_per_user
+
+
 NOW = datetime(2026, 1, 10, 12, 0, 0, tzinfo=UTC)
 
 

@@ -1,0 +1,241 @@
+"""The chart installed as users install it, on the test cluster: every part of the platform a pod.
+
+The images built from the Dockerfile, ``helm install`` with them; the operator, the shim and the
+gateway run under their own ServiceAccounts and RBAC, restricted Pod Security; runners get
+their tokens from the real kubelet and reach the gateway through its Service, under the tenant
+NetworkPolicy. Redis runs on the host (the cluster's host address). The web app's calls go to
+the shim through ``kubectl port-forward``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client, watch
+
+from regtask import naming
+from regtask.crmodels import API_GROUP, API_VERSION
+from regtask_dev import images, install
+from regtask_dev.kind import ClusterError, KindCluster
+from regtask_dev.stack import wait_until
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+MAX_TASKS = 3
+
+
+@pytest.fixture(scope="module")
+def platform_images(cluster: KindCluster) -> dict[str, str]:
+    """The three images of this checkout, loaded into the node."""
+    try:
+        refs = images.build()
+        cluster.load_images(list(refs.values()))
+    except (images.ImageBuildError, ClusterError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return refs
+
+
+@dataclass
+class Installed:
+    namespace: str
+    release: str
+    shim: str
+    token: str
+
+    def rpc(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.post(
+            f"{self.shim}/rpc",
+            json={"method": method, "args": list(args), "kwargs": kwargs},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        ).json()
+        return answer
+
+
+@pytest.fixture
+def installed(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[Installed]:
+    release = f"e2e{secrets.token_hex(3)}"
+    namespace = f"{release}-system"
+    token = secrets.token_urlsafe(32)
+    services = install.start_host_services(
+        cluster, tmp_path / "services", firestore=False, llm=False, chroma=False
+    )
+    values = install.merge(
+        install.image_values(platform_images),
+        services.values(),
+        {
+            "shim": {"replicas": 1, "auth": {"serviceToken": {"value": token}}},
+            "gateway": {"replicas": 1},
+            "operator": {
+                "quotas": {"maxTasksPerUser": MAX_TASKS},
+                "intervals": {"statusSyncSeconds": 1, "reconcileSeconds": 5},
+                "jobs": {"backoffLimit": 1},
+            },
+        },
+    )
+    try:
+        install.install(cluster, release, namespace, values, workdir=tmp_path)
+        service = install.component_name(cluster, namespace, release, "service", "shim")
+        with install.forwarded(
+            cluster, namespace, f"service/{service}", 8080, tmp_path / "port-forward.log"
+        ) as shim:
+            yield Installed(namespace, release, shim.url, token)
+    finally:
+        install.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
+        client.CoreV1Api(kube_api).delete_namespace(namespace)
+        services.stop()
+
+
+def task_phases(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, "registrytasks"
+    )["items"]
+    return {i["spec"]["taskId"]: (i.get("status") or {}).get("phase", "") for i in items}
+
+
+def test_the_web_apps_calls_run_on_the_installed_chart(
+    kube_api: client.ApiClient, installed: Installed
+) -> None:
+    deployments = client.AppsV1Api(kube_api).list_namespaced_deployment(installed.namespace)
+    for deployment in deployments.items:
+        assert deployment.status.ready_replicas == deployment.spec.replicas, deployment.metadata
+        pod_spec = deployment.spec.template.spec
+        assert pod_spec.service_account_name.startswith(installed.release)
+    registered = installed.rpc(
+        "REGISTRY.register_user",
+        "chart_user",
+        "session-1",
+        "/backend/1",
+        company_id="chart_co",
+        authorized_companies_ids=["chart_co"],
+    )
+    assert registered["success"], registered
+    started = installed.rpc(
+        "TASK.start_document_analysis",
+        "chart_user",
+        {"company_id": "chart_co", "text": "Facture 2025-042, 1 250,00 EUR, billing@acme.example"},
+        "job1",
+    )
+    assert started["success"] and started["task_id"] == "doc_analysis_job1", started
+    wait_until(
+        lambda: (
+            installed.rpc("TASK.get_task_status", "doc_analysis_job1").get("status")
+            in ("completed", "failed")
+        ),
+        180,
+        "the task ended",
+        2.0,
+    )
+    status = installed.rpc("TASK.get_task_status", "doc_analysis_job1")
+    assert status["status"] == "completed", status
+    assert "billing@acme.example" in str(status.get("result"))
+    # The runner ran as a pod of the runner image in its tenant namespace.
+    tenant = naming.tenant_namespace("chart_user", "chart_co")
+    [pod] = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
+    assert pod.spec.containers[0].image.startswith("localhost/regtask/runner:")
+    assert pod.status.phase == "Succeeded"
+
+
+class JobLedger(threading.Thread):
+    """Every operator Job created in the cluster, counted from the watch (exact order)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(daemon=True)
+        self.batch = client.BatchV1Api(api)
+        self.selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        listed = self.batch.list_job_for_all_namespaces(label_selector=self.selector)
+        self.resource_version = listed.metadata.resource_version
+        self.created: Counter[str] = Counter()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for event in watch.Watch().stream(
+                self.batch.list_job_for_all_namespaces,
+                label_selector=self.selector,
+                resource_version=self.resource_version,
+                timeout_seconds=5,
+            ):
+                job = event["object"]
+                self.resource_version = job.metadata.resource_version
+                if event["type"] == "ADDED":
+                    self.created[f"{job.metadata.namespace}/{job.metadata.name}"] += 1
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+
+def test_the_operator_pod_deleted_mid_burst_loses_nothing(
+    cluster: KindCluster, kube_api: client.ApiClient, installed: Installed
+) -> None:
+    """20 tasks for one user (3 at a time); the operator's pod is deleted twice while they run.
+    Its Deployment starts a new one, which rebuilds its state from the cluster: every task
+    Succeeds, each with exactly one Job, none stuck."""
+    ledger = JobLedger(kube_api)
+    ledger.start()
+    ids = []
+    for n in range(20):
+        answer = installed.rpc(
+            "TASK.start_document_analysis",
+            "burst_user",
+            {"company_id": "burst_co", "text": f"Facture {n}, {n},00 EUR."},
+            f"burst{n:02d}",
+        )
+        assert answer["success"], answer
+        ids.append(answer["task_id"])
+    core = client.CoreV1Api(kube_api)
+    selector = (
+        f"app.kubernetes.io/name=regtask-operator,app.kubernetes.io/instance={installed.release}"
+    )
+    for _ in range(2):
+        wait_until(
+            lambda: (
+                sum(p == "Succeeded" for p in task_phases(kube_api, installed.namespace).values())
+                >= 3
+            ),
+            180,
+            "some tasks done",
+            1.0,
+        )
+        [pod] = [
+            p
+            for p in core.list_namespaced_pod(installed.namespace, label_selector=selector).items
+            if not p.metadata.deletion_timestamp
+        ]
+        core.delete_namespaced_pod(pod.metadata.name, installed.namespace)
+        deployment = install.component_name(
+            cluster, installed.namespace, installed.release, "deployment", "operator"
+        )
+        install.wait_rolled_out(cluster, installed.namespace, deployment, 120)
+    try:
+        wait_until(
+            lambda: (
+                set(task_phases(kube_api, installed.namespace).values()) == {"Succeeded"}
+                and len(task_phases(kube_api, installed.namespace)) == 20
+            ),
+            600,
+            "all 20 tasks Succeeded",
+            2.0,
+        )
+    finally:
+        ledger.stop()
+    tenant = naming.tenant_namespace("burst_user", "burst_co")
+    ours = {key: count for key, count in ledger.created.items() if key.startswith(f"{tenant}/")}
+    assert len(ours) == 20 and set(ours.values()) == {1}, ours
+    for task_id in ids:
+        assert installed.rpc("TASK.get_task_status", task_id)["status"] == "completed"

@@ -1,0 +1,429 @@
+"""What only a real cluster shows: Kubernetes' own admission, controllers, kubelet and network.
+
+Each test here failed (or would have) against the code before its fix, on this cluster:
+- a tenant's 21st task within the Job TTL was refused by its ResourceQuota (``count/jobs.batch``
+  counts finished Jobs), and a company allowed more than 10 tasks per user got no pod for the
+  11th (a fixed 10 CPU quota);
+- an evicted runner (SIGTERM, exit 143, condition DisruptionTarget) failed its task: the
+  podFailurePolicy's FailJob on 143 came before Ignore DisruptionTarget;
+- NetworkPolicy had never been enforced anywhere the tests ran.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client, watch
+
+from regtask import keys, naming
+from regtask.crmodels import API_GROUP, API_VERSION
+from regtask_dev.kind import KindCluster
+from regtask_dev.llm_server import LlamaServer
+from regtask_dev.redis_server import RedisServer
+from regtask_dev.stack import GatewayProcess, scrape_metrics, wait_until
+from tests.fixtures.platform import create_company_quota, gateway_env
+from tests.operator.test_operator_lifecycle import get_task, new_task, phase_of
+
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
+
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def phases(api: client.ApiClient, namespace: str, names: list[str]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for name in names:
+        phase = phase_of(api, namespace, name) or ""
+        counted[phase] = counted.get(phase, 0) + 1
+    return counted
+
+
+def job_pods(api: client.ApiClient, tenant: str, task_id: str) -> list[Any]:
+    selector = f"batch.kubernetes.io/job-name={naming.job_name(task_id)}"
+    return list(client.CoreV1Api(api).list_namespaced_pod(tenant, label_selector=selector).items)
+
+
+def quota_refusals(api: client.ApiClient, tenant: str) -> list[str]:
+    """The Job controller's FailedCreate events: pods the tenant's quota refused."""
+    events = client.CoreV1Api(api).list_namespaced_event(tenant).items
+    return [e.message for e in events if e.reason == "FailedCreate" and "quota" in e.message]
+
+
+def test_thirty_tasks_for_one_tenant_within_the_job_ttl_all_succeed(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway: GatewayProcess,
+) -> None:
+    """Finished Jobs stay for their TTL (an hour by default): they must not count against the
+    tenant. Before the fix the 21st Job was refused by the API server and requeued for ever."""
+    user, company = f"many_{secrets.token_hex(3)}", "company_many"
+    operator_factory(**gateway_env(gateway))  # the default ttlSecondsAfterFinished: 3600
+    names = [
+        new_task(
+            kube_api,
+            control_namespace,
+            f"many_{n:02d}_{user}",
+            userId=user,
+            companyId=company,
+            inputs=[{"name": "document", "value": f"Facture {n} du 24/09/2025, 12,00 EUR."}],
+        )
+        for n in range(30)
+    ]
+    wait_until(
+        lambda: phases(kube_api, control_namespace, names).get("Succeeded") == 30,
+        600,
+        "30 tasks Succeeded",
+        2.0,
+    )
+    tenant = naming.tenant_namespace(user, company)
+    finished = client.BatchV1Api(kube_api).list_namespaced_job(tenant).items
+    assert len(finished) == 30  # all still there, within their TTL
+    assert quota_refusals(kube_api, tenant) == []
+
+
+def test_the_tenant_quota_holds_max_tasks_per_user_runners(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway: GatewayProcess,
+) -> None:
+    """A company allowed 12 tasks per user: 12 admitted tasks, 12 pods. Pods are counted by
+    the ResourceQuota when they are created, before any scheduling: with the node cordoned
+    they all wait Pending, and none may have been refused."""
+    user, company = f"wide_{secrets.token_hex(3)}", f"company_wide_{secrets.token_hex(2)}"
+    create_company_quota(kube_api, control_namespace, company, 12)
+    operator_factory(**gateway_env(gateway))
+    cluster.kubectl("cordon", cluster.node_container)
+    try:
+        names = [
+            new_task(
+                kube_api,
+                control_namespace,
+                f"wide_{n:02d}_{user}",
+                userId=user,
+                companyId=company,
+                inputs=[{"name": "document", "value": "Facture 7, 10,00 EUR."}],
+            )
+            for n in range(12)
+        ]
+        wait_until(
+            lambda: phases(kube_api, control_namespace, names).get("Running") == 12,
+            120,
+            "12 tasks Running",
+        )
+        tenant = naming.tenant_namespace(user, company)
+        wait_until(
+            lambda: (
+                len(client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items) == 12
+                or quota_refusals(kube_api, tenant)
+            ),
+            60,
+            "a pod per admitted task (or a refusal)",
+        )
+        assert quota_refusals(kube_api, tenant) == []
+        pods = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
+        assert {p.status.phase for p in pods} == {"Pending"}
+        assert len(pods) == 12
+    finally:
+        cluster.kubectl("uncordon", cluster.node_container)
+    wait_until(
+        lambda: phases(kube_api, control_namespace, names).get("Succeeded") == 12,
+        300,
+        "12 tasks Succeeded",
+        2.0,
+    )
+
+
+def test_an_evicted_runner_is_retried_not_failed(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway_factory: Any,
+    llm_server: LlamaServer,
+    redis_sync: redis.Redis,
+) -> None:
+    """A node drain evicts a runner mid-answer: the kubelet sends SIGTERM, the runner stops
+    (exit 143) and the pod gets the DisruptionTarget condition. The task must go on in a new
+    pod and succeed."""
+    gateway = gateway_factory(LLM_BASE_URL=llm_server.base_url)
+    operator_factory(**gateway_env(gateway))
+    user, company = f"evict_{secrets.token_hex(3)}", "company_evict"
+    task_id = f"llm_evict_{user}"
+    name = new_task(
+        kube_api,
+        control_namespace,
+        task_id,
+        taskType="llm_conversation",
+        userId=user,
+        companyId=company,
+        conversationId=f"conv_{user}",
+        inputs=[{"name": "prompt", "value": "Tell a long story about a lighthouse keeper."}],
+        parameters={"max_tokens": "400"},
+    )
+    tenant = naming.tenant_namespace(user, company)
+
+    def answering() -> Any:
+        assert phase_of(kube_api, control_namespace, name) not in ("Failed", "Succeeded")
+        raw = redis_sync.hget(keys.task(task_id), keys.DATA_FIELD)
+        progress = json.loads(raw)["progress"]["progress_percent"] if raw else 0
+        running = [p for p in job_pods(kube_api, tenant, task_id) if p.status.phase == "Running"]
+        return running[0] if running and progress > 10 else None
+
+    pod = wait_until(answering, 180, "the runner streaming its answer", 0.5)
+    # The evicted pod's last state, seen by a watch (the Job controller lets it go once counted).
+    last: dict[str, Any] = {}
+
+    def follow() -> None:
+        for event in watch.Watch().stream(
+            client.CoreV1Api(kube_api).list_namespaced_pod,
+            tenant,
+            field_selector=f"metadata.name={pod.metadata.name}",
+            resource_version=pod.metadata.resource_version,
+            timeout_seconds=120,
+        ):
+            last["pod"] = event["object"]
+            if event["type"] == "DELETED":
+                return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    client.CoreV1Api(kube_api).create_namespaced_pod_eviction(
+        pod.metadata.name,
+        tenant,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=tenant)),
+    )
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, name) in ("Succeeded", "Failed"),
+        420,
+        "the task ended",
+        2.0,
+    )
+    follower.join(timeout=130)
+    status = get_task(kube_api, control_namespace, name)["status"]
+    assert status["phase"] == "Succeeded", status
+    evicted = last["pod"]
+    assert any(c.type == "DisruptionTarget" for c in evicted.status.conditions or [])
+    [terminated] = [s.state.terminated for s in evicted.status.container_statuses]
+    assert terminated.exit_code == 143  # the runner's own exit after SIGTERM
+    after = job_pods(kube_api, tenant, task_id)
+    assert [(p.metadata.name != pod.metadata.name, p.status.phase) for p in after] == [
+        (True, "Succeeded")
+    ]
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, socket, sys, time
+    targets = json.loads(sys.argv[1])
+
+    def connects(host, port):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    # A new pod's policy lands about a second after it starts (kube-router): wait for it.
+    deadline = time.time() + 30
+    while connects(*targets["redis"]) and time.time() < deadline:
+        time.sleep(0.5)
+    try:
+        socket.gethostbyname("kubernetes.default.svc.cluster.local")
+        dns = True
+    except OSError:
+        dns = False
+    print(json.dumps({"dns": dns, **{k: connects(*v) for k, v in targets.items()}}))
+    """
+)
+
+
+def run_probe(api: client.ApiClient, namespace: str, image: str, targets: dict[str, Any]) -> Any:
+    core = client.CoreV1Api(api)
+    name = f"probe-{secrets.token_hex(3)}"
+    body: Any = {
+        "metadata": {"name": name, "labels": {"app": "probe"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": naming.RUNNER_SERVICE_ACCOUNT,
+            "automountServiceAccountToken": False,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "command": ["python", "-c", PROBE, json.dumps(targets)],
+                    "securityContext": RESTRICTED,
+                    "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(namespace, body)
+    wait_until(
+        lambda: core.read_namespaced_pod(name, namespace).status.phase in ("Succeeded", "Failed"),
+        120,
+        "probe finished",
+        0.5,
+    )
+    log = str(core.read_namespaced_pod_log(name, namespace))
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def test_network_policy_lets_a_runner_reach_the_gateway_and_dns_only(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway: GatewayProcess,
+    runner_image: str,
+) -> None:
+    """From a pod of a tenant namespace (its fences as admission builds them): the gateway and
+    cluster DNS answer; Redis on the host, the API server, another tenant's pod and addresses
+    outside the machine do not."""
+    operator_factory(**gateway_env(gateway))
+    run = secrets.token_hex(3)
+    tenants = {"a": (f"neta_{run}", "company_net"), "b": (f"netb_{run}", "company_net")}
+    for key, (user, company) in tenants.items():
+        name = new_task(
+            kube_api, control_namespace, f"net_{key}_{run}", userId=user, companyId=company
+        )
+        wait_until(
+            lambda n=name: phase_of(kube_api, control_namespace, n) == "Succeeded", 120, "ran"
+        )
+    ns_a = naming.tenant_namespace(*tenants["a"])
+    ns_b = naming.tenant_namespace(*tenants["b"])
+
+    # A listening pod in the other tenant's namespace.
+    core = client.CoreV1Api(kube_api)
+    server: Any = {
+        "metadata": {"name": "listener"},
+        "spec": {
+            "serviceAccountName": naming.RUNNER_SERVICE_ACCOUNT,
+            "automountServiceAccountToken": False,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "listener",
+                    "image": runner_image,
+                    "command": ["python", "-m", "http.server", "8080"],
+                    "securityContext": RESTRICTED,
+                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(ns_b, server)
+    listener_ip = wait_until(
+        lambda: core.read_namespaced_pod("listener", ns_b).status.pod_ip, 60, "listener IP"
+    )
+    with RedisServer(host=cluster.host_address) as host_redis:
+        found = run_probe(
+            kube_api,
+            ns_a,
+            runner_image,
+            {
+                "gateway": [gateway.host, gateway.port],
+                "redis": [host_redis.host, host_redis.port],
+                "apiserver_service": ["10.96.0.1", 443],
+                "apiserver_node": [cluster.node_address, 6443],
+                "other_tenant": [listener_ip, 8080],
+                "outside": ["192.0.2.1", 443],
+            },
+        )
+    assert found == {
+        "dns": True,
+        "gateway": True,
+        "redis": False,
+        "apiserver_service": False,
+        "apiserver_node": False,
+        "other_tenant": False,
+        "outside": False,
+    }, found
+
+
+def test_a_deadline_stops_the_runner_and_fails_the_task(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway_factory: Any,
+    llm_server: LlamaServer,
+) -> None:
+    """``maxDurationSeconds`` is the Job's activeDeadlineSeconds: the Job controller ends the
+    run (its pod terminated), the task fails with the controller's reason."""
+    gateway = gateway_factory(LLM_BASE_URL=llm_server.base_url)
+    operator_factory(**gateway_env(gateway))
+    name = new_task(
+        kube_api,
+        control_namespace,
+        f"llm_deadline_{secrets.token_hex(3)}",
+        taskType="llm_conversation",
+        userId="deadline_user",
+        companyId="company_deadline",
+        conversationId="conv_deadline",
+        maxDurationSeconds=8,
+        inputs=[{"name": "prompt", "value": "Write a very long poem about the sea."}],
+        parameters={"max_tokens": "2000"},
+    )
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, name) in ("Succeeded", "Failed"),
+        120,
+        "the task ended",
+    )
+    status = get_task(kube_api, control_namespace, name)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded"), status
+
+
+def test_a_company_quota_change_resizes_its_tenants_quota(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway: GatewayProcess,
+) -> None:
+    """The tenant's ResourceQuota follows the company's maxTasksPerUser at its next admission."""
+    user, company = f"resize_{secrets.token_hex(3)}", f"company_resize_{secrets.token_hex(2)}"
+    create_company_quota(kube_api, control_namespace, company, 2)
+    operator = operator_factory(**gateway_env(gateway))
+    tenant = naming.tenant_namespace(user, company)
+
+    def pods_quota() -> str:
+        quota = client.CoreV1Api(kube_api).read_namespaced_resource_quota("tenant-quota", tenant)
+        return str(quota.spec.hard["pods"])
+
+    first = new_task(
+        kube_api, control_namespace, f"resize_1_{user}", userId=user, companyId=company
+    )
+    wait_until(lambda: phase_of(kube_api, control_namespace, first) == "Succeeded", 120, "ran")
+    assert pods_quota() == "4"
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        API_GROUP,
+        API_VERSION,
+        control_namespace,
+        "companyquotas",
+        naming.derived_name("cq", company),
+        {"spec": {"maxTasksPerUser": 7}},
+    )
+    series = f'regtask_quota_max_tasks_per_user{{company="{company}"}}'
+    wait_until(
+        lambda: scrape_metrics(operator.metrics_url).get(series) == 7.0,
+        30,
+        "the operator took the new limit",
+    )
+    second = new_task(
+        kube_api, control_namespace, f"resize_2_{user}", userId=user, companyId=company
+    )
+    wait_until(lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 120, "ran")
+    assert pods_quota() == "14"
