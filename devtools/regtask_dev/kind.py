@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import logging
@@ -508,7 +509,7 @@ class KindCluster:
             ("daemonset", "kube-proxy"),
             ("daemonset", self.policy_engine),
         ):
-            until(f"{kind}/{name}", lambda k=kind, n=name: self._rolled_out(k, n))
+            until(f"{kind}/{name}", functools.partial(self._rolled_out, kind, name))
         until(
             "default ServiceAccount",
             lambda: bool(self.get("/api/v1/namespaces/default/serviceaccounts/default")),
@@ -539,9 +540,9 @@ class KindCluster:
         status = obj.get("status", {})
         if kind == "deployment":
             wanted = obj["spec"].get("replicas", 1)
-            return int(status.get("readyReplicas", 0)) >= wanted
+            return bool(int(status.get("readyReplicas", 0)) >= wanted)
         desired = int(status.get("desiredNumberScheduled", 0))
-        return desired > 0 and int(status.get("numberReady", 0)) >= desired
+        return bool(desired > 0 and int(status.get("numberReady", 0)) >= desired)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -56,7 +56,7 @@ def canonical(value: Decimal, binary: bool) -> str:
 
 
 def times(quantity: str, count: int) -> str:
-    """``count`` × ``quantity`` in the API server's own canonical form, so that the quota a
+    """``count`` times ``quantity`` in the API server's own canonical form, so that the quota a
     server-side apply writes reads back unchanged (and a repeated apply changes nothing)."""
     binary = quantity.strip().endswith(tuple(suffix for suffix, _ in _BINARY))
     return canonical(parse(quantity) * count, binary)

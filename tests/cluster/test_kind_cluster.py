@@ -131,7 +131,7 @@ def whoami(api: client.ApiClient) -> tuple[str | None, list[str]]:
 
 def namespace_names_or_none(api: client.ApiClient) -> list[str] | None:
     try:
-        return [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items]
+        return [str(ns.metadata.name) for ns in client.CoreV1Api(api).list_namespace().items]
     except ApiException as exc:
         if exc.status == 403:
             return None
@@ -273,7 +273,7 @@ def test_a_job_runs_as_a_pod_of_the_runner_image_with_a_kubelet_projected_token(
     wait_until(complete, "Job Complete (the real Job controller)", 120)
     [pod] = core.list_namespaced_pod(namespace, label_selector="job-name=hello").items
     secret, pod_name, version, token = core.read_namespaced_pod_log(
-        pod.metadata.name, namespace
+        str(pod.metadata.name), namespace
     ).split()
     assert (secret, pod_name, version.rsplit(".", 1)[0]) == ("s3cret", pod.metadata.name, "3.11")
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))

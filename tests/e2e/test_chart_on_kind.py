@@ -217,7 +217,7 @@ def test_the_operator_pod_deleted_mid_burst_loses_nothing(
             for p in core.list_namespaced_pod(installed.namespace, label_selector=selector).items
             if not p.metadata.deletion_timestamp
         ]
-        core.delete_namespaced_pod(pod.metadata.name, installed.namespace)
+        core.delete_namespaced_pod(str(pod.metadata.name), installed.namespace)
         deployment = install.component_name(
             cluster, installed.namespace, installed.release, "deployment", "operator"
         )

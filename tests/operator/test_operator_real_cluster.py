@@ -58,7 +58,9 @@ def job_pods(api: client.ApiClient, tenant: str, task_id: str) -> list[Any]:
 def quota_refusals(api: client.ApiClient, tenant: str) -> list[str]:
     """The Job controller's FailedCreate events: pods the tenant's quota refused."""
     events = client.CoreV1Api(api).list_namespaced_event(tenant).items
-    return [e.message for e in events if e.reason == "FailedCreate" and "quota" in e.message]
+    return [
+        str(e.message) for e in events if e.reason == "FailedCreate" and "quota" in str(e.message)
+    ]
 
 
 def test_thirty_tasks_for_one_tenant_within_the_job_ttl_all_succeed(
