@@ -1,6 +1,6 @@
 """``make kind-e2e``: the path a user takes, end to end, on a kind cluster of its own.
 
-Build the images from the Dockerfile, create the cluster ``regtask-e2e``, start Redis, the LLM
+Build the images from the Dockerfile, create a cluster ``regtask-e2e-<pid>``, start Redis, the LLM
 server and ChromaDB on the cluster's host address, ``helm install`` the chart, ``kubectl apply
 -k manifests/samples/`` and wait until every sample task has Succeeded; then read each task
 through the shim's RPC (``TASK.get_task_status``) over a port-forward. On failure it prints the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -26,7 +27,10 @@ from regtask_dev.kind import REPO_ROOT, ClusterError, KindCluster
 
 NAMESPACE = "regtask-system"
 RELEASE = "regtask"
-CLUSTER = "regtask-e2e"
+
+def cluster_name() -> str:
+    """One per run (runs may overlap: CI beside a developer's)."""
+    return f"regtask-e2e-{os.getpid()}"
 
 
 def log(text: str) -> None:
@@ -108,14 +112,15 @@ def diagnostics(cluster: KindCluster) -> None:
 
 
 def run(workdir: Path, *, keep: bool, timeout_s: float) -> int:
-    cluster = KindCluster(CLUSTER, workdir / "kind", owner_pid=1 if keep else None)
+    name = cluster_name()
+    cluster = KindCluster(name, workdir / "kind", owner_pid=1 if keep else None)
     services: install.HostServices | None = None
     token = secrets.token_urlsafe(32)
     ok = False
     try:
         log("building the images")
         refs = images.build()
-        log("creating the kind cluster")
+        log(f"creating the kind cluster {name}")
         cluster.create()
         log(f"cluster ready in {cluster.create_seconds:.0f} s; loading the images")
         cluster.load_images(list(refs.values()))
@@ -163,7 +168,7 @@ def run(workdir: Path, *, keep: bool, timeout_s: float) -> int:
     finally:
         if keep:
             log(f"keeping the cluster: export KUBECONFIG={cluster.kubeconfig_path}")
-            log("delete it with: python -m regtask_dev.kind down --name " + CLUSTER)
+            log(f"delete it with: python -m regtask_dev.kind down --name {name}")
         else:
             if services is not None:
                 services.stop()

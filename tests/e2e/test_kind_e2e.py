@@ -1,7 +1,7 @@
 """``make kind-e2e`` as a user runs it: its own cluster, the chart, the samples, then nothing left.
 
-The script builds (or reuses) the images, creates the cluster ``regtask-e2e``, installs the chart,
-applies ``manifests/samples/`` (a document analysis with an LLM summary, embeddings into Chroma,
+The script builds (or reuses) the images, creates a cluster ``regtask-e2e-<pid>``, installs the
+chart, applies ``manifests/samples/`` (a document analysis with an LLM summary, embeddings into Chroma,
 an LLM conversation), waits until every sample task Succeeded, reads each through the shim's
 RPC, and deletes the cluster and stops its host services.
 """
@@ -9,6 +9,7 @@ RPC, and deletes the cluster and stops its host services.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,5 +37,6 @@ def test_make_kind_e2e_passes_and_leaves_no_cluster(cluster: kind.KindCluster) -
     statuses = [line for line in done.stdout.splitlines() if "TASK.get_task_status" in line]
     assert len(statuses) == 3, done.stdout
     assert all('"status": "completed"' in line for line in statuses), statuses
-    assert "regtask-e2e" not in cluster.existing()
-    assert not (kind.kind_dir() / "clusters" / "regtask-e2e.json").exists()
+    [name] = re.findall(r"creating the kind cluster (regtask-e2e-[0-9]+)", done.stderr)
+    assert name not in cluster.existing()
+    assert not (kind.kind_dir() / "clusters" / f"{name}.json").exists()
