@@ -28,6 +28,7 @@ from regtask_dev.kind import REPO_ROOT, ClusterError, KindCluster
 NAMESPACE = "regtask-system"
 RELEASE = "regtask"
 
+
 def cluster_name() -> str:
     """One per run (runs may overlap: CI beside a developer's)."""
     return f"regtask-e2e-{os.getpid()}"

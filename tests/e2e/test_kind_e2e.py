@@ -1,9 +1,9 @@
 """``make kind-e2e`` as a user runs it: its own cluster, the chart, the samples, then nothing left.
 
 The script builds (or reuses) the images, creates a cluster ``regtask-e2e-<pid>``, installs the
-chart, applies ``manifests/samples/`` (a document analysis with an LLM summary, embeddings into Chroma,
-an LLM conversation), waits until every sample task Succeeded, reads each through the shim's
-RPC, and deletes the cluster and stops its host services.
+chart, applies ``manifests/samples/`` (a document analysis with an LLM summary, embeddings into
+Chroma, an LLM conversation), waits until every sample task Succeeded, reads each through the
+shim's RPC, and deletes the cluster and stops its host services.
 """
 
 from __future__ import annotations
