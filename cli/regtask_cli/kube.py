@@ -18,11 +18,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_PLURAL
 from regtask_cli.errors import CliError, ExitCode
 
-TASK_PLURAL = "registrytasks"
-QUOTA_PLURAL = "companyquotas"
 PAGE_SIZE = 500
 REQUEST_TIMEOUT_S = 15.0
 

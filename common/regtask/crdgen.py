@@ -19,6 +19,10 @@ from pydantic import BaseModel
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
+    QUOTA_KIND,
+    QUOTA_PLURAL,
+    TASK_KIND,
+    TASK_PLURAL,
     CompanyQuotaSpec,
     CompanyQuotaStatus,
     Phase,
@@ -50,8 +54,8 @@ class CrdSpec:
 
 CRDS = [
     CrdSpec(
-        kind="RegistryTask",
-        plural="registrytasks",
+        kind=TASK_KIND,
+        plural=TASK_PLURAL,
         singular="registrytask",
         short_names=["rt", "rtask"],
         spec_model=RegistryTaskSpec,
@@ -72,8 +76,8 @@ CRDS = [
         ],
     ),
     CrdSpec(
-        kind="CompanyQuota",
-        plural="companyquotas",
+        kind=QUOTA_KIND,
+        plural=QUOTA_PLURAL,
         singular="companyquota",
         short_names=["cq"],
         spec_model=CompanyQuotaSpec,

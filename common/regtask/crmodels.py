@@ -15,11 +15,17 @@ from pydantic.alias_generators import to_camel
 
 from regtask.documents import RegistryStatus
 from regtask.identifiers import Identifier
-from regtask.tasktypes import TaskType
+from regtask.tasktypes import TASK_TYPES, TaskType
 
 API_GROUP = "regtask.io"
 API_VERSION = "v1alpha1"
 API_VERSION_FULL = f"{API_GROUP}/{API_VERSION}"
+# The resources' kinds and plurals (their API paths): the CRDs, the operator, the shim, the
+# gateway and the CLI all name them from here.
+TASK_KIND = "RegistryTask"
+TASK_PLURAL = "registrytasks"
+QUOTA_KIND = "CompanyQuota"
+QUOTA_PLURAL = "companyquotas"
 
 MAX_INLINE_INPUT_BYTES = 64 * 1024
 MAX_INPUTS = 16
@@ -155,6 +161,12 @@ class RegistryTaskSpec(CRModel):
             ]
         }
     )
+
+    @property
+    def effective_max_duration_s(self) -> int:
+        """The run's deadline: ``maxDurationSeconds``, else the task type's default. The Job's
+        deadline, the runner's token lifetime and the registry's TTLs all come from this."""
+        return self.max_duration_seconds or TASK_TYPES[self.task_type].default_max_duration_s
 
 
 class ConditionStatus(StrEnum):

@@ -33,7 +33,6 @@ from regtask.runner_contract import (
     runner_command,
 )
 from regtask.settings import Settings
-from regtask.tasktypes import TASK_TYPES
 from regtask.tokens import PodIdentity
 from regtask_dev.asgi_thread import ThreadedUvicorn
 from regtask_dev.procs import free_port
@@ -104,9 +103,6 @@ class GatewayHarness:
 
     async def register(self, spec: RegistryTaskSpec) -> None:
         """Write the task document the operator would have written at creation."""
-        max_duration = (
-            spec.max_duration_seconds or TASK_TYPES[spec.task_type].default_max_duration_s
-        )
         doc = TaskDoc(
             task_info=TaskInfo(
                 task_id=spec.task_id,
@@ -117,7 +113,7 @@ class GatewayHarness:
             isolation=TaskIsolation(
                 namespace=tenant_namespace(spec.user_id, spec.company_id),
                 priority=spec.priority.value,
-                max_duration=max_duration,
+                max_duration=spec.effective_max_duration_s,
             ),
         )
         client = aioredis.Redis.from_url(self.settings.redis_url)

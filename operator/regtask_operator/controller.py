@@ -118,7 +118,7 @@ class TrackedTask:
         self.user_id: str = sys.intern(spec.user_id)
         self.company_id: str = sys.intern(spec.company_id)
         self.priority: Priority = spec.priority
-        self.max_duration_s: int = jobs.max_duration(spec)
+        self.max_duration_s: int = spec.effective_max_duration_s
         self._spec_json: str = spec.model_dump_json(by_alias=True, exclude_unset=True)
 
     @property

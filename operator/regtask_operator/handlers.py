@@ -18,6 +18,8 @@ from regtask import naming
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
+    QUOTA_PLURAL,
+    TASK_PLURAL,
     TERMINAL_PHASES,
     CompanyQuotaSpec,
     Phase,
@@ -35,8 +37,8 @@ from regtask_operator.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
-TASKS = (API_GROUP, API_VERSION, "registrytasks")
-QUOTAS = (API_GROUP, API_VERSION, "companyquotas")
+TASKS = (API_GROUP, API_VERSION, TASK_PLURAL)
+QUOTAS = (API_GROUP, API_VERSION, QUOTA_PLURAL)
 MANAGED_JOBS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 
 

@@ -8,16 +8,11 @@ from typing import Any
 from regtask import naming, runner_contract, tokens
 from regtask.crmodels import Phase, RegistryTaskSpec
 from regtask.runner_contract import ExitCode
-from regtask.tasktypes import TASK_TYPES
 from regtask_operator.config import OperatorSettings
 from regtask_operator.isolation import RUNNER_SERVICE_ACCOUNT
 
 CONTAINER_NAME = "runner"
 RUNNER_UID = 10001
-
-
-def max_duration(spec: RegistryTaskSpec) -> int:
-    return spec.max_duration_seconds or TASK_TYPES[spec.task_type].default_max_duration_s
 
 
 def job_labels(spec: RegistryTaskSpec, task_name: str) -> dict[str, str]:
@@ -69,7 +64,7 @@ def build_job(
                 {
                     "serviceAccountToken": {
                         "audience": tokens.audience(spec.task_id),
-                        "expirationSeconds": tokens.token_lifetime(max_duration(spec)),
+                        "expirationSeconds": tokens.token_lifetime(spec.effective_max_duration_s),
                         "path": runner_contract.TOKEN_FILE_NAME,
                     }
                 }
@@ -87,7 +82,7 @@ def build_job(
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,
-            "activeDeadlineSeconds": max_duration(spec),
+            "activeDeadlineSeconds": spec.effective_max_duration_s,
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             # Rules are evaluated in order, first match wins. A pod drained or evicted gets
             # SIGTERM and exits 143 with the DisruptionTarget condition: Ignore (a new pod,

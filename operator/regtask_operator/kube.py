@@ -22,11 +22,9 @@ from typing import Any
 import aiohttp
 import kopf
 
-from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_PLURAL
 
 FIELD_MANAGER = "regtask-operator"
-TASK_PLURAL = "registrytasks"
-QUOTA_PLURAL = "companyquotas"
 REQUEST_TIMEOUT_S = 30
 CONNECTIONS = 16
 

@@ -66,7 +66,6 @@ from regtask.storage import (
     blob_prefix,
     store_result,
 )
-from regtask.tasktypes import TASK_TYPES
 from regtask.tokens import TaskClaims, TokenError, authorize
 from regtask_shim.runnerauth import AuthUnavailable, RunnerAuthenticator, TokenReviewAuthenticator
 from regtask_shim.taskspec import KubeTaskSpecSource, TaskNotFound, TaskSpecSource
@@ -400,10 +399,6 @@ async def _spec(state: GatewayState, claims: TaskClaims, fresh: bool = False) ->
     return spec
 
 
-def _max_duration(spec: RegistryTaskSpec) -> int:
-    return spec.max_duration_seconds or TASK_TYPES[spec.task_type].default_max_duration_s
-
-
 async def _quotas(state: GatewayState, company_id: str) -> Quotas:
     """The company's quotas; the contract's defaults when it has no (readable) document."""
     try:
@@ -528,7 +523,7 @@ def create_gateway_app(
             conversation_id=spec.conversation_id,
             session_id=spec.session_id,
             priority=spec.priority.value,
-            max_duration_seconds=_max_duration(spec),
+            max_duration_seconds=spec.effective_max_duration_s,
             cancel=spec.cancel,
             parameters=dict(spec.parameters),
             inputs=inputs,
@@ -549,7 +544,7 @@ def create_gateway_app(
                 RegistryStatus.PROCESSING,
                 body.progress,
                 body.current_step,
-                _max_duration(spec),
+                spec.effective_max_duration_s,
                 body.data,
                 body.estimated_completion,
             )
@@ -582,7 +577,7 @@ def create_gateway_app(
         try:
             applied = (
                 await state.registry.store.apply(
-                    store_result(claims.task_id, body.result, _max_duration(spec))
+                    store_result(claims.task_id, body.result, spec.effective_max_duration_s)
                 )
             ).applied
         except DocumentMissing as exc:

@@ -370,7 +370,6 @@ class ShimService:
             log.info("task_start_replayed", task_id=task_id, user_id=user_id)
             return info.status
         await self._count_start(user_id)
-        max_duration = TASK_TYPES[task_type].default_max_duration_s
         spec = RegistryTaskSpec(
             task_id=task_id,
             task_type=task_type,
@@ -399,7 +398,9 @@ class ShimService:
                     company_id=company_id,
                     status=view.status,
                 ),
-                isolation=TaskIsolation(namespace=namespace, max_duration=max_duration),
+                isolation=TaskIsolation(
+                    namespace=namespace, max_duration=spec.effective_max_duration_s
+                ),
                 progress=TaskProgress(
                     current_step=view.current_step, progress_percent=view.progress
                 ),

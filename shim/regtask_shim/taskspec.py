@@ -13,14 +13,11 @@ import structlog
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from regtask.crdgen import CRDS
-from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec
+from regtask.crmodels import API_GROUP, API_VERSION, TASK_PLURAL, RegistryTaskSpec
 from regtask.kubeclient import async_api_client
 from regtask.naming import task_resource_name
 
 log = structlog.get_logger(__name__)
-
-TASK_PLURAL = next(crd.plural for crd in CRDS if crd.kind == "RegistryTask")
 
 
 class TaskNotFound(LookupError):

@@ -20,11 +20,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from regtask import naming
-from regtask.crdgen import CRDS
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
     API_VERSION_FULL,
+    TASK_KIND,
+    TASK_PLURAL,
     RegistryTaskSpec,
     RegistryTaskStatus,
 )
@@ -33,8 +34,6 @@ from regtask_shim.errors import BadArguments, ShimError, Unavailable
 
 log = structlog.get_logger(__name__)
 
-TASK_KIND = "RegistryTask"
-TASK_PLURAL = next(crd.plural for crd in CRDS if crd.kind == TASK_KIND)
 LABEL_USER = naming.LABEL_USER
 MERGE_PATCH = "application/merge-patch+json"
 
