@@ -4,7 +4,7 @@
 #
 #   CONTAINER_TYPE=operator  python -m regtask_operator [ARGS]     Kopf; liveness :8080/healthz
 #   CONTAINER_TYPE=shim      python -m regtask_shim                RPC shim, :$SHIM_PORT (8080)
-#   CONTAINER_TYPE=gateway   python -m regtask_shim.gateway        runner gateway, :8081
+#   CONTAINER_TYPE=gateway   python -m regtask_gateway             runner gateway, :8081
 #   CONTAINER_TYPE=runner    python -m regtask_runners TASK_TYPE   (Jobs set this command directly)
 #
 #   regtask-entrypoint healthcheck   GET the current mode's /healthz (Docker HEALTHCHECK)
@@ -58,7 +58,7 @@ esac
 case "$mode" in
     operator) exec python -m regtask_operator "$@" ;;
     shim) exec python -m regtask_shim "$@" ;;
-    gateway) exec python -m regtask_shim.gateway "$@" ;;
+    gateway) exec python -m regtask_gateway "$@" ;;
     runner)
         [ "$#" -ge 1 ] || die "runner mode needs the task type: regtask-entrypoint TASK_TYPE"
         exec python -m regtask_runners "$@"

@@ -3,7 +3,7 @@
 For tests, the benchmark and local runs without a cluster: the harness plays the operator's
 and the kubelet's part for the gateway (it registers the task document, holds the spec a
 RegistryTask would carry, and hands out a token standing for one pod of the task's Job, checked
-by a :class:`~regtask_shim.runnerauth.StaticAuthenticator` instead of a TokenReview), so a runner
+by a :class:`~regtask_gateway.runnerauth.StaticAuthenticator` instead of a TokenReview), so a runner
 started as a subprocess talks to a real HTTP gateway backed by real Redis, LLM and Chroma
 servers. The TokenReview path itself is tested against the real API server.
 """
@@ -36,9 +36,10 @@ from regtask.settings import Settings
 from regtask.tokens import PodIdentity
 from regtask_dev.asgi_thread import ThreadedUvicorn
 from regtask_dev.procs import free_port
-from regtask_shim.gateway import GatewaySettings, create_gateway_app
-from regtask_shim.runnerauth import StaticAuthenticator
-from regtask_shim.taskspec import InMemoryTaskSpecSource
+from regtask_gateway.app import create_gateway_app
+from regtask_gateway.runnerauth import StaticAuthenticator
+from regtask_gateway.settings import GatewaySettings
+from regtask_gateway.taskspec import InMemoryTaskSpecSource
 
 
 class GatewayHarness:

@@ -211,11 +211,11 @@ class OperatorProcess(ServiceProcess):
 
 
 class GatewayProcess(ServiceProcess):
-    """``python -m regtask_shim.gateway`` (settings from the environment), bound to ``host``:
+    """``python -m regtask_gateway`` (settings from the environment), bound to ``host``:
     a cluster's ``host_address`` makes it reachable from pods (and nothing outside)."""
 
     def __init__(self, env: dict[str, str], workdir: Path, host: str = "127.0.0.1") -> None:
-        super().__init__("gateway", ["regtask_shim.gateway"], env, workdir, host=host)
+        super().__init__("gateway", ["regtask_gateway"], env, workdir, host=host)
         self.env = {
             **env,
             "REGTASK_GATEWAY_HOST": host,

@@ -5,7 +5,7 @@
 # Usage: hack/kind/images.sh [TARGET...]               build what is missing; print one
 #                                                      "TARGET=REFERENCE" line per target
 #        hack/kind/images.sh --print-refs [TARGET...]  only print the references
-# TARGET: operator, shim, runner (default: all three).
+# TARGET: operator, shim, gateway, runner (default: all four).
 #
 # The reference is localhost/regtask/<target>:<hash>, the hash taken over the Dockerfile,
 # docker/, pyproject.toml, uv.lock, common/regtask and the target's own package, and the base
@@ -33,14 +33,15 @@ while [[ "${1:-}" == --* ]]; do
     shift
 done
 targets=("$@")
-((${#targets[@]})) || targets=(operator shim runner)
+((${#targets[@]})) || targets=(operator shim gateway runner)
 
 package_of() {
     case "$1" in
         operator) echo operator/regtask_operator ;;
         shim) echo shim/regtask_shim ;;
+        gateway) echo gateway/regtask_gateway ;;
         runner) echo runners/regtask_runners ;;
-        *) kind_die "unknown target $1 (operator, shim, runner)" ;;
+        *) kind_die "unknown target $1 (operator, shim, gateway, runner)" ;;
     esac
 }
 

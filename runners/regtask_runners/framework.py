@@ -25,13 +25,24 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from regtask.events import EventType
+from regtask.gateway_api import (
+    CHAT_PATH,
+    CONVERSATION_PATH,
+    EMBEDDINGS_PATH,
+    EVENTS_PATH,
+    PROGRESS_PATH,
+    RESULT_PATH,
+    TASK_PATH,
+    VECTORS_UPSERT_PATH,
+    RunnerTask,
+)
 from regtask.logconfig import configure_logging
 from regtask.runner_contract import (
     ENV_GATEWAY_URL,
@@ -71,7 +82,7 @@ class RetryableError(RunnerError):
     exit_code = ExitCode.RETRYABLE
 
 
-# ------------------------------------------------------------------ environment and task view
+# ------------------------------------------------------------------ environment
 
 
 @dataclass(frozen=True)
@@ -117,42 +128,10 @@ class _Bearer(httpx.Auth):
         yield request
 
 
-class InputView(BaseModel):
-    """One input as the gateway hands it over (always inline)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    content_type: str = "text/plain"
-    value: str
-    encoding: Literal["utf-8", "base64"] = "utf-8"
-    size_bytes: int = 0
-
-
-class TaskView(BaseModel):
-    """``GET /v1/task`` as the runner reads it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    task_id: str
-    task_type: str
-    user_id: str
-    company_id: str
-    conversation_id: str | None = None
-    max_duration_seconds: int
-    cancel: bool = False
-    parameters: dict[str, str] = {}
-    inputs: list[InputView] = []
-    model_preferences: dict[str, Any] = {}
-
-    def input(self, name: str) -> InputView | None:
-        return next((item for item in self.inputs if item.name == name), None)
-
-
 # ------------------------------------------------------------------ parameters
 
 
-def param_int(task: TaskView, name: str, default: int, low: int, high: int) -> int:
+def param_int(task: RunnerTask, name: str, default: int, low: int, high: int) -> int:
     raw = task.parameters.get(name)
     if raw is None or raw == "":
         return default
@@ -165,7 +144,7 @@ def param_int(task: TaskView, name: str, default: int, low: int, high: int) -> i
     return value
 
 
-def param_float(task: TaskView, name: str, default: float, low: float, high: float) -> float:
+def param_float(task: RunnerTask, name: str, default: float, low: float, high: float) -> float:
     raw = task.parameters.get(name)
     if raw is None or raw == "":
         return default
@@ -178,7 +157,7 @@ def param_float(task: TaskView, name: str, default: float, low: float, high: flo
     return value
 
 
-def param_bool(task: TaskView, name: str, default: bool = False) -> bool:
+def param_bool(task: RunnerTask, name: str, default: bool = False) -> bool:
     raw = task.parameters.get(name)
     if raw is None or raw == "":
         return default
@@ -276,10 +255,10 @@ class GatewayClient:
 
     async def get_task(
         self, timeout_s: float | None = None, attempts: int | None = None
-    ) -> TaskView:
-        response = await self.request("GET", "/v1/task", timeout_s=timeout_s, attempts=attempts)
+    ) -> RunnerTask:
+        response = await self.request("GET", TASK_PATH, timeout_s=timeout_s, attempts=attempts)
         try:
-            return TaskView.model_validate(response.json())
+            return RunnerTask.model_validate(response.json())
         except (ValidationError, ValueError) as exc:
             raise PermanentError(f"unexpected task view from the gateway: {exc}") from exc
 
@@ -294,7 +273,7 @@ class GatewayClient:
         """True when recorded; False when throttled by the gateway or the task had finished."""
         response = await self.request(
             "POST",
-            "/v1/task/progress",
+            PROGRESS_PATH,
             {"progress": progress, "current_step": step, "data": data or {}},
             timeout_s=timeout_s,
             attempts=attempts,
@@ -303,7 +282,7 @@ class GatewayClient:
         return bool(body.get("accepted")) and bool(body.get("applied"))
 
     async def store_result(self, result: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request("POST", "/v1/task/result", {"result": result})
+        response = await self.request("POST", RESULT_PATH, {"result": result})
         return dict(response.json())
 
     async def publish(
@@ -315,19 +294,19 @@ class GatewayClient:
     ) -> None:
         await self.request(
             "POST",
-            "/v1/task/events",
+            EVENTS_PATH,
             {"type": event_type.value, "payload": payload},
             timeout_s=timeout_s,
             attempts=attempts,
         )
 
     async def store_conversation(self, conversation: dict[str, Any]) -> None:
-        await self.request("POST", "/v1/task/conversation", conversation)
+        await self.request("POST", CONVERSATION_PATH, conversation)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self.request(
             "POST",
-            "/v1/llm/chat/completions",
+            CHAT_PATH,
             body,
             timeout_s=LLM_TIMEOUT_S,
             retry_unsent_only=True,
@@ -339,7 +318,7 @@ class GatewayClient:
         if model:
             body["model"] = model
         response = await self.request(
-            "POST", "/v1/llm/embeddings", body, timeout_s=LLM_TIMEOUT_S, retry_unsent_only=True
+            "POST", EMBEDDINGS_PATH, body, timeout_s=LLM_TIMEOUT_S, retry_unsent_only=True
         )
         data = sorted(response.json().get("data", []), key=lambda item: item.get("index", 0))
         vectors = [item.get("embedding") for item in data]
@@ -351,7 +330,7 @@ class GatewayClient:
         return vectors
 
     async def upsert_vectors(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request("POST", "/v1/vectors/upsert", body)
+        response = await self.request("POST", VECTORS_UPSERT_PATH, body)
         return dict(response.json())
 
 
@@ -393,7 +372,7 @@ StopHook = Callable[[str], Awaitable[None]]
 class TaskContext:
     env: RunnerEnv
     gateway: GatewayClient
-    task: TaskView
+    task: RunnerTask
     progress: ProgressReporter
     started_at: float = field(default_factory=time.monotonic)
     # Called with the stop reason when the task is stopped (e.g. publish a final LLM event).

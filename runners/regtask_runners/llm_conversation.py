@@ -22,6 +22,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from regtask.events import EventType
+from regtask.gateway_api import LLM_PREFIX
 from regtask_runners.framework import (
     STOP_CALL_TIMEOUT_S,
     PermanentError,
@@ -115,7 +116,7 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
     await publish_update("calling_llm", 5, {})
 
     client = openai.AsyncOpenAI(
-        base_url=f"{ctx.env.gateway_url}/v1/llm",
+        base_url=f"{ctx.env.gateway_url}{LLM_PREFIX}",
         api_key=ctx.env.read_token(),  # valid past the Job's deadline
         max_retries=2,
         timeout=max(task.max_duration_seconds, 30),

@@ -20,7 +20,8 @@ import docx
 import pypdf
 from pypdf.errors import PyPdfError
 
-from regtask_runners.framework import InputView, PermanentError
+from regtask.gateway_api import ResolvedInput
+from regtask_runners.framework import PermanentError
 
 WORDS_PER_PAGE = 500
 
@@ -49,7 +50,7 @@ class ExtractedText:
     pages_estimated: bool
 
 
-def input_bytes(item: InputView) -> bytes:
+def input_bytes(item: ResolvedInput) -> bytes:
     if item.encoding == "base64":
         try:
             return base64.b64decode(item.value, validate=True)
@@ -58,7 +59,7 @@ def input_bytes(item: InputView) -> bytes:
     return item.value.encode()
 
 
-def detect_kind(item: InputView, data: bytes) -> str:
+def detect_kind(item: ResolvedInput, data: bytes) -> str:
     kind = _CONTENT_TYPES.get(item.content_type.split(";")[0].strip().lower())
     if kind and kind != TEXT:
         return kind
@@ -148,7 +149,7 @@ def markdown_to_text(markdown: str) -> str:
     return text
 
 
-def extract_text(item: InputView) -> ExtractedText:
+def extract_text(item: ResolvedInput) -> ExtractedText:
     data = input_bytes(item)
     kind = detect_kind(item, data)
     if kind == PDF:

@@ -11,7 +11,7 @@ from regtask.crmodels import API_GROUP, API_VERSION, API_VERSION_FULL, TASK_PLUR
 from regtask.naming import task_resource_name
 from regtask.tasktypes import TaskType
 from regtask_dev.kind import KindCluster
-from regtask_shim.taskspec import KubeTaskSpecSource, TaskNotFound
+from regtask_gateway.taskspec import KubeTaskSpecSource, TaskNotFound
 from tests.gateway.helpers import make_spec
 
 pytestmark = pytest.mark.kube

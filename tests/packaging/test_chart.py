@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from regtask.settings import Settings
+from regtask_gateway.settings import GatewaySettings
 from regtask_operator.config import OperatorSettings
 from regtask_operator.jobs import RUNNER_UID
-from regtask_shim.gateway import GatewaySettings
 from regtask_shim.settings import ShimSettings
 from tests.packaging.chart import (
     CHART,
@@ -43,9 +43,6 @@ EXTERNAL_ENV = {
     "GOOGLE_APPLICATION_CREDENTIALS",
     "FIRESTORE_EMULATOR_HOST",
 }
-# The chart gives every process the shared switches; the gateway does not read these two yet
-# (GatewaySettings has no registry_debug/task_history_limit): harmless, and ready when it does.
-GATEWAY_NOT_YET_READ = {"REGISTRY_DEBUG", "TASK_HISTORY_LIMIT"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -146,7 +143,7 @@ def test_every_variable_the_chart_sets_is_read(values: Path | None) -> None:
     known = {
         "operator": shared | operator_env_names() | EXTERNAL_ENV,
         "shim": aliases(ShimSettings) | EXTERNAL_ENV,
-        "gateway": aliases(GatewaySettings) | EXTERNAL_ENV | GATEWAY_NOT_YET_READ,
+        "gateway": aliases(GatewaySettings) | EXTERNAL_ENV,
     }
     for component, names in known.items():
         for deployment in find(objects, "Deployment", component):

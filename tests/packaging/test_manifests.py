@@ -197,7 +197,7 @@ def entrypoint(bin_dir: Path, *args: str, **env: str) -> subprocess.CompletedPro
             "python -m regtask_operator --liveness http://0.0.0.0:8080/healthz",
         ),
         ("shim", [], "python -m regtask_shim"),
-        ("gateway", [], "python -m regtask_shim.gateway"),
+        ("gateway", [], "python -m regtask_gateway"),
         ("runner", ["document_analysis"], "python -m regtask_runners document_analysis"),
     ],
 )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from regtask.gateway_api import ResolvedInput
 from regtask.runner_contract import ExitCode
 from regtask.tasktypes import TASK_TYPES
 from regtask_runners.document_analysis import analyse
@@ -22,7 +23,7 @@ from regtask_runners.entities import (
     iban_checksum_ok,
     key_phrases,
 )
-from regtask_runners.framework import InputView, PermanentError, RunnerEnv, main
+from regtask_runners.framework import PermanentError, RunnerEnv, main
 from regtask_runners.registry import lookup, registered
 from regtask_runners.textextract import extract_text
 from regtask_runners.vector_computation import chunk_text
@@ -33,9 +34,9 @@ PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
 
-def _file_input(name: str, content_type: str) -> InputView:
+def _file_input(name: str, content_type: str) -> ResolvedInput:
     raw = (DATA / name).read_bytes()
-    return InputView(
+    return ResolvedInput(
         name=name,
         content_type=content_type,
         value=base64.b64encode(raw).decode(),
@@ -164,7 +165,7 @@ def test_multipage_report_counts_and_entities() -> None:
     pdf = analyse(extract_text(_file_input("report.pdf", PDF)))
     markdown = analyse(
         extract_text(
-            InputView(
+            ResolvedInput(
                 name="report.md",
                 content_type="text/markdown",
                 value=(DATA / "report.md").read_text(),
@@ -190,13 +191,13 @@ def test_multipage_report_counts_and_entities() -> None:
     assert (
         "#"
         not in extract_text(
-            InputView(name="r.md", content_type="text/markdown", value="# Title\n**bold** text")
+            ResolvedInput(name="r.md", content_type="text/markdown", value="# Title\n**bold** text")
         ).text
     )
 
 
 def test_unreadable_documents_are_permanent_errors() -> None:
-    garbage = InputView(
+    garbage = ResolvedInput(
         name="broken.pdf",
         content_type=PDF,
         value=base64.b64encode(b"%PDF-1.4 not really").decode(),
@@ -205,7 +206,7 @@ def test_unreadable_documents_are_permanent_errors() -> None:
     with pytest.raises(PermanentError):
         extract_text(garbage)
     with pytest.raises(PermanentError):
-        extract_text(InputView(name="x", value="!!!", encoding="base64"))
+        extract_text(ResolvedInput(name="x", value="!!!", encoding="base64"))
 
 
 def test_chunks_overlap_and_cover_the_text() -> None:

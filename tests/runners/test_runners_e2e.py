@@ -18,6 +18,7 @@ from regtask import keys
 from regtask.crmodels import InputRef, TaskInput
 from regtask.documents import ConversationDoc, TaskDoc, UnifiedUserDoc
 from regtask.events import EventType
+from regtask.gateway_api import ResolvedInput
 from regtask.ratelimit import LlmRateLimiter
 from regtask.runner_contract import ExitCode
 from regtask.storage import blob_key, blob_ref
@@ -25,7 +26,6 @@ from regtask.tasktypes import TaskType
 from regtask_dev.chroma_server import ChromaServer
 from regtask_dev.llm_server import LlamaServer
 from regtask_dev.procs import free_port
-from regtask_runners.framework import InputView
 from regtask_runners.textextract import extract_text
 from regtask_runners.vector_computation import chunk_text
 from tests.fixtures.gateway import GatewayFactory
@@ -235,7 +235,7 @@ async def test_vector_computation_stores_embeddings_in_chroma(
     expected = sum(
         len(
             chunk_text(
-                extract_text(InputView.model_validate(i.model_dump(exclude_none=True))).text,
+                extract_text(ResolvedInput.model_validate(i.model_dump(exclude_none=True))).text,
                 600,
                 80,
             )

@@ -1,0 +1,54 @@
+"""The caller of every runner route: its bearer token, authenticated, then matched to its task.
+
+The token is checked by the API server (:mod:`regtask_gateway.runnerauth`), then matched to the
+spec of the task it names (:func:`regtask.tokens.authorize`): the pod must run in the task's
+tenant namespace, as the runner ServiceAccount, and be one of the task's Job's pods. Routes take
+:data:`ClaimsDep` and read task, user, company and namespace from the claims, never from the
+request body. A token the API server refuses is 401, a pod that is not the task's 403, no answer
+from the API server 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Header, HTTPException
+
+from regtask.tokens import TaskClaims, TokenError, authorize
+from regtask_gateway.runnerauth import AuthUnavailable
+from regtask_gateway.state import StateDep, spec_by_id
+
+log = structlog.get_logger(__name__)
+
+
+async def _claims(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> TaskClaims:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(
+            401, "missing bearer token", headers={"WWW-Authenticate": 'Bearer realm="regtask"'}
+        )
+    try:
+        identity = await state.authenticator.authenticate(token.strip())
+    except TokenError as exc:
+        log.warning("gateway_token_refused", error=str(exc))
+        raise HTTPException(
+            401,
+            "invalid or expired task token",
+            headers={"WWW-Authenticate": 'Bearer realm="regtask", error="invalid_token"'},
+        ) from exc
+    except AuthUnavailable as exc:
+        raise HTTPException(
+            503, "cannot verify the token now", headers={"Retry-After": "5"}
+        ) from exc
+    spec = await spec_by_id(state, identity.task_id)
+    try:
+        return authorize(identity, spec)
+    except TokenError as exc:
+        log.error("gateway_token_task_mismatch", task_id=identity.task_id, error=str(exc))
+        raise HTTPException(403, "token does not match the task") from exc
+
+
+ClaimsDep = Annotated[TaskClaims, Depends(_claims)]

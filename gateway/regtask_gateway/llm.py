@@ -1,0 +1,152 @@
+"""The LLM routes: OpenAI-compatible pass-through with the provider key held here.
+
+Every request is counted against the company's hourly quota first (:mod:`regtask.ratelimit`;
+over it: 429 with ``Retry-After``, in OpenAI's error shape so the runner's SDK raises its own
+exception), then sent with the real key and ``user`` set to the tenant's namespace (providers
+attribute usage per end user: never a runner's choice). Streams are relayed chunk by chunk,
+without buffering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import structlog
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from regtask.gateway_api import CHAT_PATH, EMBEDDINGS_PATH
+from regtask.ratelimit import RateDecision
+from regtask.tokens import TaskClaims
+from regtask_gateway.auth import ClaimsDep
+from regtask_gateway.models import ChatCompletionIn, EmbeddingsIn
+from regtask_gateway.state import GatewayState, StateDep, company_quotas
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter()
+
+
+@router.post(CHAT_PATH)
+async def chat_completions(body: ChatCompletionIn, state: StateDep, claims: ClaimsDep) -> Response:
+    base = state.settings.llm_base_url
+    model = state.settings.llm_default_model
+    return await _relay_llm(
+        state,
+        claims,
+        f"{base.rstrip('/')}/chat/completions",
+        model,
+        body,
+        body.stream,
+        kind="chat",
+    )
+
+
+@router.post(EMBEDDINGS_PATH)
+async def embeddings(body: EmbeddingsIn, state: StateDep, claims: ClaimsDep) -> Response:
+    settings = state.settings
+    base = settings.llm_embeddings_base_url or settings.llm_base_url
+    model = settings.llm_embedding_model or settings.llm_default_model
+    return await _relay_llm(
+        state,
+        claims,
+        f"{base.rstrip('/')}/embeddings",
+        model,
+        body,
+        stream=False,
+        kind="embeddings",
+    )
+
+
+async def _relay_llm(
+    state: GatewayState,
+    claims: TaskClaims,
+    url: str,
+    default_model: str,
+    body: BaseModel,
+    stream: bool,
+    kind: str,
+) -> Response:
+    """Count the request against the company's hour, then pass it through with the real key."""
+    quotas = await company_quotas(state, claims.company_id)
+    decision = await state.limiter.hit(claims.company_id, quotas.max_llm_requests_per_hour)
+    outcome = "allowed" if decision.allowed else "rate_limited"
+    state.metrics.llm_requests.labels(claims.company_id, kind, outcome).inc()
+    if not decision.allowed:
+        log.warning(
+            "llm_rate_limited",
+            company_id=claims.company_id,
+            task_id=claims.task_id,
+            limit=decision.limit,
+            retry_after_s=decision.retry_after_s,
+        )
+        return _openai_error(
+            429,
+            f"company LLM quota exhausted ({decision.limit} requests per hour); "
+            f"retry in {decision.retry_after_s} s",
+            "rate_limit_exceeded",
+            "llm_quota_exceeded",
+            **{"Retry-After": str(decision.retry_after_s)},
+            **_rate_headers(decision),
+        )
+    payload = body.model_dump(exclude_none=True)
+    payload["model"] = payload.get("model") or default_model
+    # Providers attribute usage (and abuse) per end user: the tenant, never a runner's choice.
+    payload["user"] = claims.namespace
+    headers = {"Content-Type": "application/json"}
+    key = state.settings.llm_api_key.get_secret_value()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = state.http.build_request("POST", url, json=payload, headers=headers)
+    try:
+        upstream = await state.http.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        return _openai_error(504, f"LLM provider timed out: {exc}", "upstream_error", "timeout")
+    except httpx.TransportError as exc:
+        log.error("llm_upstream_unreachable", url=url, error=str(exc))
+        return _openai_error(502, "LLM provider unreachable", "upstream_error", "unreachable")
+    rate = _rate_headers(decision)
+    media_type = upstream.headers.get("content-type", "application/json")
+    if not stream or upstream.status_code >= 400:
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        return Response(
+            content, status_code=upstream.status_code, media_type=media_type, headers=rate
+        )
+    log.info("llm_stream_started", task_id=claims.task_id, company_id=claims.company_id)
+    return StreamingResponse(
+        _relay_chunks(upstream),
+        status_code=upstream.status_code,
+        media_type=media_type,
+        headers={**rate, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _relay_chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """Each upstream chunk as it arrives (no buffering); the upstream closes with the client."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+def _openai_error(status: int, message: str, kind: str, code: str, **headers: str) -> JSONResponse:
+    """Errors in the OpenAI shape, so the SDK in the runner raises its matching exception."""
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _rate_headers(decision: RateDecision) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset_in_s),
+    }
