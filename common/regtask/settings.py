@@ -21,8 +21,8 @@ class Settings(BaseSettings):
     unified_registry_enabled: bool = Field(default=False, alias="UNIFIED_REGISTRY_ENABLED")
     registry_debug: bool = Field(default=False, alias="REGISTRY_DEBUG")
 
-    # Firestore mirror. Unset project = mirror disabled. FIRESTORE_EMULATOR_HOST is read by
-    # firebase-admin itself.
+    # Firestore (the operator's mirror of task states, the presence sweep). Unset project =
+    # Firestore off. FIRESTORE_EMULATOR_HOST is read by firebase-admin itself.
     firestore_project_id: str | None = Field(default=None, alias="FIRESTORE_PROJECT_ID")
     firestore_tasks_collection: str = Field(
         default="registry_tasks", alias="FIRESTORE_TASKS_COLLECTION"

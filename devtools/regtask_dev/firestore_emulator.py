@@ -30,7 +30,7 @@ def emulator_host_env(host: str) -> Iterator[None]:
     """Point ``FIRESTORE_EMULATOR_HOST`` at ``host`` while clients are built, then restore.
 
     google-cloud-firestore reads the variable only when a client is constructed, so this is
-    how a second client (or FirestoreMirror) is aimed at another emulator in one process.
+    how a second client (or FirestoreWriter) is aimed at another emulator in one process.
     """
     with _env_lock:
         previous = os.environ.get(EMULATOR_HOST_ENV)

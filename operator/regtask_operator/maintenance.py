@@ -86,7 +86,7 @@ async def sweep_registry(rt: Runtime) -> None:
             continue
         if doc is None:
             continue
-        rt.firestore.mirror_presence(
+        rt.firestore.write_presence(
             user_id,
             status=doc.user_info.status.value,
             heartbeat_at=doc.heartbeat.last_heartbeat,

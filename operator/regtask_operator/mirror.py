@@ -3,7 +3,7 @@
 The CR status is the source of truth. A mirror write that fails (Redis down) is kept as the
 task's latest desired state and retried by the maintenance loop, so every mirror converges once
 the service returns; the operator itself never blocks on it. Firestore writes only enqueue
-(:class:`regtask.firestore_mirror.FirestoreMirror` retries in its own thread).
+(:class:`regtask.firestore_writer.FirestoreWriter` retries in its own thread).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from regtask.crmodels import PHASE_TO_STATUS, TERMINAL_PHASES, Phase
 from regtask.docstore import DocumentError, DocumentMissing
 from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
-from regtask.firestore_mirror import FirestoreMirror
+from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
 from regtask.timeutil import now_iso
 from regtask_operator import metrics
@@ -79,7 +79,7 @@ class TaskSnapshot:
 
 
 class Mirror:
-    def __init__(self, registry: Registry, firestore: FirestoreMirror | None) -> None:
+    def __init__(self, registry: Registry, firestore: FirestoreWriter | None) -> None:
         self.registry = registry
         self.firestore = firestore
         self._pending: dict[str, TaskSnapshot] = {}
@@ -88,7 +88,7 @@ class Mirror:
     async def publish(self, snapshot: TaskSnapshot) -> bool:
         """Mirror one state; False when Redis failed and the state was kept for a retry."""
         if self.firestore is not None:
-            self.firestore.mirror_task(snapshot.task_id, snapshot.firestore_fields())
+            self.firestore.write_task(snapshot.task_id, snapshot.firestore_fields())
         try:
             await self._write_registry(snapshot)
         except (RedisError, OSError) as exc:

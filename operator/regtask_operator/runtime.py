@@ -13,7 +13,7 @@ import structlog
 from prometheus_client import start_http_server
 
 from regtask import naming
-from regtask.firestore_mirror import FirestoreMirror
+from regtask.firestore_writer import FirestoreWriter
 from regtask.ratelimit import LlmRateLimiter
 from regtask.registry import Registry
 from regtask.settings import Settings
@@ -33,7 +33,7 @@ class Runtime:
     kube: Kube
     redis: aioredis.Redis
     registry: Registry
-    firestore: FirestoreMirror | None
+    firestore: FirestoreWriter | None
     controller: Controller
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
@@ -52,7 +52,7 @@ class Runtime:
         )
         client = aioredis.Redis(connection_pool=pool)
         registry = Registry(client, shared)
-        firestore = FirestoreMirror.from_settings(shared)
+        firestore = FirestoreWriter.from_settings(shared)
         if firestore is not None:
             firestore.start()
         limiter = LlmRateLimiter(client)

@@ -1,7 +1,7 @@
 """What every runner shares: its environment, the gateway client, progress, stop and exit codes.
 
 A runner is an ``async def run(ctx: TaskContext) -> dict`` registered in
-:mod:`regtask_runners.registry`; :func:`main` does the rest:
+:mod:`regtask_runners.catalog`; :func:`main` does the rest:
 
 - reads the Job's environment (:mod:`regtask.runner_contract`); a missing variable is a
   permanent failure (exit 65: the Job is misbuilt, a retry would not help);
@@ -485,7 +485,7 @@ async def supervise(ctx: TaskContext, runner: Runner) -> ExitCode:
 
 
 async def run_task(task_type: str, environ: dict[str, str] | None = None) -> ExitCode:
-    from regtask_runners.registry import lookup
+    from regtask_runners.catalog import lookup
 
     env = RunnerEnv.from_environ(environ)
     if env.task_type != task_type:

@@ -92,7 +92,7 @@ def start_rate_key(user_id: str, minute: int) -> str:
 
 
 @dataclass(frozen=True)
-class TaskView:
+class TaskStatusView:
     """A task as the web app sees it: from the registry, else from the resource's status."""
 
     task_id: str
@@ -108,7 +108,7 @@ class TaskView:
     result: dict[str, Any] | None = None
 
     @classmethod
-    def from_doc(cls, doc: TaskDoc) -> TaskView:
+    def from_doc(cls, doc: TaskDoc) -> TaskStatusView:
         info = doc.task_info
         return cls(
             task_id=info.task_id,
@@ -125,7 +125,7 @@ class TaskView:
         )
 
     @classmethod
-    def from_resource(cls, task: StoredTask) -> TaskView:
+    def from_resource(cls, task: StoredTask) -> TaskStatusView:
         status = task.status
         phase_status = (
             PHASE_TO_STATUS[status.phase]
@@ -387,7 +387,7 @@ class ShimService:
                 (existing.user_id, existing.company_id, existing.task_type.value),
                 (user_id, company_id, task_type.value),
             )
-        view = TaskView.from_resource(outcome.task)
+        view = TaskStatusView.from_resource(outcome.task)
         namespace = naming.tenant_namespace(user_id, company_id)
         await self.registry.register_task(
             TaskDoc(
@@ -484,7 +484,7 @@ class ShimService:
 
     # ------------------------------------------------------------------ TASK.* reads
 
-    async def _view(self, task_id: str) -> TaskView | None:
+    async def _view(self, task_id: str) -> TaskStatusView | None:
         """The registry first; the resource's status when the registry has no (readable) doc."""
         redis_down = False
         try:
@@ -495,15 +495,15 @@ class ShimService:
             log.warning("task_read_fallback", task_id=task_id, error=type(exc).__name__)
             doc, redis_down = None, True
         if doc is not None:
-            return TaskView.from_doc(doc)
+            return TaskStatusView.from_doc(doc)
         stored = await self.tasks.get(task_id)
         if stored is not None:
-            return TaskView.from_resource(stored)
+            return TaskStatusView.from_resource(stored)
         if redis_down:
             raise Unavailable("registry unavailable: Redis did not answer, retry later")
         return None
 
-    async def _owned_view(self, who: Principal, task_id: str, what: str = "task") -> TaskView:
+    async def _owned_view(self, who: Principal, task_id: str, what: str = "task") -> TaskStatusView:
         view = await self._view(task_id)
         if view is None:
             raise NotFound(f"unknown {what} {echo(task_id)}")
@@ -533,9 +533,9 @@ class ShimService:
         views: list[TaskStatusAnswer] = []
         for task, doc in zip(stored, docs, strict=True):
             if isinstance(doc, TaskDoc):
-                views.append(TaskView.from_doc(doc).answer())
+                views.append(TaskStatusView.from_doc(doc).answer())
             else:
-                views.append(TaskView.from_resource(task).answer())
+                views.append(TaskStatusView.from_resource(task).answer())
         return TaskListAnswer(user_id=args.user_id, tasks=views, count=len(views))
 
     # ------------------------------------------------------------------ LLM.*

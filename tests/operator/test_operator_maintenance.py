@@ -487,7 +487,7 @@ class RecordingFirestore:
     def __init__(self) -> None:
         self.presence: dict[str, dict[str, Any]] = {}
 
-    def mirror_presence(self, uid: str, **fields: Any) -> None:
+    def write_presence(self, uid: str, **fields: Any) -> None:
         self.presence[uid] = fields
 
 

@@ -11,6 +11,7 @@ import pytest
 from regtask.gateway_api import ResolvedInput
 from regtask.runner_contract import ExitCode
 from regtask.tasktypes import TASK_TYPES
+from regtask_runners.catalog import cataloged, lookup
 from regtask_runners.document_analysis import analyse
 from regtask_runners.entities import (
     count_sentences,
@@ -24,7 +25,6 @@ from regtask_runners.entities import (
     key_phrases,
 )
 from regtask_runners.framework import PermanentError, RunnerEnv, main
-from regtask_runners.registry import lookup, registered
 from regtask_runners.textextract import extract_text
 from regtask_runners.vector_computation import chunk_text
 from tests.data.make_test_documents import generate
@@ -224,7 +224,7 @@ def test_chunks_overlap_and_cover_the_text() -> None:
 
 
 def test_every_task_type_has_a_runner() -> None:
-    assert registered() == set(TASK_TYPES)
+    assert cataloged() == set(TASK_TYPES)
     for task_type in TASK_TYPES:
         assert callable(lookup(task_type.value))
     with pytest.raises(PermanentError):

@@ -1,4 +1,5 @@
-"""The one place that maps a task type to its runner: adding a type = a module + one entry.
+"""The runners' catalog: the one place that maps a task type to its runner; adding a type = a
+module + one entry. (Not the Redis registry: that word names only :mod:`regtask.registry`.)
 
 Runner modules are imported on lookup only, so a runner process loads what its own type needs
 (the LLM runner does not import pypdf, the document runner does not import openai).
@@ -32,6 +33,6 @@ def lookup(task_type: str) -> Runner:
     return cast(Runner, getattr(module, function))
 
 
-def registered() -> set[TaskType]:
+def cataloged() -> set[TaskType]:
     """For the test that every declared task type has a runner."""
     return set(RUNNERS) & set(TASK_TYPES)

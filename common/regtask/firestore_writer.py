@@ -1,4 +1,8 @@
-"""Best-effort mirror of presence and task status into Firestore for the web app.
+"""The Firestore writer: presence and task status into Firestore for the web app, best effort.
+
+The Firestore half of the operator's mirror (:mod:`regtask_operator.mirror`) and of its presence
+sweep. Log events and metrics keep their ``firestore_mirror`` names (dashboards and alerts read
+them).
 
 Firestore is a read model for the web app, never the source of truth, so a slow or dead
 Firestore must never block or crash the operator/shim: callers only touch an in-memory,
@@ -89,8 +93,8 @@ def _is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, gexc.InvalidArgument)
 
 
-class FirestoreMirror:
-    """Queue + one writer thread; ``mirror_*`` are O(1), thread-safe and never raise."""
+class FirestoreWriter:
+    """Queue + one writer thread; ``write_*`` are O(1), thread-safe and never raise."""
 
     def __init__(
         self,
@@ -138,8 +142,8 @@ class FirestoreMirror:
             log.warning("firestore_mirror_client_failed", project_id=project_id, error=repr(exc))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FirestoreMirror | None:
-        """None when ``FIRESTORE_PROJECT_ID`` is unset: the mirror is disabled, callers skip it."""
+    def from_settings(cls, settings: Settings) -> FirestoreWriter | None:
+        """None when ``FIRESTORE_PROJECT_ID`` is unset: Firestore is off, callers skip it."""
         if not settings.firestore_project_id:
             log.info("firestore_mirror_disabled", reason="firestore_project_id unset")
             return None
@@ -177,7 +181,7 @@ class FirestoreMirror:
 
     # -- producer side ----------------------------------------------------------------------
 
-    def mirror_presence(
+    def write_presence(
         self,
         uid: str,
         *,
@@ -198,7 +202,7 @@ class FirestoreMirror:
             },
         )
 
-    def mirror_task(self, task_id: str, fields: dict[str, Any]) -> None:
+    def write_task(self, task_id: str, fields: dict[str, Any]) -> None:
         """Queue a merge write of the task status document (fields chosen by the caller)."""
         self._enqueue(self.tasks_collection, task_id, fields)
 
@@ -214,7 +218,7 @@ class FirestoreMirror:
             with self._cond:
                 if self._stopped:
                     self._dropped += 1
-                    if not self._warned_stopped:  # once: producers may outlive the mirror
+                    if not self._warned_stopped:  # once: producers may outlive the writer
                         self._warned_stopped = True
                         dropped.append((path, "stopped"))
                 else:
@@ -227,7 +231,7 @@ class FirestoreMirror:
                     self._cond.notify_all()
             for dropped_path, reason in dropped:
                 log.warning("firestore_mirror_dropped", path=dropped_path, reason=reason)
-        except Exception as exc:  # never let a mirror problem reach the caller
+        except Exception as exc:  # never let a Firestore problem reach the caller
             log.exception("firestore_mirror_enqueue_failed", doc_id=doc_id, error=repr(exc))
 
     def _trim(self) -> list[str]:
@@ -275,7 +279,7 @@ class FirestoreMirror:
         """Start the single writer thread (idempotent); updates queued before are kept."""
         with self._cond:
             if self._stopped:
-                raise RuntimeError("FirestoreMirror cannot be restarted after stop()")
+                raise RuntimeError("FirestoreWriter cannot be restarted after stop()")
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name="firestore-mirror", daemon=True)
