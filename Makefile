@@ -39,8 +39,9 @@ typecheck:
 crds:
 	$(PY) -m regtask.crdgen
 
+## unit: the tests marked `unit` (no server: pure, or in-process fakes), in seconds
 unit:
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 bench-registry: setup
 	$(PY) -m bench.bench_registry

@@ -1,4 +1,10 @@
-"""Registers the shared fixtures of tests/fixtures (real servers on loopback)."""
+"""Registers the shared fixtures of tests/fixtures (real servers on loopback), and keeps the
+``unit`` marker honest: a test marked ``unit`` (``make unit``) may use no fixture that starts a
+server."""
+
+from __future__ import annotations
+
+import pytest
 
 pytest_plugins = [
     "tests.fixtures.redis",
@@ -11,3 +17,27 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.cli",
 ]
+
+# The fixtures that start a real server; every other fixture that needs one depends on one of
+# these, so a test's fixture closure names one whenever it needs a server.
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "cluster",
+        "firestore_emulator",
+        "firebase_auth_emulator",
+        "llm_server",
+        "chroma_server",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked unit but starts {', '.join(sorted(servers))}"
+            )

@@ -1,4 +1,7 @@
-"""Kopf handlers: thin adapters from watch events to the task controller.
+"""Kopf handlers: thin adapters from watch events to the controller's facade.
+
+Each one turns Kopf's arguments into a key and a model and makes one call
+(:class:`~regtask_operator.controller.Controller`); no decision is taken here.
 
 Imported by ``python -m regtask_operator`` (and by tests that run the operator in-process).
 """
@@ -15,23 +18,12 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from regtask import naming
-from regtask.crmodels import (
-    API_GROUP,
-    API_VERSION,
-    QUOTA_PLURAL,
-    TASK_PLURAL,
-    TERMINAL_PHASES,
-    CompanyQuotaSpec,
-    Phase,
-    RegistryTaskSpec,
-)
-from regtask.documents import Quotas
+from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_PLURAL, CompanyQuotaSpec
 from regtask.settings import get_settings
 from regtask.timeutil import now_iso
 from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import get_operator_settings
-from regtask_operator.controller import TrackedTask
 from regtask_operator.kube import default_login
 from regtask_operator.runtime import Runtime
 
@@ -127,7 +119,6 @@ class _NoDiffBase(kopf.DiffBaseStorage):
 @kopf.on.event(*TASKS, when=_in_scope)
 async def task_event(
     type: str | None,
-    body: kopf.Body,
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
@@ -139,31 +130,16 @@ async def task_event(
 ) -> None:
     """Every watch event of a task (and each one listed at start-up) is its whole truth.
 
-    Level-triggered: track it (idempotent), cancel it when ``spec.cancel`` is set. No write here
-    for a new task: the CRD defaults ``status.phase`` to ``Queued``; the scheduler's first
+    Level-triggered: see :meth:`~regtask_operator.controller.Controller.task_seen`. No write
+    here for a new task: the CRD defaults ``status.phase`` to ``Queued``; the scheduler's first
     decision (Running or Waiting) is the task's first status write.
     """
-    controller = _runtime(memo).controller
-    # One namespace string for all the tasks kept in memory, not one per task.
-    key = TaskKey(sys.intern(namespace or ""), name)
     if type == "DELETED" or meta.get("deletionTimestamp"):
         return  # task_deleted (behind the finalizer) releases and records the end
-    try:
-        task_spec = RegistryTaskSpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        if status.get("reason") != "InvalidSpec":
-            await controller.refuse_invalid(key, str(exc))
-        return
-    current = dict(status)
-    task, is_new = controller.track(
-        key, uid, task_spec, meta.get("creationTimestamp") or now_iso(), current
-    )
-    if task.phase in TERMINAL_PHASES:
-        return
-    if is_new and current.get("phase") in (None, Phase.QUEUED.value):
-        await controller.mirror.publish(task.snapshot(Phase.QUEUED, current_step="queued"))
-    if task_spec.cancel:
-        await controller.cancel(task, "CancelRequested", "cancelled by request")
+    # One namespace string for all the tasks kept in memory, not one per task.
+    key = TaskKey(sys.intern(namespace or ""), name)
+    created = meta.get("creationTimestamp") or now_iso()
+    await _runtime(memo).controller.task_seen(key, uid, spec, status, created)
 
 
 @kopf.on.delete(*TASKS, when=_in_scope)
@@ -177,18 +153,9 @@ async def task_deleted(
     memo: Any,
     **_: Any,
 ) -> None:
-    controller = _runtime(memo).controller
     key = TaskKey(namespace or "", name)
-    task = controller.tasks.get(key)
-    if task is None:
-        try:
-            task_spec = RegistryTaskSpec.model_validate(dict(spec))
-        except ValidationError:
-            return  # never admitted: nothing outside this object to clean
-        phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
-        task = TrackedTask(key, uid, task_spec, meta.get("creationTimestamp") or now_iso(), phase)
-    await controller.cancel(task, "Deleted", "the task was deleted")
-    await controller.forget(key)
+    created = meta.get("creationTimestamp") or now_iso()
+    await _runtime(memo).controller.task_deleted(key, uid, spec, status, created)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS, when=_job_in_scope)
@@ -217,34 +184,14 @@ async def quota_event(
 ) -> None:
     """Level-triggered too: each event's spec is the company's limits (usage goes to status
     from the status-sync loop)."""
-    runtime = _runtime(memo)
-    controller = runtime.controller
+    controller = _runtime(memo).controller
+    key = TaskKey(namespace or "", name)
     if type == "DELETED" or meta.get("deletionTimestamp"):
-        company_id = spec.get("companyId")
-        if company_id and controller.quota_objects.get(company_id) == TaskKey(
-            namespace or "", name
-        ):
-            controller.drop_limits(company_id)
-            controller.quota_objects.pop(company_id, None)
+        controller.quota_deleted(key, spec.get("companyId"))
         return
     try:
         quota = CompanyQuotaSpec.model_validate(dict(spec))
     except ValidationError as exc:
         log.error("company_quota_invalid", namespace=namespace, name=name, error=str(exc))
         return
-    quotas = Quotas(
-        max_tasks_per_user=quota.max_tasks_per_user,
-        max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
-        storage_limit_mb=quota.storage_limit_mb,
-    )
-    controller.quota_objects[quota.company_id] = TaskKey(namespace or "", name)
-    controller.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
-    if quota.company_id in controller.limits_mirrored:
-        return  # the same limits as already mirrored: nothing to write
-    try:
-        await runtime.registry.set_company_quotas(quota.company_id, quotas, quota.company_name)
-        controller.limits_mirrored.add(quota.company_id)
-    except RedisError as exc:
-        # Redis is a mirror: the next event of this quota (at the latest the next re-list)
-        # mirrors it again.
-        log.warning("quota_mirror_failed", company_id=quota.company_id, error=str(exc))
+    await controller.quota_seen(key, quota)

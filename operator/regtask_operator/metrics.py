@@ -1,23 +1,22 @@
 """Prometheus metrics of the operator (served on ``REGTASK_METRICS_PORT``, default 9090).
 
-Gauges of tasks and quotas are computed at scrape time from the controller's own state (a
-custom collector), so they can never drift from what the operator believes; events that happen
-once (admission, a finished Job, a failed mirror write) are counters and histograms.
+Gauges of tasks and quotas are computed at scrape time from the operator's own state (a
+custom collector reading two narrow interfaces: :class:`TaskStats`, :class:`MirrorStats`), so
+they can never drift from what the operator believes; events that happen once (admission, a
+finished Job, a failed mirror write) are counters and histograms. Imports nothing of the
+operator: every other module may import this one.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from regtask_operator.controller import Controller
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -49,11 +48,32 @@ MIRROR_FAILURES = PromCounter(
 )
 
 
-class ControllerCollector(Collector):
-    """Task counts and quota usage read from the controller at scrape time."""
+class TaskStats(Protocol):
+    """What the collector reads of the operator's memory (a TaskTracker)."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def task_counts(self) -> Counter[tuple[str, str, str]]: ...
+
+    def companies(self) -> set[str]: ...
+
+    def queue_summary(self, company_id: str) -> dict[str, int]: ...
+
+    def max_tasks_per_user(self, company_id: str) -> int: ...
+
+
+class MirrorStats(Protocol):
+    """What the collector reads of the mirror."""
+
+    def pending(self) -> int: ...
+
+    def firestore_stats(self) -> dict[str, int] | None: ...
+
+
+class OperatorCollector(Collector):
+    """Task counts, quota usage and mirror backlog read at scrape time."""
+
+    def __init__(self, tasks: TaskStats, mirror: MirrorStats) -> None:
+        self.tasks = tasks
+        self.mirror = mirror
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         tasks = GaugeMetricFamily(
@@ -61,9 +81,7 @@ class ControllerCollector(Collector):
             "Tasks known to the operator, by phase, type and company.",
             labels=["phase", "task_type", "company"],
         )
-        counts: Counter[tuple[str, str, str]] = Counter(
-            (t.phase.value, t.task_type.value, t.company_id) for t in self.controller.tasks.values()
-        )
+        counts = self.tasks.task_counts()
         for (phase, task_type, company), value in sorted(counts.items()):
             tasks.add_metric([phase, task_type, company], value)
         yield tasks
@@ -79,30 +97,22 @@ class ControllerCollector(Collector):
             "The company's concurrency limit per user.",
             labels=["company"],
         )
-        companies = (
-            self.controller.state.companies()
-            | set(self.controller.limits)
-            | {t.company_id for t in self.controller.tasks.values()}
-        )
-        for company in sorted(companies):
-            usage = self.controller.queue_summary(company)
+        for company in sorted(self.tasks.companies()):
+            usage = self.tasks.queue_summary(company)
             running.add_metric([company], usage["activeTasks"])
             waiting.add_metric([company], usage["waitingTasks"])
-            limit.add_metric(
-                [company], self.controller.company_limits(company)[0].max_tasks_per_user
-            )
+            limit.add_metric([company], self.tasks.max_tasks_per_user(company))
         yield running
         yield waiting
         yield limit
         failures = GaugeMetricFamily(
             "regtask_mirror_pending_tasks", "Task states waiting to be written to Redis."
         )
-        failures.add_metric([], self.controller.mirror.pending())
+        failures.add_metric([], self.mirror.pending())
         yield failures
-        firestore = self.controller.mirror.firestore
-        if firestore is not None:
-            # The Firestore mirror retries in its own thread; its counters are its own.
-            stats = firestore.stats()
+        stats = self.mirror.firestore_stats()
+        if stats is not None:
+            # The Firestore writer retries in its own thread; its counters are its own.
             for name, key, help_text in (
                 (
                     "regtask_firestore_mirror_failed_attempts_total",

@@ -1,4 +1,7 @@
-"""Task state → the places the web app reads: Redis registry (+ events), Firestore.
+"""The operator's mirror: what the web app reads, copied from the operator's truth.
+
+Each task's state goes to the Redis registry (+ events) and Firestore; each company's limits to
+the registry. ("Mirror" means this copy and nothing else in the code.)
 
 The CR status is the source of truth. A mirror write that fails (Redis down) is kept as the
 task's latest desired state and retried by the maintenance loop, so every mirror converges once
@@ -16,7 +19,7 @@ from redis.exceptions import RedisError
 
 from regtask.crmodels import PHASE_TO_STATUS, TERMINAL_PHASES, Phase
 from regtask.docstore import DocumentError, DocumentMissing
-from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
+from regtask.documents import Quotas, TaskDoc, TaskInfo, TaskIsolation
 from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
 from regtask.timeutil import now_iso
@@ -27,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class TaskSnapshot:
-    """Everything the mirrors need to know about a task at one moment."""
+    """Everything the mirror needs to know about a task at one moment."""
 
     task_id: str
     task_type: str
@@ -119,6 +122,22 @@ class Mirror:
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def firestore_stats(self) -> dict[str, int] | None:
+        """The Firestore writer's counters; None when Firestore is off."""
+        return self.firestore.stats() if self.firestore is not None else None
+
+    async def publish_limits(
+        self, company_id: str, quotas: Quotas, company_name: str | None
+    ) -> bool:
+        """A company's limits into ``registry:company:{id}.quotas``; False when Redis failed
+        (the next event of its CompanyQuota, at the latest the next re-list, writes them)."""
+        try:
+            await self.registry.set_company_quotas(company_id, quotas, company_name)
+        except RedisError as exc:
+            log.warning("quota_mirror_failed", company_id=company_id, error=str(exc))
+            return False
+        return True
 
     async def retry_pending(self) -> int:
         """Write the kept states again; returns how many are still pending."""

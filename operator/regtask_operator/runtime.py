@@ -1,26 +1,29 @@
-"""Everything one operator process shares: settings, one API session, Redis, mirrors, loops."""
+"""Everything one operator process shares: settings, one API session, Redis, the mirror, loops.
+
+Built once by the Kopf start-up handler; the handlers reach the controller through it. The loops:
+the scheduler, reconcile, status sync, maintenance and memory trim, each on its own cadence.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import start_http_server
 
-from regtask import naming
 from regtask.firestore_writer import FirestoreWriter
 from regtask.ratelimit import LlmRateLimiter
 from regtask.registry import Registry
 from regtask.settings import Settings
-from regtask_operator import maintenance, memory, metrics
+from regtask_operator import memory, metrics
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
 from regtask_operator.kube import Kube, Login
+from regtask_operator.maintenance import Maintenance
 from regtask_operator.mirror import Mirror
 
 log = structlog.get_logger(__name__)
@@ -35,6 +38,7 @@ class Runtime:
     registry: Registry
     firestore: FirestoreWriter | None
     controller: Controller
+    maintenance: Maintenance
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -61,17 +65,25 @@ class Runtime:
             decision = await limiter.peek(company_id, limit=1 << 30)
             return decision.count, decision.reset_in_s
 
-        controller = Controller(settings, kube, Mirror(registry, firestore), llm_window)
-        runtime = cls(settings, shared, kube, client, registry, firestore, controller)
-        metrics.REGISTRY.register(metrics.ControllerCollector(controller))
+        mirror = Mirror(registry, firestore)
+        controller = Controller(settings, kube, mirror, llm_window)
+        maintenance = Maintenance(
+            mirror=mirror,
+            registry=registry,
+            firestore=firestore,
+            tenants=controller.tenants,
+            busy_namespaces=controller.busy_namespaces,
+            repair_interval_s=settings.namespace_repair_interval_s,
+        )
+        runtime = cls(settings, shared, kube, client, registry, firestore, controller, maintenance)
+        metrics.REGISTRY.register(metrics.OperatorCollector(controller.tracker, mirror))
         if settings.metrics_port:
             start_http_server(settings.metrics_port, settings.metrics_host, metrics.REGISTRY)
         # Seed the admission counters from the live Jobs before any task is admitted, so a
         # restart never admits over quota while resume handlers are still arriving.
-        listed_at = time.monotonic()
-        await controller.reconcile(await runtime.live_jobs(), listed_at)
+        await controller.reconcile()
         runtime.loops = [
-            asyncio.create_task(controller.run(runtime.stop), name="scheduler"),
+            asyncio.create_task(controller.scheduler.run(runtime.stop), name="scheduler"),
             asyncio.create_task(
                 runtime._every(settings.reconcile_interval_s, runtime.reconcile), name="reconcile"
             ),
@@ -90,13 +102,16 @@ class Runtime:
         ]
         return runtime
 
-    async def live_jobs(self) -> list[dict[str, Any]]:
-        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-        return await self.kube.list("/apis/batch/v1/jobs", label_selector=selector)
+    # One method per loop (its name is the loop's in the logs).
 
     async def reconcile(self) -> None:
-        listed_at = time.monotonic()
-        await self.controller.reconcile(await self.live_jobs(), listed_at)
+        await self.controller.reconcile()
+
+    async def sync_status(self) -> None:
+        await self.controller.sync_status()
+
+    async def maintain(self) -> None:
+        await self.maintenance.run_once()
 
     async def trim_memory(self) -> None:
         before = memory.resident_mb()
@@ -107,15 +122,7 @@ class Runtime:
                     "memory_trimmed", resident_mb=round(after, 1), freed_mb=round(before - after, 1)
                 )
 
-    async def maintain(self) -> None:
-        await maintenance.run_once(self)
-
-    async def sync_status(self) -> None:
-        """Runner progress into task status, usage into CompanyQuota status (throttled loop)."""
-        await self.controller.sync_progress()
-        await self.controller.publish_quota_usage()
-
-    async def _every(self, interval_s: float, action: Any) -> None:
+    async def _every(self, interval_s: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=interval_s)

@@ -17,6 +17,8 @@ from regtask_cli.errors import ExitCode
 from regtask_cli.main import app
 from regtask_dev.procs import free_port
 
+pytestmark = pytest.mark.unit
+
 
 def run(*args: str, **env: str) -> Result:
     return CliRunner().invoke(app, list(args), env={"REGTASK_SHIM_TOKEN": "t" * 40, **env})

@@ -17,6 +17,8 @@ from regtask_cli.quota import (
     typical_run_times,
 )
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2025, 9, 24, 12, 0, 0, tzinfo=UTC)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from regtask.crmodels import Priority, RateLimitPolicy
 from regtask.documents import Quotas
 from regtask_operator.admission import (
@@ -15,6 +17,8 @@ from regtask_operator.admission import (
     TaskKey,
     WaitReason,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def cand(

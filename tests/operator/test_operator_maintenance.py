@@ -13,7 +13,6 @@ import json
 import re
 import secrets
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -26,6 +25,7 @@ from regtask import keys, naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask.docstore import DocUpdate, op_set
 from regtask.documents import TaskDoc, TaskInfo, TaskIsolation
+from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
 from regtask.settings import Settings
 from regtask.timeutil import iso_z, parse_iso, utc_now
@@ -35,7 +35,6 @@ from regtask_dev.redis_server import RedisServer
 from regtask_dev.stack import GatewayProcess, OperatorProcess, wait_until
 from regtask_operator import isolation, maintenance
 from regtask_operator.config import OperatorSettings
-from regtask_operator.runtime import Runtime
 from tests.fixtures.kube import raw_request
 from tests.fixtures.platform import create_company_quota, gateway_env
 from tests.operator.test_operator_lifecycle import as_dict, new_task, phase_of
@@ -507,11 +506,8 @@ async def test_presence_mirror_reads_the_swept_document_with_the_switch_off(
         ]
     )
     firestore = RecordingFirestore()
-    rt = SimpleNamespace(
-        registry=Registry(redis_async, Settings(UNIFIED_REGISTRY_ENABLED=False)),
-        firestore=firestore,
-    )
-    await maintenance.sweep_registry(cast(Runtime, rt))
+    registry = Registry(redis_async, Settings(UNIFIED_REGISTRY_ENABLED=False))
+    await maintenance.sweep_registry(registry, cast(FirestoreWriter, firestore))
     assert firestore.presence == {
         "rolled": {
             "status": "offline",

@@ -29,6 +29,8 @@ from regtask_runners.textextract import extract_text
 from regtask_runners.vector_computation import chunk_text
 from tests.data.make_test_documents import generate
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"

@@ -14,6 +14,8 @@ from regtask_dev.asgi_thread import ThreadedUvicorn
 from regtask_runners import framework
 from regtask_runners.framework import GatewayClient, PermanentError, RetryableError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def flaky_gateway() -> Iterator[tuple[str, dict[str, int]]]:

@@ -28,6 +28,8 @@ from regtask_shim.errors import Unauthenticated, Unavailable
 from regtask_shim.settings import ShimSettings
 from tests.fixtures.shim import FirebaseKeys
 
+pytestmark = pytest.mark.unit
+
 PROJECT = "regtask-unit"
 
 

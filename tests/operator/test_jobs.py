@@ -17,6 +17,8 @@ from regtask.runner_contract import ExitCode
 from regtask_operator import jobs
 from regtask_operator.config import OperatorSettings
 
+pytestmark = pytest.mark.unit
+
 SPEC = RegistryTaskSpec.model_validate(
     {"taskId": "t1", "taskType": "document_analysis", "userId": "u", "companyId": "c"}
 )

@@ -11,6 +11,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 PROBE = """
 from regtask_operator.__main__ import block_unused_clients
 block_unused_clients()

@@ -12,6 +12,8 @@ from regtask import naming, tokens
 from regtask.crmodels import RegistryTaskSpec
 from regtask.tasktypes import TaskType
 
+pytestmark = pytest.mark.unit
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 

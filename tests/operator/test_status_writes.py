@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from regtask.crmodels import Phase, RegistryTaskSpec
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
-from regtask_operator.controller import Controller, TrackedTask
+from regtask_operator.status import StatusWriter
+from regtask_operator.tasks import TaskTracker, TrackedTask
+
+pytestmark = pytest.mark.unit
 
 
 class SlowKube:
@@ -32,24 +37,24 @@ class SlowKube:
         return {}
 
 
-def controller_and_task(kube: SlowKube) -> tuple[Controller, TrackedTask]:
-    settings = OperatorSettings(namespace="regtask-test")
-    controller = Controller(settings, kube, mirror=None, llm_window=None)  # type: ignore[arg-type]
+def writer_and_task(kube: SlowKube) -> tuple[StatusWriter, TrackedTask]:
+    tracker = TaskTracker(OperatorSettings(namespace="regtask-test"))
+    writer = StatusWriter(kube, tracker, mirror=None)  # type: ignore[arg-type]
     spec = RegistryTaskSpec.model_validate(
         {"taskId": "t1", "taskType": "document_analysis", "userId": "u", "companyId": "c"}
     )
     task = TrackedTask(TaskKey("regtask-test", "t1"), "uid", spec, "2026-11-25T00:00:00Z")
-    return controller, task
+    return writer, task
 
 
 async def test_writes_of_one_task_land_in_decision_order() -> None:
     kube = SlowKube()
-    controller, task = controller_and_task(kube)
+    writer, task = writer_and_task(kube)
     task.phase = Phase.RUNNING
-    running = asyncio.create_task(controller.patch_status(task, {"phase": "Running"}))
+    running = asyncio.create_task(writer.write(task, {"phase": "Running"}))
     await asyncio.sleep(0)  # the Running write holds the task's lock, waiting on the API
     task.phase = Phase.SUCCEEDED
-    succeeded = asyncio.create_task(controller.patch_status(task, {"phase": "Succeeded"}))
+    succeeded = asyncio.create_task(writer.write(task, {"phase": "Succeeded"}))
     await asyncio.sleep(0)
     kube.release_first.set()
     assert await running and await succeeded
@@ -59,9 +64,9 @@ async def test_writes_of_one_task_land_in_decision_order() -> None:
 async def test_nothing_but_the_final_write_once_the_task_ended() -> None:
     kube = SlowKube()
     kube.release_first.set()
-    controller, task = controller_and_task(kube)
+    writer, task = writer_and_task(kube)
     task.phase = Phase.SUCCEEDED  # finish() decided while these writes were on their way
-    assert not await controller.patch_status(task, {"phase": "Running"})
-    assert not await controller.patch_status(task, {"progress": 40, "currentStep": "x"})
-    assert await controller.patch_status(task, {"phase": "Succeeded", "progress": 100})
+    assert not await writer.write(task, {"phase": "Running"})
+    assert not await writer.write(task, {"progress": 40, "currentStep": "x"})
+    assert await writer.write(task, {"phase": "Succeeded", "progress": 100})
     assert kube.patched == [{"phase": "Succeeded", "progress": 100}]

@@ -1,26 +1,30 @@
-"""The operator's maintenance decisions without a cluster: idle namespaces, drift repair."""
+"""Tenant namespaces without a cluster: idle ones, drift repair, their quota's size."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from regtask import naming
+from regtask.crmodels import RegistryTaskSpec
 from regtask.timeutil import iso_z, parse_iso, utc_now
-from regtask_operator import isolation, maintenance, quantity
+from regtask_operator import isolation, quantity, tenants
+from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import KubeError
-from regtask_operator.runtime import Runtime
+from regtask_operator.kube import Kube, KubeError
+from regtask_operator.tasks import TaskTracker
+from regtask_operator.tenants import Tenants
+
+pytestmark = pytest.mark.unit
 
 SETTINGS = OperatorSettings(namespace="regtask-test")
 
 
 def max_tasks(company_id: str) -> int:
-    """A company's maxTasksPerUser as the controller would give it (one company set apart)."""
+    """A company's maxTasksPerUser as the tracker would give it (one company set apart)."""
     return 3 if company_id == "globex" else SETTINGS.default_max_tasks_per_user
 
 
@@ -63,19 +67,19 @@ def test_idle_namespaces_are_the_unused_ones_before_the_cutoff() -> None:
     garbled = namespace("garbled", "c", "last tuesday")
     listed = [old, at_cutoff, recent, busy, terminating, unstamped, garbled]
     name = naming.tenant_namespace
-    assert maintenance.idle_namespaces(listed, {name("busy", "c")}, cutoff) == [
+    assert tenants.idle_namespaces(listed, {name("busy", "c")}, cutoff) == [
         name("old", "c"),
         name("edge", "c"),
     ]
 
 
 def test_last_used_reads_the_annotation() -> None:
-    assert maintenance.last_used(namespace("u", "c", "2026-01-10T11:00:00Z")) == datetime(
+    assert tenants.last_used(namespace("u", "c", "2026-01-10T11:00:00Z")) == datetime(
         2026, 1, 10, 11, 0, 0, tzinfo=UTC
     )
-    assert maintenance.last_used(namespace("u", "c", None)) is None
-    assert maintenance.last_used(namespace("u", "c", "soon")) is None
-    assert maintenance.last_used({}) is None
+    assert tenants.last_used(namespace("u", "c", None)) is None
+    assert tenants.last_used(namespace("u", "c", "soon")) is None
+    assert tenants.last_used({}) is None
 
 
 # ------------------------------------------------------------------ what a repair applies
@@ -83,7 +87,7 @@ def test_last_used_reads_the_annotation() -> None:
 
 def test_repair_rebuilds_what_admission_builds_and_keeps_the_last_used_time() -> None:
     user, company = "Jean.Dupont@ex", "ACME.Corp_FR"
-    manifests = maintenance.repair_manifests(
+    manifests = tenants.repair_manifests(
         namespace(user, company, "2026-01-10T11:00:00Z"), SETTINGS, max_tasks
     )
     assert manifests == [
@@ -100,7 +104,7 @@ def test_repair_rebuilds_what_admission_builds_and_keeps_the_last_used_time() ->
 def test_repair_stamps_a_missing_or_unreadable_last_used_time_as_now() -> None:
     for stamp in (None, "not a time"):
         before = utc_now().replace(microsecond=0)
-        manifests = maintenance.repair_manifests(namespace("u", "c", stamp), SETTINGS, max_tasks)
+        manifests = tenants.repair_manifests(namespace("u", "c", stamp), SETTINGS, max_tasks)
         assert manifests is not None
         applied = manifests[-1]["metadata"]["annotations"][isolation.ANNOTATION_LAST_USED]
         assert before <= parse_iso(applied) <= utc_now()
@@ -122,16 +126,7 @@ def test_repair_stamps_a_missing_or_unreadable_last_used_time_as_now() -> None:
     ids=["terminating", "annotations-name-another-tenant", "no-annotations", "no-company"],
 )
 def test_repair_leaves_namespaces_it_cannot_rebuild(listed: dict[str, Any]) -> None:
-    assert maintenance.repair_manifests(listed, SETTINGS, max_tasks) is None
-
-
-def test_repair_clock_first_round_then_every_interval() -> None:
-    clock = maintenance.RepairClock()
-    assert clock.due(300, now=1000.0)
-    assert not clock.due(300, now=1001.0)
-    assert not clock.due(300, now=1299.9)
-    assert clock.due(300, now=1300.0)
-    assert not clock.due(300, now=1300.5)
+    assert tenants.repair_manifests(listed, SETTINGS, max_tasks) is None
 
 
 # ------------------------------------------------------------------ a repair round, API counted
@@ -165,69 +160,46 @@ class FakeKube:
         return True
 
 
-def fake_runtime(kube: FakeKube, **controller: Any) -> Runtime:
-    forgotten: list[str] = []
-    state = SimpleNamespace(
-        is_running=lambda key: key in controller.get("running", ()),
-        is_queued=lambda key: key in controller.get("queued", ()),
-    )
-    tasks = {
-        key: SimpleNamespace(key=key, tenant_namespace=ns)
-        for key, ns in controller.get("tasks", {}).items()
-    }
-
-    async def live_jobs() -> list[dict[str, Any]]:
-        return [{"metadata": {"namespace": ns}} for ns in controller.get("jobs_in", ())]
-
-    rt = SimpleNamespace(
-        settings=OperatorSettings(namespace="regtask-test", namespace_idle_seconds=600),
-        kube=kube,
-        live_jobs=live_jobs,
-        controller=SimpleNamespace(
-            tasks=tasks,
-            state=state,
-            forget_namespace=forgotten.append,
-            forgotten=forgotten,
-            applied_within=lambda ns, seconds: ns in controller.get("fresh", ()),
-            max_tasks_per_user=max_tasks,
-        ),
-    )
-    return cast(Runtime, rt)
+def tenants_on(kube: FakeKube) -> Tenants:
+    settings = OperatorSettings(namespace="regtask-test", namespace_idle_seconds=600)
+    return Tenants(cast(Kube, kube), settings, max_tasks)
 
 
 async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
-    tenants = [("alice", "acme"), ("bob", "acme"), ("carol", "globex")]
-    listed = [namespace(u, c) for u, c in tenants] + [
+    pairs = [("alice", "acme"), ("bob", "acme"), ("carol", "globex")]
+    listed = [namespace(u, c) for u, c in pairs] + [
         namespace("dora", "acme", terminating=True),
         namespace("eve", "acme", name="rt-not-hers-0123456789"),
         namespace("fred", "acme"),
     ]
     kube = FakeKube(listed)
-    rt = fake_runtime(kube)
+    owner = tenants_on(kube)
     skip = [naming.tenant_namespace("fred", "acme")]
-    per_namespace = 1 + len(isolation.namespaced_manifests("u", "c", rt.settings, 1))
+    per_namespace = 1 + len(isolation.namespaced_manifests("u", "c", owner.settings, 1))
     assert per_namespace == 6  # Namespace, SA, 2 NetworkPolicies, ResourceQuota, LimitRange
 
-    assert await maintenance.repair_namespaces(rt, skip=skip) == per_namespace * 3
-    assert kube.selectors == [maintenance.MANAGED_NAMESPACES]
+    assert await owner.repair(skip=skip) == per_namespace * 3
+    assert kube.selectors == [tenants.MANAGED_NAMESPACES]
     expected = [
         m
-        for u, c in tenants
-        for m in maintenance.repair_manifests(namespace(u, c), rt.settings, max_tasks) or []
+        for u, c in pairs
+        for m in tenants.repair_manifests(namespace(u, c), owner.settings, max_tasks) or []
     ]
     assert kube.applied == expected
     # The same again next round: no more calls than objects.
     kube.applied.clear()
-    assert await maintenance.repair_namespaces(rt, skip=skip) == per_namespace * 3
+    assert await owner.repair(skip=skip) == per_namespace * 3
     assert kube.applied == expected
 
 
 async def test_a_repair_round_skips_namespaces_admission_just_applied() -> None:
     """Admission applied their fences less than a repair interval ago: nothing to repair yet."""
-    tenants = [("alice", "acme"), ("bob", "acme")]
-    kube = FakeKube([namespace(u, c) for u, c in tenants])
-    rt = fake_runtime(kube, fresh={naming.tenant_namespace("alice", "acme")})
-    assert await maintenance.repair_namespaces(rt) == 6
+    pairs = [("alice", "acme"), ("bob", "acme")]
+    kube = FakeKube([namespace(u, c) for u, c in pairs])
+    owner = tenants_on(kube)
+    await owner.ensure("alice", "acme")  # admission applies alice's namespace and fences
+    kube.applied.clear()
+    assert await owner.repair() == 6
     assert {m["metadata"].get("namespace") or m["metadata"]["name"] for m in kube.applied} == {
         naming.tenant_namespace("bob", "acme")
     }
@@ -236,8 +208,7 @@ async def test_a_repair_round_skips_namespaces_admission_just_applied() -> None:
 async def test_a_failing_namespace_does_not_stop_the_repair_of_the_others() -> None:
     broken = naming.tenant_namespace("bob", "acme")
     kube = FakeKube([namespace("alice", "acme"), namespace("bob", "acme")], fail_in=broken)
-    rt = fake_runtime(kube)
-    await maintenance.repair_namespaces(rt)
+    await tenants_on(kube).repair()
     assert {m["metadata"].get("namespace") or m["metadata"]["name"] for m in kube.applied} == {
         naming.tenant_namespace("alice", "acme")
     }
@@ -246,69 +217,37 @@ async def test_a_failing_namespace_does_not_stop_the_repair_of_the_others() -> N
 
 async def test_idle_removal_spares_namespaces_with_jobs_running_or_waiting_tasks() -> None:
     old = iso_z(utc_now() - timedelta(seconds=3600))
-    tenants = ["idle", "with_job", "running", "waiting", "finished", "recent"]
-    listed = [namespace(t, "acme", old) for t in tenants[:-1]]
+    users = ["idle", "with_job", "running", "waiting", "finished", "recent"]
+    listed = [namespace(t, "acme", old) for t in users[:-1]]
     listed.append(namespace("recent", "acme", iso_z(utc_now())))
-    ns = {t: naming.tenant_namespace(t, "acme") for t in tenants}
+    ns = {t: naming.tenant_namespace(t, "acme") for t in users}
     kube = FakeKube(listed)
-    rt = fake_runtime(
-        kube,
-        jobs_in=[ns["with_job"]],
-        tasks={"k-run": ns["running"], "k-wait": ns["waiting"], "k-done": ns["finished"]},
-        running={"k-run"},
-        queued={"k-wait"},
-    )
-    removed = await maintenance.remove_idle_namespaces(rt)
+    tracker = TaskTracker(OperatorSettings(namespace="regtask-test"))
+    for key, user, phase in (
+        ("k-run", "running", "Queued"),
+        ("k-wait", "waiting", "Queued"),
+        ("k-done", "finished", "Succeeded"),
+    ):
+        spec = RegistryTaskSpec.model_validate(
+            {"taskId": key, "taskType": "document_analysis", "userId": user, "companyId": "acme"}
+        )
+        task, _ = tracker.track(
+            TaskKey("regtask-test", key), "uid", spec, "2026-01-10T11:00:00Z", {"phase": phase}
+        )
+        if key == "k-run":
+            tracker.state.mark_running(task.candidate())
+    jobs = [{"metadata": {"namespace": ns["with_job"]}}]
+
+    async def busy() -> set[str]:
+        return tenants.busy_namespaces(jobs, tracker.active_namespaces())
+
+    owner = tenants_on(kube)
+    forgotten: list[str] = []
+    owner.forget = forgotten.append  # type: ignore[method-assign,assignment]
+    removed = await owner.remove_idle(busy)
     assert removed == [ns["idle"], ns["finished"]]
     assert kube.deleted == removed
-    assert cast(Any, rt.controller).forgotten == removed
-
-
-async def test_run_once_repairs_on_the_first_round_then_at_the_repair_cadence(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[tuple[str, Any]] = []
-
-    async def step(name: str, result: Any = None) -> Any:
-        calls.append((name, None))
-        return result
-
-    async def removal(rt: Runtime) -> list[str]:
-        calls.append(("remove", None))
-        return ["rt-removed"]
-
-    async def repair(rt: Runtime, skip: Any = ()) -> int:
-        calls.append(("repair", list(skip)))
-        return 0
-
-    monkeypatch.setattr(maintenance, "retry_mirrors", lambda rt: step("retry"))
-    monkeypatch.setattr(maintenance, "sweep_registry", lambda rt: step("sweep"))
-    monkeypatch.setattr(maintenance, "remove_idle_namespaces", removal)
-    monkeypatch.setattr(maintenance, "repair_namespaces", repair)
-    rt = cast(Runtime, SimpleNamespace(settings=SimpleNamespace(namespace_repair_interval_s=3600)))
-    clock = maintenance.RepairClock()
-    await maintenance.run_once(rt, clock)
-    await maintenance.run_once(rt, clock)
-    assert calls == [
-        ("retry", None),
-        ("sweep", None),
-        ("remove", None),
-        ("repair", ["rt-removed"]),  # what this round removed is not re-applied
-        ("retry", None),
-        ("sweep", None),
-        ("remove", None),
-    ]
-
-
-def test_idle_seconds_may_be_a_few_seconds_and_repair_has_a_default_cadence() -> None:
-    assert OperatorSettings(namespace_idle_seconds=1).namespace_idle_seconds == 1
-    defaults = OperatorSettings()
-    assert defaults.namespace_idle_seconds == 3600
-    assert defaults.namespace_repair_interval_s == 300
-    with pytest.raises(ValueError, match="namespace_idle_seconds"):
-        OperatorSettings(namespace_idle_seconds=0)
-    with pytest.raises(ValueError, match="namespace_repair_interval_s"):
-        OperatorSettings(namespace_repair_interval_s=0)
+    assert forgotten == removed
 
 
 @pytest.mark.parametrize("limit", [1, 10, 12, 25])

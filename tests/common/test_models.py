@@ -12,6 +12,8 @@ from regtask.crmodels import RegistryTaskSpec, TaskInput
 from regtask.documents import ConversationDoc, TaskProgress, UnifiedUserDoc
 from regtask.events import parse_event
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 VALID_SPEC = {

@@ -1,0 +1,188 @@
+"""The cluster's truth fed back into the operator's memory, and its memory into task status.
+
+- Jobs: a Job's end finishes its task (:meth:`Reconciler.job_changed`, from the Job watch), and
+  every ``REGTASK_RECONCILE_INTERVAL_S`` (and once at start-up, before any handler runs) the
+  admission counters are rebuilt from the live Jobs (:meth:`Reconciler.reconcile`): a Job of a
+  task not yet seen takes its slot, a task whose Job vanished is queued again, a Job that
+  finished while the operator was down finishes its task.
+- Progress: the runners' progress, written by the gateway in the registry, is copied into the
+  CR status at most every ``REGTASK_PROGRESS_STATUS_INTERVAL_S`` per task.
+- Quota usage: each CompanyQuota's status shows its company's running and waiting counts.
+
+Hazard: a task launched after the Jobs were listed has a Job the list may not show yet;
+``listed_at`` (taken before the list) and the tracker's launching set keep its slot.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from regtask import naming
+from regtask.crmodels import TERMINAL_PHASES, Phase, Priority
+from regtask.timeutil import now_iso, parse_iso
+from regtask_operator import jobs
+from regtask_operator.admission import Candidate, TaskKey
+from regtask_operator.config import OperatorSettings
+from regtask_operator.kube import Kube, quota_path
+from regtask_operator.mirror import Mirror
+from regtask_operator.status import StatusWriter, progress_status
+from regtask_operator.tasks import TaskTracker
+
+log = structlog.get_logger(__name__)
+
+MANAGED_JOBS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        kube: Kube,
+        tracker: TaskTracker,
+        status: StatusWriter,
+        mirror: Mirror,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.tracker = tracker
+        self.status = status
+        self.mirror = mirror
+        # company_id -> the usage its CompanyQuota's status shows
+        self._quota_shown: dict[str, dict[str, int]] = {}
+
+    async def live_jobs(self) -> list[dict[str, Any]]:
+        """Every Job of this operator, in every namespace."""
+        return await self.kube.list("/apis/batch/v1/jobs", label_selector=MANAGED_JOBS)
+
+    # ------------------------------------------------------------------ Jobs
+
+    async def job_changed(self, key: TaskKey, outcome: jobs.JobOutcome) -> None:
+        task = self.tracker.tasks.get(key)
+        if task is None or task.phase in TERMINAL_PHASES:
+            return
+        if outcome.phase is None:
+            return
+        await self.status.finish(
+            task,
+            outcome.phase,
+            outcome.reason,
+            outcome.message,
+            attempts=outcome.attempts,
+            start_time=outcome.start_time,
+        )
+
+    async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
+        """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.
+
+        ``listed_at`` is the ``time.monotonic()`` taken before the Jobs were listed: a task
+        launched since then has a Job the list may not show yet, and keeps its slot.
+        """
+        tracker = self.tracker
+        running: list[Candidate] = []
+        finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
+        with_job: set[TaskKey] = set()
+        for job in live_jobs:
+            meta = job.get("metadata") or {}
+            annotations = meta.get("annotations") or {}
+            labels = meta.get("labels") or {}
+            task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
+            task_name = labels.get(naming.LABEL_TASK)
+            if not task_ns or not task_name or not self.settings.handles_namespace(task_ns):
+                continue
+            key = TaskKey(task_ns, task_name)
+            with_job.add(key)
+            outcome = jobs.read_job_status(job.get("status"))
+            if outcome.phase is not None:
+                finished.append((key, outcome))
+                continue
+            if meta.get("deletionTimestamp"):
+                continue
+            task = tracker.tasks.get(key)
+            if task is not None:
+                if task.phase not in TERMINAL_PHASES:
+                    running.append(task.candidate())
+                continue
+            # A Job whose task has not been seen yet (start-up): its slot counts all the same.
+            running.append(
+                Candidate(
+                    key=key,
+                    task_id=annotations.get(naming.ANNOTATION_TASK, task_name),
+                    user_id=annotations.get(naming.ANNOTATION_USER, ""),
+                    company_id=annotations.get(naming.ANNOTATION_COMPANY, ""),
+                    priority=Priority.NORMAL,
+                    created=parse_iso(meta.get("creationTimestamp") or now_iso()).timestamp(),
+                )
+            )
+        # Finished Jobs first: their tasks end, and are then neither running nor requeued.
+        for key, outcome in finished:
+            await self.job_changed(key, outcome)
+        recent = {
+            key
+            for key, task in tracker.tasks.items()
+            if key in tracker.launching or task.launched_mono >= listed_at
+        }
+        async with tracker.lock:
+            truth = running + [
+                tracker.tasks[k].candidate()
+                for k in recent
+                if tracker.tasks[k].phase not in TERMINAL_PHASES
+                and all(c.key != k for c in running)
+            ]
+            added, dropped = tracker.state.rebuild(truth)
+            for task in tracker.tasks.values():
+                if task.phase in TERMINAL_PHASES or task.key in with_job:
+                    continue
+                if not tracker.state.is_running(task.key) and not tracker.state.is_queued(task.key):
+                    tracker.state.submit(task.candidate())  # its Job vanished: run it again
+        if added or dropped:
+            log.warning("admission_counters_rebuilt", added=added, dropped=dropped)
+        tracker.kick()
+
+    # ------------------------------------------------------------------ status sync
+
+    async def sync_progress(self) -> int:
+        """Copy runner progress from the registry into CR status (throttled by the caller)."""
+        patched = 0
+        now = time.monotonic()
+        for task in list(self.tracker.tasks.values()):
+            if task.phase is not Phase.RUNNING:
+                continue
+            try:
+                stored = await self.mirror.registry.get_task(task.task_id)
+            except Exception:  # noqa: BLE001 - Redis down: the next round will catch up
+                return patched
+            if stored is None:
+                continue
+            progress = stored.progress.progress_percent
+            step = stored.progress.current_step
+            if (progress, step) == (task.progress, task.current_step):
+                continue
+            if now - task.progress_patched_at < self.settings.progress_status_interval_s:
+                continue  # the registry has it in real time; the CR follows at this pace
+            task.progress, task.current_step = progress, step
+            task.progress_patched_at = now
+            if task.phase is Phase.RUNNING:
+                await self.status.write(task, progress_status(progress, step))
+                patched += 1
+        return patched
+
+    async def publish_quota_usage(self) -> int:
+        """Patch each CompanyQuota's status with its company's running and waiting counts."""
+        patched = 0
+        quota_objects = self.tracker.quota_objects
+        for company_id, key in list(quota_objects.items()):
+            usage = self.tracker.queue_summary(company_id)
+            if self._quota_shown.get(company_id) == usage:
+                continue
+            body = await self.kube.patch_merge(
+                quota_path(key.namespace, key.name, status=True), {"status": usage}
+            )
+            if body is None:
+                quota_objects.pop(company_id, None)
+                continue
+            self._quota_shown[company_id] = usage
+            patched += 1
+        return patched

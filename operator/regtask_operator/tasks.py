@@ -1,0 +1,280 @@
+"""What the operator knows: the tasks it tracks, the admission state, the companies' limits.
+
+:class:`TaskTracker` is the operator's memory and nothing else: no API call, no Redis call.
+Every other part reads it and changes it through its methods. Hazard: the admission state
+(:class:`~regtask_operator.admission.AdmissionState`) is changed by synchronous calls (submit in
+:meth:`TaskTracker.track`) or under :attr:`TaskTracker.lock` (the scheduler's decision, a
+release, a reconcile), never across an ``await`` without the lock: that is what keeps a burst of
+concurrent events from admitting over quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from regtask import naming
+from regtask.crmodels import (
+    TERMINAL_PHASES,
+    Phase,
+    Priority,
+    RateLimitPolicy,
+    RegistryTaskSpec,
+)
+from regtask.documents import Quotas
+from regtask.tasktypes import TASK_TYPES, TaskType
+from regtask.timeutil import parse_iso
+from regtask_operator.admission import AdmissionState, Candidate, TaskKey
+from regtask_operator.config import OperatorSettings
+from regtask_operator.mirror import TaskSnapshot
+
+
+class TrackedTask:
+    """One known task. Slotted and compact: the operator keeps one per task (10,000 and more).
+
+    The spec is kept as its JSON (a few hundred bytes instead of the validated model's ~2 KB)
+    and validated again when a caller needs it whole (a launch); validation is deterministic,
+    so ``task.spec`` is equal to the spec given here. The fields every scheduler step and
+    metrics scrape read for every task are kept apart.
+    """
+
+    __slots__ = (
+        "_spec_json",
+        "admitted_at",
+        "company_id",
+        "created",
+        "current_step",
+        "key",
+        "launched_mono",
+        "max_duration_s",
+        "phase",
+        "priority",
+        "progress",
+        "progress_patched_at",
+        "published_wait",
+        "reported_at",
+        "reported_wait",
+        "status_lock",
+        "task_id",
+        "task_type",
+        "uid",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        key: TaskKey,
+        uid: str,
+        spec: RegistryTaskSpec,
+        created: str,
+        phase: Phase = Phase.QUEUED,
+        progress: int = 0,
+        current_step: str = "",
+    ) -> None:
+        self.key = key
+        self.uid = uid
+        self.created = created
+        self.phase = phase
+        self.progress = progress
+        self.current_step = current_step
+        self.reported_wait: tuple[int, str, int] | None = None
+        self.reported_at = 0.0
+        self.published_wait: tuple[int, str] | None = None
+        # time.monotonic() of the last progress written to the CR status (or of the launch)
+        self.progress_patched_at = 0.0
+        self.admitted_at: float | None = None
+        # time.monotonic() when its Job was created by this process (see reconcile)
+        self.launched_mono = 0.0
+        # Status writes of one task go one at a time, in the order they were decided (see
+        # regtask_operator.status.StatusWriter.write).
+        self.status_lock = asyncio.Lock()
+        self.task_id: str = spec.task_id
+        self.task_type: TaskType = spec.task_type
+        # Shared by all the tasks of a user or company: one string each, not one per task.
+        self.user_id: str = sys.intern(spec.user_id)
+        self.company_id: str = sys.intern(spec.company_id)
+        self.priority: Priority = spec.priority
+        self.max_duration_s: int = spec.effective_max_duration_s
+        self._spec_json: str = spec.model_dump_json(by_alias=True, exclude_unset=True)
+
+    @property
+    def spec(self) -> RegistryTaskSpec:
+        return RegistryTaskSpec.model_validate_json(self._spec_json)
+
+    def __repr__(self) -> str:
+        return f"TrackedTask({self.key!s}, {self.task_id}, {self.phase.value})"
+
+    @property
+    def tenant_namespace(self) -> str:
+        return naming.tenant_namespace(self.user_id, self.company_id)
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            key=self.key,
+            task_id=self.task_id,
+            user_id=self.user_id,
+            company_id=self.company_id,
+            priority=self.priority,
+            created=parse_iso(self.created).timestamp(),
+            uses_llm=TASK_TYPES[self.task_type].uses_llm,
+        )
+
+    def snapshot(self, phase: Phase, **changes: Any) -> TaskSnapshot:
+        base = TaskSnapshot(
+            task_id=self.task_id,
+            task_type=self.task_type.value,
+            user_id=self.user_id,
+            company_id=self.company_id,
+            namespace=self.tenant_namespace,
+            priority=self.priority.value,
+            max_duration_s=self.max_duration_s,
+            created_at=self.created,
+            phase=phase,
+            progress=self.progress,
+            current_step=self.current_step,
+        )
+        return replace(base, **changes)
+
+
+@dataclass
+class CompanyLimits:
+    quotas: Quotas
+    policy: RateLimitPolicy
+
+
+@dataclass
+class TaskTracker:
+    settings: OperatorSettings
+    state: AdmissionState = field(default_factory=AdmissionState)
+    tasks: dict[TaskKey, TrackedTask] = field(default_factory=dict)
+    limits: dict[str, CompanyLimits] = field(default_factory=dict)
+    # The one decision lock: every change of `state` that spans an await holds it.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set to wake the scheduler (a change it should decide on).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Admitted by a decision, Job not created yet: a reconcile counts their slots as taken.
+    launching: set[TaskKey] = field(default_factory=set)
+    # company_id -> the CompanyQuota object whose status shows its usage.
+    quota_objects: dict[str, TaskKey] = field(default_factory=dict)
+    # companies whose current limits are written in the Redis registry
+    limits_in_registry: set[str] = field(default_factory=set)
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    # ------------------------------------------------------------------ company limits
+
+    def company_limits(self, company_id: str) -> tuple[Quotas, RateLimitPolicy]:
+        known = self.limits.get(company_id)
+        if known is not None:
+            return known.quotas, known.policy
+        return self._default_limits.quotas, self._default_limits.policy
+
+    @functools.cached_property
+    def _default_limits(self) -> CompanyLimits:
+        """Built once: the scheduler looks limits up for every queued task at every step."""
+        return CompanyLimits(
+            Quotas(
+                max_tasks_per_user=self.settings.default_max_tasks_per_user,
+                max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
+                storage_limit_mb=self.settings.default_storage_limit_mb,
+            ),
+            self.settings.rate_limit_policy,
+        )
+
+    def max_tasks_per_user(self, company_id: str) -> int:
+        """The company's maxTasksPerUser: what its tenants' ResourceQuotas are sized for."""
+        return self.company_limits(company_id)[0].max_tasks_per_user
+
+    def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> bool:
+        """Record a company's limits; True when they differ from the ones known."""
+        limits = CompanyLimits(quotas, policy)
+        if self.limits.get(company_id) == limits:
+            return False
+        self.limits[company_id] = limits
+        self.limits_in_registry.discard(company_id)
+        self.kick()
+        return True
+
+    def drop_limits(self, company_id: str) -> None:
+        self.limits.pop(company_id, None)
+        self.limits_in_registry.discard(company_id)
+        self.kick()
+
+    # ------------------------------------------------------------------ tasks
+
+    def track(
+        self, key: TaskKey, uid: str, spec: RegistryTaskSpec, created: str, status: dict[str, Any]
+    ) -> tuple[TrackedTask, bool]:
+        """Remember a task (new, or listed at start-up) and queue it unless it ended or runs.
+
+        Called for every watch event of the task: idempotent. True when it was not known.
+        """
+        task = self.tasks.get(key)
+        is_new = task is None
+        phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
+        if task is None:
+            task = TrackedTask(
+                key,
+                uid,
+                spec,
+                created,
+                phase,
+                int(status.get("progress") or 0),
+                str(status.get("currentStep") or ""),
+            )
+            self.tasks[key] = task
+        if task.phase in TERMINAL_PHASES or not is_new:
+            return task, is_new
+        if not self.state.is_running(key):
+            self.state.submit(task.candidate())
+        self.kick()
+        return task, is_new
+
+    async def release(self, key: TaskKey) -> None:
+        """Free the task's slot (or its place in the queue)."""
+        async with self.lock:
+            self.state.release(key)
+
+    async def requeue(self, task: TrackedTask) -> None:
+        """Back in the queue after a failed launch."""
+        async with self.lock:
+            self.state.release(task.key)
+            self.state.submit(task.candidate())
+
+    async def forget(self, key: TaskKey) -> None:
+        await self.release(key)
+        self.tasks.pop(key, None)
+        self.kick()
+
+    # ------------------------------------------------------------------ questions
+
+    def active_namespaces(self) -> set[str]:
+        """Tenant namespaces of the running and waiting tasks (they keep their namespace)."""
+        return {
+            task.tenant_namespace
+            for task in self.tasks.values()
+            if self.state.is_running(task.key) or self.state.is_queued(task.key)
+        }
+
+    def queue_summary(self, company_id: str) -> dict[str, int]:
+        return {
+            "activeTasks": self.state.running_count(company_id),
+            "waitingTasks": self.state.queued_count(company_id),
+        }
+
+    def task_counts(self) -> Counter[tuple[str, str, str]]:
+        """Known tasks by (phase, task type, company)."""
+        return Counter(
+            (t.phase.value, t.task_type.value, t.company_id) for t in self.tasks.values()
+        )
+
+    def companies(self) -> set[str]:
+        """Every company with a task or limits known."""
+        return (
+            self.state.companies() | set(self.limits) | {t.company_id for t in self.tasks.values()}
+        )
