@@ -11,7 +11,8 @@ import importlib
 from typing import cast
 
 from regtask.tasktypes import TASK_TYPES, TaskType
-from regtask_runners.framework import PermanentError, Runner
+from regtask_runners.errors import PermanentError
+from regtask_runners.framework import Runner
 
 # TaskType -> "module:function" under regtask_runners.
 RUNNERS: dict[TaskType, str] = {

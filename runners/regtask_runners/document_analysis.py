@@ -19,12 +19,8 @@ from regtask_runners.entities import (
     key_phrases,
     words,
 )
-from regtask_runners.framework import (
-    PermanentError,
-    TaskContext,
-    param_bool,
-    param_int,
-)
+from regtask_runners.errors import PermanentError
+from regtask_runners.framework import TaskContext, param_bool, param_int
 from regtask_runners.textextract import ExtractedText, extract_text
 
 # What the summary prompt may carry of a document (the model's context is small).

@@ -23,14 +23,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from regtask.events import EventType
 from regtask.gateway_api import LLM_PREFIX
-from regtask_runners.framework import (
-    STOP_CALL_TIMEOUT_S,
-    PermanentError,
-    RetryableError,
-    TaskContext,
-    param_float,
-    param_int,
-)
+from regtask_runners.errors import PermanentError, RetryableError
+from regtask_runners.framework import STOP_CALL_TIMEOUT_S, TaskContext, param_float, param_int
 from regtask_runners.textextract import input_bytes
 
 EVENT_MIN_INTERVAL_S = 0.5

@@ -21,7 +21,7 @@ import pypdf
 from pypdf.errors import PyPdfError
 
 from regtask.gateway_api import ResolvedInput
-from regtask_runners.framework import PermanentError
+from regtask_runners.errors import PermanentError
 
 WORDS_PER_PAGE = 500
 

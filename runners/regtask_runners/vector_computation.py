@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from regtask_runners.framework import PermanentError, TaskContext, param_int
+from regtask_runners.errors import PermanentError
+from regtask_runners.framework import TaskContext, param_int
 from regtask_runners.textextract import extract_text
 
 DEFAULT_COLLECTION = "documents"

@@ -24,7 +24,8 @@ from regtask_runners.entities import (
     iban_checksum_ok,
     key_phrases,
 )
-from regtask_runners.framework import PermanentError, RunnerEnv, main
+from regtask_runners.errors import PermanentError
+from regtask_runners.framework import RunnerEnv, main
 from regtask_runners.textextract import extract_text
 from regtask_runners.vector_computation import chunk_text
 from tests.data.make_test_documents import generate

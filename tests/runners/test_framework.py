@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from regtask_dev.asgi_thread import ThreadedUvicorn
-from regtask_runners import framework
-from regtask_runners.framework import GatewayClient, PermanentError, RetryableError
+from regtask_runners import gateway_client
+from regtask_runners.errors import PermanentError, RetryableError
+from regtask_runners.gateway_client import GatewayClient
 
 pytestmark = pytest.mark.unit
 
@@ -62,7 +63,7 @@ async def test_an_llm_call_that_may_have_been_sent_is_not_resent(
     flaky_gateway: tuple[str, dict[str, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, calls = flaky_gateway
-    monkeypatch.setattr(framework, "LLM_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(gateway_client, "LLM_TIMEOUT_S", 0.5)
     client = GatewayClient(url, "token")
     try:
         with pytest.raises(RetryableError, match="ReadTimeout"):
