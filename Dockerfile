@@ -1,16 +1,15 @@
-# regtask images: one Dockerfile, four targets.
+# regtask images: one Dockerfile, three targets.
 #
 #   docker build --target operator -t regtask/operator:dev .   # Kopf operator
-#   docker build --target shim     -t regtask/shim:dev .       # RPC shim (the web app's door)
-#   docker build --target gateway  -t regtask/gateway:dev .    # runner gateway (the Jobs' door)
+#   docker build --target shim     -t regtask/shim:dev .       # RPC shim AND runner gateway
 #   docker build --target runner   -t regtask/runner:dev .     # task runners (Jobs)
 #
 # The process is chosen by CONTAINER_TYPE (docker/entrypoint.sh): operator | shim | gateway |
 # runner. Dependencies come from uv.lock only (`uv sync --frozen`), one extra per image, so the
-# runner image carries no kopf/fastapi/kubernetes. The shim and the gateway are two trust
-# boundaries, so two images, each with its own package only; they install the same extra
-# (`shim`: fastapi, uvicorn, the Kubernetes client, chromadb...), whose layer they share. Every image runs as uid 10001 (the Jobs'
-# runAsUser) and writes nothing outside /tmp, so it runs with a read-only root filesystem.
+# runner image carries no kopf/fastapi/kubernetes. The shim image carries two packages for its
+# two processes (regtask_shim, regtask_gateway), which import nothing of each other. Every
+# image runs as uid 10001 (the Jobs' runAsUser) and writes nothing outside /tmp, so it runs with
+# a read-only root filesystem.
 # Checked by hack/lint-dockerfile.sh (hadolint + the project's rules).
 
 # Python 3.11 (the interpreter CI tests with) on Debian 13 slim, pinned by digest (multi-arch
@@ -49,17 +48,10 @@ FROM build AS build-shim
 RUN uv sync --frozen --no-dev --extra shim --no-install-project
 COPY common/regtask /opt/regtask/regtask
 COPY shim/regtask_shim /opt/regtask/regtask_shim
-RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/regtask \
-    && echo /opt/regtask >"$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/regtask.pth" \
-    && /opt/venv/bin/python -c 'import regtask_shim.__main__, regtask.docstore'
-
-FROM build AS build-gateway
-RUN uv sync --frozen --no-dev --extra shim --no-install-project
-COPY common/regtask /opt/regtask/regtask
 COPY gateway/regtask_gateway /opt/regtask/regtask_gateway
 RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/regtask \
     && echo /opt/regtask >"$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/regtask.pth" \
-    && /opt/venv/bin/python -c 'import regtask_gateway.__main__, regtask.docstore'
+    && /opt/venv/bin/python -c 'import regtask_shim.__main__, regtask_gateway.__main__, regtask.docstore'
 
 FROM build AS build-runner
 RUN uv sync --frozen --no-dev --extra runners --no-install-project
@@ -113,23 +105,12 @@ HEALTHCHECK NONE
 
 FROM runtime AS shim
 LABEL org.opencontainers.image.title="regtask-shim" \
-      org.opencontainers.image.description="regtask RPC shim (python -m regtask_shim)"
+      org.opencontainers.image.description="regtask RPC shim (CONTAINER_TYPE=shim) and runner gateway (CONTAINER_TYPE=gateway)"
 COPY --from=build-shim /opt/venv /opt/venv
 COPY --from=build-shim /opt/regtask /opt/regtask
 ENV CONTAINER_TYPE=shim \
-    REGTASK_IMAGE_MODES=shim
-EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["/usr/local/bin/regtask-entrypoint", "healthcheck"]
-
-FROM runtime AS gateway
-LABEL org.opencontainers.image.title="regtask-gateway" \
-      org.opencontainers.image.description="regtask runner gateway (python -m regtask_gateway)"
-COPY --from=build-gateway /opt/venv /opt/venv
-COPY --from=build-gateway /opt/regtask /opt/regtask
-ENV CONTAINER_TYPE=gateway \
-    REGTASK_IMAGE_MODES=gateway
-EXPOSE 8081
+    REGTASK_IMAGE_MODES="shim gateway"
+EXPOSE 8080 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/regtask-entrypoint", "healthcheck"]
 

@@ -1,8 +1,8 @@
 """The project's images, for a cluster here: built by ``hack/kind/images.sh`` (buildah, from the
 Dockerfile, cached by a hash of their inputs), or by Docker where a Docker engine answers.
 
-One image per Dockerfile target: ``operator``, ``shim`` (the RPC shim), ``gateway`` (the runner
-gateway) and ``runner`` (every task Job).
+One image per Dockerfile target: ``operator``, ``shim`` (the RPC shim and the gateway) and
+``runner`` (every task Job).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from regtask_dev.kind import HACK_KIND, provider
 
-TARGETS = ("operator", "shim", "gateway", "runner")
+TARGETS = ("operator", "shim", "runner")
 
 
 class ImageBuildError(RuntimeError):

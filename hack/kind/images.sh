@@ -5,10 +5,10 @@
 # Usage: hack/kind/images.sh [TARGET...]               build what is missing; print one
 #                                                      "TARGET=REFERENCE" line per target
 #        hack/kind/images.sh --print-refs [TARGET...]  only print the references
-# TARGET: operator, shim, gateway, runner (default: all four).
+# TARGET: operator, shim, runner (default: all three).
 #
 # The reference is localhost/regtask/<target>:<hash>, the hash taken over the Dockerfile,
-# docker/, pyproject.toml, uv.lock, common/regtask and the target's own package, and the base
+# docker/, pyproject.toml, uv.lock, common/regtask and the target's own packages, and the base
 # image: a change to any of them gives a new image, anything else reuses the cached one. The
 # base is hack/kind/python-image.sh's (PYTHON_IMAGE=...; REGTASK_PYTHON_IMAGE overrides it,
 # e.g. with the Dockerfile's own default where images can be pulled). Builds keep their layers
@@ -33,15 +33,16 @@ while [[ "${1:-}" == --* ]]; do
     shift
 done
 targets=("$@")
-((${#targets[@]})) || targets=(operator shim gateway runner)
+((${#targets[@]})) || targets=(operator shim runner)
 
-package_of() {
+# packages_of TARGET: the project packages the target's image carries, one per line (the shim
+# image serves two processes: the RPC shim and the runner gateway).
+packages_of() {
     case "$1" in
         operator) echo operator/regtask_operator ;;
-        shim) echo shim/regtask_shim ;;
-        gateway) echo gateway/regtask_gateway ;;
+        shim) printf '%s\n' shim/regtask_shim gateway/regtask_gateway ;;
         runner) echo runners/regtask_runners ;;
-        *) kind_die "unknown target $1 (operator, shim, gateway, runner)" ;;
+        *) kind_die "unknown target $1 (operator, shim, runner)" ;;
     esac
 }
 
@@ -53,12 +54,13 @@ fi
 
 # source_files TARGET: every file the target's image is built from, in a stable order.
 source_files() {
-    local package
-    package=$(package_of "$1")
+    local listed packages
+    listed=$(packages_of "$1")
+    mapfile -t packages <<<"$listed"
     cd "$REPO_ROOT"
     {
         printf '%s\n' Dockerfile pyproject.toml uv.lock .dockerignore
-        find docker common/regtask "$package" -type f \
+        find docker common/regtask "${packages[@]}" -type f \
             -not -path '*/__pycache__/*' -not -name '*.py[cod]'
     } | LC_ALL=C sort | sed "s#^#$REPO_ROOT/#"
 }

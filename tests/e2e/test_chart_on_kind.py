@@ -34,7 +34,7 @@ MAX_TASKS = 3
 
 @pytest.fixture(scope="module")
 def platform_images(cluster: KindCluster) -> dict[str, str]:
-    """The four images of this checkout, loaded into the node."""
+    """The three images of this checkout, loaded into the node."""
     try:
         refs = images.build()
         cluster.load_images(list(refs.values()))

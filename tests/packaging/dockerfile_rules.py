@@ -1,6 +1,6 @@
 """The project's own Dockerfile rules, beside hadolint (``hack/lint-dockerfile.sh`` runs both).
 
-hadolint checks general good practice; these check what this platform relies on: the four
+hadolint checks general good practice; these check what this platform relies on: the three
 targets and the mode each runs, uid 10001 (the operator's Jobs run as ``RUNNER_UID``), pinned
 bases, locked installs of one extra per image, health checks where a server runs, OCI labels.
 
@@ -24,9 +24,7 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 IMAGE_UID = 10001
 TARGETS: dict[str, dict[str, object]] = {
     "operator": {"extra": "operator", "modes": "operator", "healthcheck": True},
-    "shim": {"extra": "shim", "modes": "shim", "healthcheck": True},
-    # The gateway's dependencies are the shim's (one extra, one shared layer); its own package.
-    "gateway": {"extra": "shim", "modes": "gateway", "healthcheck": True},
+    "shim": {"extra": "shim", "modes": "shim gateway", "healthcheck": True},
     "runner": {"extra": "runners", "modes": "runner", "healthcheck": False},
 }
 OCI_LABELS = (
