@@ -57,10 +57,12 @@ class RunnerTask(BaseModel):
     task_type: str
     user_id: str
     company_id: str
+    max_duration_seconds: int = Field(
+        description="the run's deadline: the spec's maxDurationSeconds, else the type's default"
+    )
     conversation_id: str | None = None
     session_id: str | None = None
     priority: str = "normal"
-    max_duration_seconds: int
     cancel: bool = False
     parameters: dict[str, str] = {}
     inputs: list[ResolvedInput] = []

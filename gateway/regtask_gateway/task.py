@@ -173,17 +173,9 @@ async def post_conversation(
         raise HTTPException(403, "conversation_id does not belong to this task")
     if json_size(body.model_dump()) > state.settings.max_result_bytes:
         raise HTTPException(413, "conversation too large")
+    # The body's fields as sent; whose conversation it is comes from the claims.
     await state.registry.store_conversation(
-        ConversationDoc(
-            conversation_id=body.conversation_id,
-            user_id=claims.user_id,
-            company_id=claims.company_id,
-            prompt=body.prompt,
-            response=body.response,
-            model=body.model,
-            temperature=body.temperature,
-            tokens_used=body.tokens_used,
-        )
+        ConversationDoc(user_id=claims.user_id, company_id=claims.company_id, **body.model_dump())
     )
     return ConversationOut(stored=True, conversation_id=body.conversation_id)
 

@@ -16,6 +16,7 @@ Hazard: a task launched after the Jobs were listed has a Job the list may not sh
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -36,22 +37,15 @@ log = structlog.get_logger(__name__)
 MANAGED_JOBS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
 
 
+@dataclass
 class Reconciler:
-    def __init__(
-        self,
-        settings: OperatorSettings,
-        kube: Kube,
-        tracker: TaskTracker,
-        status: StatusWriter,
-        mirror: Mirror,
-    ) -> None:
-        self.settings = settings
-        self.kube = kube
-        self.tracker = tracker
-        self.status = status
-        self.mirror = mirror
-        # company_id -> the usage its CompanyQuota's status shows
-        self._quota_shown: dict[str, dict[str, int]] = {}
+    settings: OperatorSettings
+    kube: Kube
+    tracker: TaskTracker
+    status: StatusWriter
+    mirror: Mirror
+    # company_id -> the usage its CompanyQuota's status shows
+    _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
     async def live_jobs(self) -> list[dict[str, Any]]:
         """Every Job of this operator, in every namespace."""
@@ -65,14 +59,7 @@ class Reconciler:
             return
         if outcome.phase is None:
             return
-        await self.status.finish(
-            task,
-            outcome.phase,
-            outcome.reason,
-            outcome.message,
-            attempts=outcome.attempts,
-            start_time=outcome.start_time,
-        )
+        await self.status.finish_as_job(task, outcome)
 
     async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
         """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.

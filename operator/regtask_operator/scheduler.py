@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -43,24 +44,15 @@ log = structlog.get_logger(__name__)
 LlmWindow = Callable[[str], Awaitable[tuple[int, int]]]
 
 
+@dataclass
 class Scheduler:
-    def __init__(
-        self,
-        settings: OperatorSettings,
-        kube: Kube,
-        tracker: TaskTracker,
-        status: StatusWriter,
-        mirror: Mirror,
-        tenants: Tenants,
-        llm_window: LlmWindow,
-    ) -> None:
-        self.settings = settings
-        self.kube = kube
-        self.tracker = tracker
-        self.status = status
-        self.mirror = mirror
-        self.tenants = tenants
-        self.llm_window = llm_window
+    settings: OperatorSettings
+    kube: Kube
+    tracker: TaskTracker
+    status: StatusWriter
+    mirror: Mirror
+    tenants: Tenants
+    llm_window: LlmWindow
 
     async def run(self, stop: asyncio.Event) -> None:
         """The single decision loop: wakes on every kick, and at least every few seconds."""
@@ -164,14 +156,7 @@ class Scheduler:
             )
             outcome = jobs.read_job_status((existing or {}).get("status"))
             if outcome.phase is not None:
-                await self.status.finish(
-                    task,
-                    outcome.phase,
-                    outcome.reason,
-                    outcome.message,
-                    attempts=outcome.attempts,
-                    start_time=outcome.start_time,
-                )
+                await self.status.finish_as_job(task, outcome)
                 return
         if task.phase in TERMINAL_PHASES:
             return  # finished (or cancelled) while this launch was under way

@@ -34,7 +34,7 @@ from regtask.crmodels import (
 )
 from regtask.documents import Quotas
 from regtask.timeutil import now_iso
-from regtask_operator import metrics
+from regtask_operator import jobs, metrics
 from regtask_operator.admission import TaskKey, Waiting
 from regtask_operator.kube import Kube, task_path
 from regtask_operator.mirror import Mirror
@@ -234,6 +234,18 @@ class StatusWriter:
             message or f"task {phase.value.lower()}",
         )
         self.tracker.kick()
+
+    async def finish_as_job(self, task: TrackedTask, outcome: jobs.JobOutcome) -> None:
+        """The task ends as its Job did (``outcome.phase`` set: Succeeded or Failed)."""
+        assert outcome.phase is not None
+        await self.finish(
+            task,
+            outcome.phase,
+            outcome.reason,
+            outcome.message,
+            attempts=outcome.attempts,
+            start_time=outcome.start_time,
+        )
 
     async def cancel(self, task: TrackedTask, reason: str, message: str) -> None:
         """Stop the Job if any and end as Cancelled."""
