@@ -3,6 +3,9 @@
 Tasks go through the RPC shim exactly as the web app sends them (``TASK.*`` methods with the
 service token); ``watch`` follows the user's real-time events on Redis; ``quota`` reads the
 CompanyQuota and the queue from the Kubernetes API.
+
+Long (about 450 lines) for a reason: one function per command, with its options, which typer
+reads from here; what the commands print and call lives in render.py, client.py and kube.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 User-supplied text (steps, event data, errors) is printed as plain text, never as rich markup,
 so a document containing ``[bold]`` cannot restyle the terminal.
+
+Long (about 400 lines) for a reason: one function per view (task, list, progress, quota, queue,
+errors), in its two forms, so that what a person and a script see stays side by side.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ channel to the emulator with the ``Bearer owner`` header, so no key file and no 
 are needed. Without the variable, Application Default Credentials are used (lazily; a missing
 credential is logged and retried by the worker, never raised to callers). The emulator host is
 read when the client is built, i.e. in ``__init__``.
+
+Long (about 400 lines) for a reason: the queue, its coalescing, the writer thread and its retry
+policy share one lock and one set of counters; split, their invariants would span modules.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Pure functions (no I/O): the async facade used by the operator and the shim, and the sync one
 used by tools and benchmarks, both execute these same lists, and unit tests can inspect them.
+
+Long (about 430 lines) for a reason: it is the registry's whole write surface, one short function
+per operation, so that every write to a web-app document can be read in one place.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ Clusters are named ``regtask-<purpose>``; each records its owner's PID under
 ``$REGTASK_KIND_DIR/clusters``. A cluster whose owner died (a killed test run) is deleted by
 the next :meth:`KindCluster.create` or by ``python -m regtask_dev.kind down --all``, which also
 undoes the host changes once no cluster is left.
+
+Long (about 630 lines) for a reason: one cluster's whole life (create, readiness, kubeconfig,
+images, delete, the records of clusters whose owner died) in one class whose steps share the
+cluster's state and depend on their order.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The tenant namespace of one (user, company) pair and everything that fences it in.
 
-Desired state only (plain dicts); :mod:`regtask_operator.kube` applies it with server-side
-apply, which both creates and repairs drift, so calling this for every admitted task is safe.
+Desired state only (plain dicts, pure functions); :mod:`regtask_operator.tenants` applies it
+with server-side apply, which both creates and repairs drift, and decides when.
 """
 
 from __future__ import annotations

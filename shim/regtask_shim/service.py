@@ -4,6 +4,10 @@ Each operation takes the authenticated :class:`~regtask_shim.auth.Principal` and
 arguments, checks authorisation first, then touches Redis (the registry) and Kubernetes (the
 RegistryTask resources). Starting a task creates its resource, registers it in the registry with
 status ``queued`` (so ``get_task_status`` answers at once) and answers immediately.
+
+Long (about 600 lines) for a reason: one method per published operation (the contract's), each
+checking authorisation before it touches anything; kept in one class so that every check sits
+next to what it guards (:mod:`regtask_shim.rpc` and :mod:`regtask_shim.app` only dispatch).
 """
 
 from __future__ import annotations

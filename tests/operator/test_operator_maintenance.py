@@ -4,6 +4,10 @@ ones repaired without a new task, stale presence swept offline into Firestore's
 
 Kubernetes' own controllers do their part: the TTL controller deletes finished Jobs
 (``ttlSecondsAfterFinished``), the namespace controller empties and removes a deleted namespace.
+
+Long (about 520 lines) for a reason: each maintenance timer's scenario runs on the same
+operator, cluster, Redis and emulator; the decisions alone are tested in test_tenants.py and
+test_maintenance.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ Each test here failed (or would have) against the code before its fix, on this c
 - an evicted runner (SIGTERM, exit 143, condition DisruptionTarget) failed its task: the
   podFailurePolicy's FailJob on 143 came before Ignore DisruptionTarget;
 - NetworkPolicy had never been enforced anywhere the tests ran.
+
+Long (about 430 lines) for a reason: each scenario needs the same real cluster, operator and
+gateway; one module keeps them together with the reasons above.
 """
 
 from __future__ import annotations

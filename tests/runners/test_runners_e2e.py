@@ -1,6 +1,10 @@
 """Each runner end to end, as its Job runs it: ``python -m regtask_runners <type>`` as a
 subprocess, talking to a real gateway (uvicorn) backed by real Redis, the real llama.cpp model
-and a real Chroma server."""
+and a real Chroma server.
+
+Long (about 400 lines) for a reason: one scenario per runner and per way a run ends, on the
+servers the session starts once; split, each part would repeat the same set-up.
+"""
 
 from __future__ import annotations
 

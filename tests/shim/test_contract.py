@@ -1,6 +1,9 @@
 """Every RPC method as the web app calls it, answers compared field by field (CONTRACT.md §3).
 
 Real Redis, real kube-apiserver: a started task is a real RegistryTask in the control namespace.
+
+Long (about 500 lines) for a reason: one test per RPC method of the contract, compared field by
+field, on one shim and one cluster; the contract reads top to bottom here.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ checks neither signatures nor expiry (it takes the payload as verified); the las
 proves it. Signature and expiry checks are covered by ``test_security.py`` (same Firebase rules,
 tokens signed by a test key) and ``test_auth.py``. That gap is also why the shim refuses to start
 with ``FIREBASE_AUTH_EMULATOR_HOST`` set unless ``SHIM_ALLOW_AUTH_EMULATOR=true``.
+
+Long (about 520 lines) for a reason: one test per token path (sign-up, claims, revocation,
+disabled and deleted users) against one emulator session and one shim process.
 """
 
 from __future__ import annotations
