@@ -249,8 +249,8 @@ def test_firestore_down_never_blocks_then_everything_converges(
             elapsed = time.monotonic() - began
             wait_for(lambda: writer.stats()["failed_attempts"] >= 3, 10, "failed attempts")
 
-        assert elapsed < 2.0, f"1,000 mirror_task calls took {elapsed:.2f}s"
-        assert slowest < 0.5, f"one mirror_task call took {slowest:.3f}s"
+        assert elapsed < 2.0, f"1,000 write_task calls took {elapsed:.2f}s"
+        assert slowest < 0.5, f"one write_task call took {slowest:.3f}s"
         stats = writer.stats()
         assert stats["written"] == 0
         assert stats["pending"] == 250
