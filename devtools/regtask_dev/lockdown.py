@@ -50,9 +50,9 @@ LIB_MODULES = Path("/lib/modules")
 # Host-wide kernel parameters a cluster could change: podman turns IP forwarding on for its
 # bridge network; the kubelet's six are shielded inside the node (hack/kind/node), recorded
 # here as well so that a failed shield is seen and undone.
+FORWARDING_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding")
 WATCHED_SYSCTLS = (
-    "net.ipv4.ip_forward",
-    "net.ipv4.conf.all.forwarding",
+    *FORWARDING_SYSCTLS,
     "vm.overcommit_memory",
     "vm.panic_on_oom",
     "kernel.panic",
@@ -280,7 +280,10 @@ class Lockdown:
         for name, value in changes.sysctls.items():
             now = read_sysctl(name)
             if now != value:
-                log.warning("restoring %s = %s (was %s)", name, value, now)
+                # podman turns IP forwarding on for its bridge: expected. Any other change means
+                # the node's shield of the kubelet's kernel parameters failed.
+                report = log.info if name in FORWARDING_SYSCTLS else log.warning
+                report("restoring %s = %s (was %s)", name, value, now)
                 write_sysctl(name, value)
         if changes.lib_modules_created:
             with contextlib.suppress(OSError):
