@@ -26,6 +26,7 @@ def test_a_failure_is_one_line_with_the_logs_and_stops_what_was_started(
         )
 
     monkeypatch.setattr(demo, "start", failing_start)
+
     def stop_all(self: demo.Stack) -> list[str]:
         stopped.append("all")
         return []
