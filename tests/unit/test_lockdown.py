@@ -76,6 +76,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     monkeypatch.setattr(lockdown, "write_sysctl", fake.sysctls.__setitem__)
     monkeypatch.setattr(lockdown, "LIB_MODULES", tmp_path / "lib-modules")
     monkeypatch.setattr("shutil.which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(lockdown, "remove_empty_cgroup_parents", lambda: [])
     return fake
 
 
@@ -145,3 +146,16 @@ def test_a_network_of_that_name_that_is_not_locked_down_is_refused(
     )
     with pytest.raises(lockdown.LockdownError, match="not --internal --disable-dns"):
         lockdown.Lockdown(tmp_path / "host-changes.json", {}).apply()
+
+
+def test_only_empty_cgroup_folders_of_podman_are_removed(tmp_path: Path) -> None:
+    """(On a scratch tree: rmdir semantics are the same as in cgroupfs for empty folders.)"""
+    memory = tmp_path / "memory" / lockdown.CGROUP_PARENT
+    (memory / "conmon").mkdir(parents=True)
+    busy = tmp_path / "cpu" / lockdown.CGROUP_PARENT
+    (busy / "libpod-0123").mkdir(parents=True)  # a container still there
+    (busy / "conmon").mkdir()
+    removed = lockdown.remove_empty_cgroup_parents(tmp_path)
+    assert set(removed) == {memory / "conmon", memory, busy / "conmon"}
+    assert not memory.exists()
+    assert (busy / "libpod-0123").is_dir()
