@@ -106,6 +106,8 @@ def operator_writes(
         elif (resource, sub) in OPERATOR_WRITES:
             if (verb.upper(), resource, sub) == ("POST", "registrytasks", ""):
                 delta -= creates  # the bench's own task creations are not the operator's
+            if (verb.upper(), resource, sub) == ("POST", "serviceaccounts", ""):
+                continue  # the controller-manager's "default" ServiceAccount of a new namespace
             total += delta
             label = f"{verb} {resource}{'/' + sub if sub else ''}"
             by_kind[label] = by_kind.get(label, 0.0) + delta

@@ -1,1 +1,2 @@
-"""Development and test tools: local servers, control plane, node stand-in (never in images)."""
+"""Development and test tools: the kind cluster, images, the chart install, local servers, the
+demo (never in images)."""

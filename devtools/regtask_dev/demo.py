@@ -261,6 +261,7 @@ def submit_and_follow(env: dict[str, Any]) -> bool:
 def up(workdir: Path) -> int:
     configure_logging(False)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    logging.getLogger("regtask_dev").setLevel(logging.WARNING)  # the demo narrates its steps
     workdir.mkdir(parents=True, exist_ok=True)
     previous = Stack.load(workdir)
     if previous.pids or previous.cluster:

@@ -261,7 +261,7 @@ class KindCluster:
                     "--config",
                     str(config),
                     "--kubeconfig",
-                    str(self.work_dir / "kind-internal.kubeconfig"),
+                    str(self.work_dir / "kind-own.kubeconfig"),  # unused: kubeconfig.yaml is ours
                     "--wait",
                     "0s",
                 ],

@@ -50,9 +50,9 @@ LIB_MODULES = Path("/lib/modules")
 # Host-wide kernel parameters a cluster could change: podman turns IP forwarding on for its
 # bridge network; the kubelet's six are shielded inside the node (hack/kind/node), recorded
 # here as well so that a failed shield is seen and undone.
+FORWARDING_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding")
 WATCHED_SYSCTLS = (
-    "net.ipv4.ip_forward",
-    "net.ipv4.conf.all.forwarding",
+    *FORWARDING_SYSCTLS,
     "vm.overcommit_memory",
     "vm.panic_on_oom",
     "kernel.panic",
@@ -280,14 +280,38 @@ class Lockdown:
         for name, value in changes.sysctls.items():
             now = read_sysctl(name)
             if now != value:
-                log.warning("restoring %s = %s (was %s)", name, value, now)
+                # podman turns IP forwarding on for its bridge: expected. Any other change means
+                # the node's shield of the kubelet's kernel parameters failed.
+                report = log.info if name in FORWARDING_SYSCTLS else log.warning
+                report("restoring %s = %s (was %s)", name, value, now)
                 write_sysctl(name, value)
+        remove_empty_cgroup_parents()
         if changes.lib_modules_created:
             with contextlib.suppress(OSError):
                 LIB_MODULES.resolve().rmdir()  # only if still empty
             changes.lib_modules_created = False
             self._save(changes)
         self.state_file.unlink(missing_ok=True)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# podman (cgroupfs manager) parents its containers and their conmon here, in every hierarchy.
+CGROUP_PARENT = "libpod_parent"
+
+
+def remove_empty_cgroup_parents(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Remove the folders podman left in the cgroup hierarchies once no container uses them.
+
+    rmdir only: a folder that still holds a process or a child cgroup (another podman's
+    container) stays. Returns what was removed.
+    """
+    removed: list[Path] = []
+    for parent in sorted(root.glob(f"*/{CGROUP_PARENT}")) + sorted(root.glob(CGROUP_PARENT)):
+        for folder in (parent / "conmon", parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+                removed.append(folder)
+    return removed
 
 
 def _filter_table_has_rules() -> bool:

@@ -41,7 +41,8 @@ def apply_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout_s: float 
             if exc.status != 409:
                 raise
             current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resourceVersion  # type: ignore[union-attr]
+            assert current.metadata is not None
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
             ext.replace_custom_resource_definition(name, body)
 
     def established() -> bool:

@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from regtask.crmodels import API_GROUP, API_VERSION
+from regtask_dev.stack import apply_crds
 from tests.operator.test_operator_lifecycle import as_dict
 
 pytestmark = pytest.mark.kube
@@ -155,3 +156,8 @@ def test_short_name_and_category(kube_api: client.ApiClient, crds: list[str]) ->
     assert "rt" in by_name["registrytasks"].short_names
     assert "regtask" in by_name["registrytasks"].categories
     assert "cq" in by_name["companyquotas"].short_names
+
+
+def test_applying_the_crds_again_replaces_them(kube_api: client.ApiClient, crds: list[str]) -> None:
+    """A second apply (a cluster where the chart installed them first) replaces, not fails."""
+    assert apply_crds(kube_api) == crds
