@@ -11,6 +11,8 @@ import pytest
 from regtask_dev import demo
 from regtask_dev.kind import ClusterError
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_failure_is_one_line_with_the_logs_and_stops_what_was_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

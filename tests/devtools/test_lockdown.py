@@ -16,6 +16,8 @@ import pytest
 
 from regtask_dev import lockdown
 
+pytestmark = pytest.mark.unit
+
 
 class FakeHost:
     """iptables/nft/ip/podman as far as the lock-down uses them, and /proc/sys."""
