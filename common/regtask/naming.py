@@ -31,6 +31,9 @@ ANNOTATION_USER = "regtask.io/user-id"
 ANNOTATION_COMPANY = "regtask.io/company-id"
 ANNOTATION_TASK = "regtask.io/task-id"
 ANNOTATION_TASK_NAMESPACE = "regtask.io/task-namespace"
+# The UID of the RegistryTask a Job was created for (a task re-created with the same taskId
+# has another one).
+ANNOTATION_TASK_UID = "regtask.io/task-uid"
 # The operator's finalizer on RegistryTasks (its Job, quota slot and registry end are released
 # behind it). The shim sets it at creation, which saves the operator one PATCH per task; the
 # operator adds it to tasks created without it (kubectl apply).

@@ -26,7 +26,6 @@ from pydantic import ValidationError
 
 from regtask.crmodels import TERMINAL_PHASES, CompanyQuotaSpec, Phase, RegistryTaskSpec
 from regtask.documents import Quotas
-from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube
@@ -104,8 +103,9 @@ class Controller:
         await self.status.cancel(task, "Deleted", "the task was deleted")
         await self.tracker.forget(key)
 
-    async def job_changed(self, key: TaskKey, outcome: jobs.JobOutcome) -> None:
-        await self.reconciler.job_changed(key, outcome)
+    async def job_seen(self, job: dict[str, Any]) -> None:
+        """A watch event of one of the operator's Jobs (see :meth:`Reconciler.job_seen`)."""
+        await self.reconciler.job_seen(job)
 
     # ------------------------------------------------------------------ quotas (handlers)
 
@@ -139,7 +139,9 @@ class Controller:
         await self.reconciler.reconcile(await self.reconciler.live_jobs(), listed_at)
 
     async def sync_status(self) -> None:
-        """Runner progress into task status, usage into CompanyQuota status (throttled loop)."""
+        """Final status writes still owed, runner progress into task status, usage into
+        CompanyQuota status (throttled loop)."""
+        await self.status.retry_final_writes()
         await self.reconciler.sync_progress()
         await self.reconciler.publish_quota_usage()
 

@@ -21,7 +21,6 @@ from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_PLURAL, CompanyQuotaSpec
 from regtask.settings import get_settings
 from regtask.timeutil import now_iso
-from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import get_operator_settings
 from regtask_operator.kube import default_login
@@ -161,15 +160,10 @@ async def task_deleted(
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS, when=_job_in_scope)
 async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        return  # an unexpected deletion is caught by the reconcile loop (the task is requeued)
-    labels = body.get("metadata", {}).get("labels") or {}
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
-    task_name = labels.get(naming.LABEL_TASK)
-    if not task_ns or not task_name:
-        return
-    outcome = jobs.read_job_status(dict(body.get("status") or {}))
-    await _runtime(memo).controller.job_changed(TaskKey(task_ns, task_name), outcome)
+        return  # an unexpected deletion is caught by the reconcile loop (JobLost)
+    await _runtime(memo).controller.job_seen(
+        {"metadata": dict(body.get("metadata") or {}), "status": dict(body.get("status") or {})}
+    )
 
 
 @kopf.on.event(*QUOTAS, when=_in_scope)

@@ -24,9 +24,11 @@ def job_labels(spec: RegistryTaskSpec, task_name: str) -> dict[str, str]:
     }
 
 
-def job_annotations(spec: RegistryTaskSpec, task_namespace: str) -> dict[str, str]:
-    """Raw ids and the way back to the task (cross-namespace owner references do not exist)."""
+def job_annotations(spec: RegistryTaskSpec, task_namespace: str, task_uid: str) -> dict[str, str]:
+    """Raw ids and the way back to the task (cross-namespace owner references do not exist);
+    the task's UID tells this task's Job from one an earlier task of the same taskId left."""
     return {
+        naming.ANNOTATION_TASK_UID: task_uid,
         naming.ANNOTATION_TASK: spec.task_id,
         naming.ANNOTATION_TASK_NAMESPACE: task_namespace,
         naming.ANNOTATION_USER: spec.user_id,
@@ -34,8 +36,18 @@ def job_annotations(spec: RegistryTaskSpec, task_namespace: str) -> dict[str, st
     }
 
 
+def belongs_to(job: dict[str, Any], task_uid: str) -> bool:
+    """Whether the Job was created for the task with this UID (its annotation says so)."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    return bool(task_uid) and annotations.get(naming.ANNOTATION_TASK_UID) == task_uid
+
+
 def build_job(
-    spec: RegistryTaskSpec, task_name: str, task_namespace: str, settings: OperatorSettings
+    spec: RegistryTaskSpec,
+    task_name: str,
+    task_namespace: str,
+    task_uid: str,
+    settings: OperatorSettings,
 ) -> dict[str, Any]:
     labels = job_labels(spec, task_name)
     container_security = {
@@ -78,7 +90,7 @@ def build_job(
             "name": naming.job_name(spec.task_id),
             "namespace": naming.tenant_namespace(spec.user_id, spec.company_id),
             "labels": labels,
-            "annotations": job_annotations(spec, task_namespace),
+            "annotations": job_annotations(spec, task_namespace, task_uid),
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,

@@ -1,10 +1,12 @@
 """The cluster's truth fed back into the operator's memory, and its memory into task status.
 
-- Jobs: a Job's end finishes its task (:meth:`Reconciler.job_changed`, from the Job watch), and
+- Jobs: a Job's end finishes its task (:meth:`Reconciler.job_seen`, from the Job watch), and
   every ``REGTASK_RECONCILE_INTERVAL_S`` (and once at start-up, before any handler runs) the
   admission counters are rebuilt from the live Jobs (:meth:`Reconciler.reconcile`): a Job of a
-  task not yet seen takes its slot, a task whose Job vanished is queued again, a Job that
-  finished while the operator was down finishes its task.
+  task not yet seen takes its slot, a Job that finished while the operator was down finishes its
+  task, a live Job of a finished task is deleted, a running task whose Job vanished ends
+  ``Failed`` (``JobLost``). Only a task's own Job (:func:`owns`: its namespace, its derived
+  name, the task's UID) counts for it.
 - Progress: the runners' progress, written by the gateway in the registry, is copied into the
   CR status at most every ``REGTASK_PROGRESS_STATUS_INTERVAL_S`` per task.
 - Quota usage: each CompanyQuota's status shows its company's running and waiting counts.
@@ -30,11 +32,33 @@ from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, quota_path
 from regtask_operator.mirror import Mirror
 from regtask_operator.status import StatusWriter, progress_status
-from regtask_operator.tasks import TaskTracker
+from regtask_operator.tasks import TaskTracker, TrackedTask
 
 log = structlog.get_logger(__name__)
 
 MANAGED_JOBS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+
+
+def job_task_key(job: dict[str, Any], settings: OperatorSettings) -> TaskKey | None:
+    """The task a Job says it runs (its annotations and labels), if this operator handles it."""
+    meta = job.get("metadata") or {}
+    task_ns = (meta.get("annotations") or {}).get(naming.ANNOTATION_TASK_NAMESPACE)
+    task_name = (meta.get("labels") or {}).get(naming.LABEL_TASK)
+    if not task_ns or not task_name or not settings.handles_namespace(task_ns):
+        return None
+    return TaskKey(task_ns, task_name)
+
+
+def owns(task: TrackedTask, job: dict[str, Any]) -> bool:
+    """Whether a Job is this task's own: in the task's tenant namespace, under its derived
+    name, created for this task (its UID). Labels and annotations anyone can write are never
+    enough: a Job that is not the task's neither ends it nor holds its slot."""
+    meta = job.get("metadata") or {}
+    return (
+        meta.get("namespace") == task.tenant_namespace
+        and meta.get("name") == naming.job_name(task.task_id)
+        and jobs.belongs_to(job, task.uid)
+    )
 
 
 @dataclass
@@ -53,50 +77,64 @@ class Reconciler:
 
     # ------------------------------------------------------------------ Jobs
 
-    async def job_changed(self, key: TaskKey, outcome: jobs.JobOutcome) -> None:
-        task = self.tracker.tasks.get(key)
-        if task is None or task.phase in TERMINAL_PHASES:
+    async def job_seen(self, job: dict[str, Any]) -> None:
+        """A watch event of a Job: its end ends its task; a Job still running for a task that
+        ended (a cancel that raced its launch) is deleted; a Job that is not the task's own
+        (:func:`owns`) decides nothing."""
+        key = job_task_key(job, self.settings)
+        task = self.tracker.tasks.get(key) if key is not None else None
+        if task is None or not owns(task, job):
             return
-        if outcome.phase is None:
+        outcome = jobs.read_job_status(job.get("status"))
+        if task.phase in TERMINAL_PHASES:
+            if outcome.phase is None and not (job.get("metadata") or {}).get("deletionTimestamp"):
+                await self.status.delete_job(task)
             return
-        await self.status.finish_as_job(task, outcome)
+        if outcome.phase is not None:
+            await self.status.finish_as_job(task, outcome)
 
     async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
-        """Make the admission counters equal to the live Jobs; requeue tasks that lost theirs.
+        """Make the admission counters equal to the live Jobs; settle what they contradict.
 
         ``listed_at`` is the ``time.monotonic()`` taken before the Jobs were listed: a task
-        launched since then has a Job the list may not show yet, and keeps its slot.
+        launched since then has a Job the list may not show yet, and keeps its slot. A Job that
+        finished ends its task; a live Job of a task that ended is deleted; a task that was
+        running and whose Job is gone ends ``Failed`` (``JobLost``): its work is not run again
+        from scratch behind the user's back.
         """
         tracker = self.tracker
         running: list[Candidate] = []
-        finished: list[tuple[TaskKey, jobs.JobOutcome]] = []
+        finished: list[tuple[TrackedTask, jobs.JobOutcome]] = []
+        orphans: list[TrackedTask] = []
         with_job: set[TaskKey] = set()
         for job in live_jobs:
+            key = job_task_key(job, self.settings)
+            if key is None:
+                continue
             meta = job.get("metadata") or {}
-            annotations = meta.get("annotations") or {}
-            labels = meta.get("labels") or {}
-            task_ns = annotations.get(naming.ANNOTATION_TASK_NAMESPACE)
-            task_name = labels.get(naming.LABEL_TASK)
-            if not task_ns or not task_name or not self.settings.handles_namespace(task_ns):
-                continue
-            key = TaskKey(task_ns, task_name)
-            with_job.add(key)
-            outcome = jobs.read_job_status(job.get("status"))
-            if outcome.phase is not None:
-                finished.append((key, outcome))
-                continue
-            if meta.get("deletionTimestamp"):
-                continue
             task = tracker.tasks.get(key)
+            if task is not None and not owns(task, job):
+                continue  # not this task's Job: it decides nothing (and takes no slot of it)
+            outcome = jobs.read_job_status(job.get("status"))
             if task is not None:
-                if task.phase not in TERMINAL_PHASES:
+                with_job.add(key)
+                if outcome.phase is not None:
+                    if task.phase not in TERMINAL_PHASES:
+                        finished.append((task, outcome))
+                elif task.phase in TERMINAL_PHASES:
+                    if not meta.get("deletionTimestamp"):
+                        orphans.append(task)
+                elif not meta.get("deletionTimestamp"):
                     running.append(task.candidate())
                 continue
+            if outcome.phase is not None or meta.get("deletionTimestamp"):
+                continue
             # A Job whose task has not been seen yet (start-up): its slot counts all the same.
+            annotations = meta.get("annotations") or {}
             running.append(
                 Candidate(
                     key=key,
-                    task_id=annotations.get(naming.ANNOTATION_TASK, task_name),
+                    task_id=annotations.get(naming.ANNOTATION_TASK, key.name),
                     user_id=annotations.get(naming.ANNOTATION_USER, ""),
                     company_id=annotations.get(naming.ANNOTATION_COMPANY, ""),
                     priority=Priority.NORMAL,
@@ -104,13 +142,17 @@ class Reconciler:
                 )
             )
         # Finished Jobs first: their tasks end, and are then neither running nor requeued.
-        for key, outcome in finished:
-            await self.job_changed(key, outcome)
+        for task, outcome in finished:
+            await self.status.finish_as_job(task, outcome)
+        for task in orphans:
+            log.warning("job_of_finished_task_deleted", task=str(task.key))
+            await self.status.delete_job(task)
         recent = {
             key
             for key, task in tracker.tasks.items()
             if key in tracker.launching or task.launched_mono >= listed_at
         }
+        lost: list[TrackedTask] = []
         async with tracker.lock:
             truth = running + [
                 tracker.tasks[k].candidate()
@@ -120,12 +162,22 @@ class Reconciler:
             ]
             added, dropped = tracker.state.rebuild(truth)
             for task in tracker.tasks.values():
-                if task.phase in TERMINAL_PHASES or task.key in with_job:
+                if task.phase in TERMINAL_PHASES or task.key in with_job or task.key in recent:
                     continue
-                if not tracker.state.is_running(task.key) and not tracker.state.is_queued(task.key):
-                    tracker.state.submit(task.candidate())  # its Job vanished: run it again
+                if task.phase is Phase.RUNNING:
+                    lost.append(task)  # launched, and its Job is gone
+                elif not tracker.state.is_queued(task.key):
+                    tracker.state.submit(task.candidate())
         if added or dropped:
             log.warning("admission_counters_rebuilt", added=added, dropped=dropped)
+        for task in lost:
+            await self.status.finish(
+                task,
+                Phase.FAILED,
+                "JobLost",
+                f"its Job {naming.job_name(task.task_id)} is gone (deleted, or removed by its "
+                "TTL while the operator was away); the work is not run again",
+            )
         tracker.kick()
 
     # ------------------------------------------------------------------ status sync

@@ -40,6 +40,11 @@ from regtask_operator.tenants import Tenants
 
 log = structlog.get_logger(__name__)
 
+
+class StaleJobError(RuntimeError):
+    """The derived Job name is taken by a Job of an earlier task with the same taskId."""
+
+
 # (company_id) -> (requests counted in the current hour window, seconds until it resets)
 LlmWindow = Callable[[str], Awaitable[tuple[int, int]]]
 
@@ -132,7 +137,7 @@ class Scheduler:
             if task is not None and isinstance(exc, KubeError) and exc.status == 404:
                 self.tenants.forget(task.tenant_namespace)  # removed behind our back: rebuild
             if task is not None:
-                await self.tracker.requeue(task)
+                await self.tracker.requeue(task)  # unless it was cancelled meanwhile
                 self.status.emit(task, "Warning", "LaunchFailed", str(exc)[:500])
             await asyncio.sleep(1.0)
             self.tracker.kick()
@@ -140,27 +145,44 @@ class Scheduler:
             self.tracker.launching.discard(candidate.key)
 
     async def launch(self, task: TrackedTask) -> None:
+        """Tenant namespace, Job, ``Running``. A cancel may land at any await of this: the
+        task's phase is checked after each, and a Job created for a task that ended meanwhile
+        is deleted at once (the reconcile loop deletes it otherwise)."""
+        if task.phase in TERMINAL_PHASES:
+            return
         spec = task.spec
         namespace = await self.tenants.ensure(spec.user_id, spec.company_id)
+        if task.phase in TERMINAL_PHASES:
+            return
         metrics.ADMISSION_WAIT.labels(spec.company_id).observe(
             max(0.0, time.time() - parse_iso(task.created).timestamp())
         )
         task.admitted_at = time.time()
-        job = jobs.build_job(spec, task.key.name, task.key.namespace, self.settings)
+        job = jobs.build_job(spec, task.key.name, task.key.namespace, task.uid, self.settings)
         created = await self.kube.create(job)
         task.launched_mono = task.progress_patched_at = time.monotonic()
+        if task.phase in TERMINAL_PHASES:
+            await self.status.delete_job(task)  # cancelled while its Job was being created
+            return
         if not created:
-            # Launched by an earlier life of the operator: follow that Job, whatever its state.
             existing = await self.kube.get(
                 object_path("batch/v1", "Job", namespace, job["metadata"]["name"])
             )
+            if existing is not None and not jobs.belongs_to(existing, task.uid):
+                # An earlier task with the same taskId left its Job: never inherit its outcome.
+                await self.status.delete_job(task)
+                raise StaleJobError(
+                    f"Job {job['metadata']['name']} belongs to an earlier task with this "
+                    "taskId; deleted, the launch is retried"
+                )
+            # Launched by an earlier life of the operator: follow that Job, whatever its state.
             outcome = jobs.read_job_status((existing or {}).get("status"))
             if outcome.phase is not None:
                 await self.status.finish_as_job(task, outcome)
                 return
-        if task.phase in TERMINAL_PHASES:
-            return  # finished (or cancelled) while this launch was under way
-        task.phase = Phase.RUNNING
+        if not self.tracker.transition(task, Phase.RUNNING):
+            await self.status.delete_job(task)  # ended in the meantime
+            return
         await self.status.write(task, running_status(namespace, job["metadata"]["name"]))
         await self.mirror.publish(task.snapshot(Phase.RUNNING, current_step="starting"))
         self.status.emit(
@@ -204,9 +226,10 @@ class Scheduler:
             # most this often per task (the registry and the events get every change, below).
             await self._publish_waiting(task, waiting)
             return
+        if not self.tracker.transition(task, Phase.WAITING):
+            return  # ended after the decision that found it waiting
         task.reported_wait = marker
         task.reported_at = time.monotonic()
-        task.phase = Phase.WAITING
         quotas, _ = self.tracker.company_limits(task.company_id)
         await self.status.write(task, waiting_status(waiting, quotas))
         await self._publish_waiting(task, waiting)
@@ -214,7 +237,7 @@ class Scheduler:
     async def _publish_waiting(self, task: TrackedTask, waiting: Waiting) -> None:
         """The registry and the events: every change of position, real time (Redis only)."""
         marker = (waiting.position, waiting.reason.value)
-        if task.published_wait == marker:
+        if task.published_wait == marker or task.phase in TERMINAL_PHASES:
             return
         task.published_wait = marker
         await self.mirror.publish(

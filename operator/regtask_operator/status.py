@@ -2,9 +2,10 @@
 
 The bodies are built by pure functions, one per situation (:func:`running_status`,
 :func:`waiting_status`, :func:`progress_status`, :func:`finished_status`,
-:func:`invalid_spec_status`), and written by
-one guarded function (:meth:`StatusWriter.write`). :meth:`StatusWriter.finish` is the one place
-a task becomes terminal.
+:func:`invalid_spec_status`), and written by one guarded function (:meth:`StatusWriter.write`).
+:meth:`StatusWriter.finish` and :meth:`StatusWriter.cancel` are where a task becomes terminal,
+through the tracker's one guarded transition (:meth:`TaskTracker.transition`); a final write
+the API server refuses for now is retried until it lands (:meth:`StatusWriter.write_final`).
 
 Hazard: the operator is the only writer of a task's status besides Kopf's deletion bookkeeping.
 Writes of one task are serialised (its ``status_lock``), and once the task has ended in memory
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import structlog
 
 from regtask import naming
@@ -36,7 +38,7 @@ from regtask.documents import Quotas
 from regtask.timeutil import now_iso
 from regtask_operator import jobs, metrics
 from regtask_operator.admission import TaskKey, Waiting
-from regtask_operator.kube import Kube, task_path
+from regtask_operator.kube import Kube, KubeError, task_path
 from regtask_operator.mirror import Mirror
 from regtask_operator.tasks import TaskTracker, TrackedTask
 
@@ -151,6 +153,8 @@ class StatusWriter:
     tracker: TaskTracker
     mirror: Mirror
     _event_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Final status writes the API server has not taken yet, retried by the status-sync loop.
+    pending_final: dict[TaskKey, _PendingWrite] = field(default_factory=dict)
 
     async def write(self, task: TrackedTask, status: dict[str, Any]) -> bool:
         """Merge-patch the task's status; False when the task is gone or the write is stale
@@ -202,38 +206,12 @@ class StatusWriter:
         attempts: int | None = None,
         start_time: str | None = None,
     ) -> None:
-        """Record the end everywhere (status, mirror, metrics, Event), release the slot.
-        Idempotent."""
-        if task.phase in TERMINAL_PHASES:
+        """End the task: decided in memory first (its slot freed, every later decision about
+        it refused: :meth:`TaskTracker.transition`), then recorded everywhere (status, mirror,
+        metrics, Event). Idempotent."""
+        if not self.tracker.transition(task, phase):
             return
-        task.phase = phase
-        result: dict[str, Any] | None = None
-        if phase is Phase.SUCCEEDED:
-            task.progress = 100
-            try:
-                stored = await self.mirror.registry.get_task(task.task_id)
-                result = stored.result if stored else None
-            except Exception as exc:  # noqa: BLE001 - the result is a bonus in the CR
-                log.warning("task_result_unavailable", task_id=task.task_id, error=str(exc))
-        await self.write(
-            task, finished_status(phase, reason, message, attempts, start_time, result)
-        )
-        await self.mirror.publish(
-            task.snapshot(phase, reason=reason, message=message, result=result)
-        )
-        metrics.TASKS_FINISHED.labels(task.task_type.value, task.company_id, phase.value).inc()
-        if task.admitted_at is not None:
-            metrics.JOB_DURATION.labels(task.task_type.value, phase.value).observe(
-                time.time() - task.admitted_at
-            )
-        await self.tracker.release(task.key)
-        self.emit(
-            task,
-            "Normal" if phase is Phase.SUCCEEDED else "Warning",
-            reason or phase.value,
-            message or f"task {phase.value.lower()}",
-        )
-        self.tracker.kick()
+        await self._record_end(task, phase, reason, message, attempts, start_time)
 
     async def finish_as_job(self, task: TrackedTask, outcome: jobs.JobOutcome) -> None:
         """The task ends as its Job did (``outcome.phase`` set: Succeeded or Failed)."""
@@ -248,10 +226,113 @@ class StatusWriter:
         )
 
     async def cancel(self, task: TrackedTask, reason: str, message: str) -> None:
-        """Stop the Job if any and end as Cancelled."""
-        if task.phase in TERMINAL_PHASES:
+        """End as Cancelled, then stop its Job. A Job the API refuses to delete now is deleted
+        by the next reconcile, which deletes every live Job of a finished task."""
+        if not self.tracker.transition(task, Phase.CANCELLED):
             return
-        await self.kube.delete(
-            "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.task_id)
+        await self.delete_job(task)
+        await self._record_end(task, Phase.CANCELLED, reason, message, None, None)
+
+    async def delete_job(self, task: TrackedTask) -> bool:
+        """Delete the task's Job (gone already: fine); False when the API refused (logged)."""
+        try:
+            await self.kube.delete(
+                "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.task_id)
+            )
+        except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("job_delete_failed", task=str(task.key), error=str(exc))
+            return False
+        return True
+
+    async def _record_end(
+        self,
+        task: TrackedTask,
+        phase: Phase,
+        reason: str,
+        message: str,
+        attempts: int | None,
+        start_time: str | None,
+    ) -> None:
+        result: dict[str, Any] | None = None
+        if phase is Phase.SUCCEEDED:
+            task.progress = 100
+            try:
+                stored = await self.mirror.registry.get_task(task.task_id)
+                result = stored.result if stored else None
+            except Exception as exc:  # noqa: BLE001 - the result is a bonus in the CR
+                log.warning("task_result_unavailable", task_id=task.task_id, error=str(exc))
+        await self.write_final(
+            task, finished_status(phase, reason, message, attempts, start_time, result)
         )
-        await self.finish(task, Phase.CANCELLED, reason, message)
+        await self.mirror.publish(
+            task.snapshot(phase, reason=reason, message=message, result=result)
+        )
+        metrics.TASKS_FINISHED.labels(task.task_type.value, task.company_id, phase.value).inc()
+        if task.admitted_at is not None:
+            metrics.JOB_DURATION.labels(task.task_type.value, phase.value).observe(
+                time.time() - task.admitted_at
+            )
+        self.emit(
+            task,
+            "Normal" if phase is Phase.SUCCEEDED else "Warning",
+            reason or phase.value,
+            message or f"task {phase.value.lower()}",
+        )
+        self.tracker.kick()
+
+    # ------------------------------------------------------------------ final writes
+
+    async def write_final(self, task: TrackedTask, status: dict[str, Any]) -> None:
+        """The task's end in its CR status. A refusal or no answer from the API server (429,
+        5xx, timeout) is not the end of it: the write is kept and retried with backoff
+        (:meth:`retry_final_writes`, from the status-sync loop) until the API server has the
+        outcome or the task is gone."""
+        try:
+            await self.write(task, status)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+            pending = _PendingWrite(task, status, attempts=1)
+            pending.next_at = time.monotonic() + pending.backoff_s
+            self.pending_final[task.key] = pending
+            log.warning(
+                "final_status_write_failed", task=str(task.key), error=str(exc), will_retry=True
+            )
+        else:
+            self.pending_final.pop(task.key, None)
+
+    async def retry_final_writes(self) -> int:
+        """Retry the final status writes still waiting; returns how many landed."""
+        landed = 0
+        now = time.monotonic()
+        for key, pending in list(self.pending_final.items()):
+            if pending.next_at > now:
+                continue
+            try:
+                await self.write(pending.task, pending.status)
+            except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+                pending.attempts += 1
+                pending.next_at = time.monotonic() + pending.backoff_s
+                log.warning(
+                    "final_status_write_failed",
+                    task=str(key),
+                    error=str(exc),
+                    attempts=pending.attempts,
+                )
+                continue
+            self.pending_final.pop(key, None)
+            landed += 1
+        return landed
+
+
+@dataclass
+class _PendingWrite:
+    """A task's final status the API server has not taken yet."""
+
+    task: TrackedTask
+    status: dict[str, Any]
+    attempts: int
+    next_at: float = 0.0
+
+    @property
+    def backoff_s(self) -> float:
+        """1, 2, 4 ... 60 s between attempts."""
+        return float(min(60, 2 ** (self.attempts - 1)))

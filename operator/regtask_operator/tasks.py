@@ -235,16 +235,34 @@ class TaskTracker:
         self.kick()
         return task, is_new
 
+    def transition(self, task: TrackedTask, phase: Phase) -> bool:
+        """The one way a task's phase changes in memory; False when refused.
+
+        Nothing leaves a terminal phase: a decision taken before a cancel (a launch, a waiting
+        report) that arrives after it is refused here, and its writer must stop. Entering a
+        terminal phase frees the task's slot (or its place in the queue) in the same
+        synchronous step, so no decision taken after this instant can admit it, and no
+        finished task holds a slot while its end is being written.
+        """
+        if task.phase in TERMINAL_PHASES:
+            return False
+        task.phase = phase
+        if phase in TERMINAL_PHASES:
+            self.state.release(task.key)
+            self.kick()
+        return True
+
     async def release(self, key: TaskKey) -> None:
         """Free the task's slot (or its place in the queue)."""
         async with self.lock:
             self.state.release(key)
 
     async def requeue(self, task: TrackedTask) -> None:
-        """Back in the queue after a failed launch."""
+        """Back in the queue after a failed launch, unless it ended meanwhile (a cancel)."""
         async with self.lock:
             self.state.release(task.key)
-            self.state.submit(task.candidate())
+            if task.phase not in TERMINAL_PHASES:
+                self.state.submit(task.candidate())
 
     async def forget(self, key: TaskKey) -> None:
         await self.release(key)

@@ -53,6 +53,6 @@ def policy_action(rules: list[dict[str, Any]], exit_code: int, conditions: list[
 def test_an_evicted_runner_is_retried_and_a_permanent_failure_is_not(
     exit_code: int, conditions: list[str], action: str
 ) -> None:
-    job = jobs.build_job(SPEC, "task-t1", "regtask-system", OperatorSettings())
+    job = jobs.build_job(SPEC, "task-t1", "regtask-system", "uid-1", OperatorSettings())
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert policy_action(rules, exit_code, conditions) == action

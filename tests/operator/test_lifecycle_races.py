@@ -1,0 +1,353 @@
+"""Cancels, launches, waiting reports and Job events in every order: the lifecycle's guarantees.
+
+The real Controller (scheduler, status writer, reconciler, tracker) runs against a fake API
+server whose every call yields to the event loop a few times before and after it takes effect,
+the number drawn by hypothesis: each example is one interleaving of the coroutines. What must
+hold in all of them (issue 15, items 1 and 2):
+
+- a cancel at any instant ends with no live Job and the slot free;
+- nothing moves a task out of a terminal phase: not in memory, and not in what reaches the API
+  server (no write after the final one);
+- a Job found alive for a finished task is deleted by the reconcile loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from regtask import naming
+from regtask.crmodels import TERMINAL_PHASES, Phase, RegistryTaskSpec
+from regtask_operator import jobs
+from regtask_operator.admission import TaskKey
+from regtask_operator.config import OperatorSettings
+from regtask_operator.controller import Controller
+from regtask_operator.kube import KubeError
+
+pytestmark = pytest.mark.unit
+
+NAMESPACE = "regtask-test"
+
+
+class FakeApi:
+    """The API server as far as the operator's lifecycle uses it. Every call yields to the loop
+    a drawn number of times before and after its effect (the interleavings)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: dict[str, list[dict[str, Any]]] = {}  # task name -> status patches
+
+    async def _pause(self) -> None:
+        for _ in range(self.rng.randint(0, 4)):
+            await asyncio.sleep(0)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        await self._pause()
+        return {}
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        await self._pause()
+        meta = manifest["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if key in self.jobs:
+            await self._pause()
+            return False
+        self.jobs[key] = {**manifest, "status": {}}
+        await self._pause()
+        return True
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        await self._pause()
+        namespace, name = path.split("/namespaces/")[1].split("/jobs/")
+        return self.jobs.get((namespace, name))
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        await self._pause()
+        found = self.jobs.pop((namespace or "", name), None)
+        await self._pause()
+        return found is not None
+
+    async def patch_merge(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        await self._pause()
+        name = path.split("/registrytasks/")[1].removesuffix("/status")
+        self.writes.setdefault(name, []).append(dict(patch["status"]))
+        await self._pause()
+        return {}
+
+    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        await self._pause()
+        return list(self.jobs.values())
+
+    async def post_event(self, involved: Mapping[str, str], *args: Any) -> None:
+        await self._pause()
+
+    def complete(self, namespace: str, name: str) -> dict[str, Any]:
+        """What the Job controller does when the runner succeeds."""
+        job = self.jobs[(namespace, name)]
+        job["status"] = {
+            "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}],
+            "startTime": "2026-11-28T00:00:00Z",
+        }
+        return job
+
+
+class FakeRegistry:
+    async def get_task(self, task_id: str) -> None:
+        return None
+
+
+class FakeMirror:
+    registry = FakeRegistry()
+
+    async def publish(self, snapshot: Any) -> None:
+        await asyncio.sleep(0)
+
+    async def publish_limits(self, *args: Any) -> bool:
+        return True
+
+
+async def no_llm_use(company_id: str) -> tuple[int, int]:
+    return 0, 3600
+
+
+def make(api: FakeApi) -> Controller:
+    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
+    return Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+
+
+def spec(task_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "taskId": task_id,
+        "taskType": "document_analysis",
+        "userId": "u1",
+        "companyId": "c1",
+        **extra,
+    }
+
+
+async def see(controller: Controller, task_id: str, **extra: Any) -> TaskKey:
+    key = TaskKey(NAMESPACE, f"task-{task_id}")
+    await controller.task_seen(
+        key, f"uid-{task_id}", spec(task_id, **extra), {}, "2026-11-28T00:00:00Z"
+    )
+    return key
+
+
+async def yields(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def assert_terminal_is_final(controller: Controller, api: FakeApi) -> None:
+    """No write after a terminal one changes the phase; memory agrees with the last write."""
+    for name, written in api.writes.items():
+        phases = [w["phase"] for w in written if "phase" in w]
+        ended = [i for i, p in enumerate(phases) if Phase(p) in TERMINAL_PHASES]
+        if ended:
+            assert all(p == phases[ended[0]] for p in phases[ended[0] :]), (name, phases)
+            assert [w for w in written[ended[0] + 1 :] if "phase" not in w] == [], (name, written)
+        task = controller.tracker.tasks[TaskKey(NAMESPACE, name)]
+        if phases:
+            assert task.phase.value == phases[-1], (name, task.phase, phases)
+
+
+RACE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RACE
+@given(seed=st.integers(0, 2**32 - 1), cancel_after=st.integers(0, 60))
+def test_a_cancel_at_any_instant_leaves_no_job_and_no_slot(seed: int, cancel_after: int) -> None:
+    async def scenario() -> None:
+        api = FakeApi(random.Random(seed))
+        controller = make(api)
+        key = await see(controller, "t1")
+        task = controller.tracker.tasks[key]
+
+        async def cancel_later() -> None:
+            await yields(cancel_after)
+            await controller.status.cancel(task, "CancelRequested", "cancelled by request")
+
+        await asyncio.gather(controller.scheduler.step(), cancel_later())
+        await yields(50)  # let every launch and event coroutine finish
+        assert task.phase is Phase.CANCELLED
+        assert (task.tenant_namespace, naming.job_name("t1")) not in api.jobs, "live Job left"
+        assert not controller.tracker.state.is_running(key)
+        assert not controller.tracker.state.is_queued(key)
+        assert_terminal_is_final(controller, api)
+
+    asyncio.run(scenario())
+
+
+@RACE
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    cancel_after=st.integers(0, 80),
+    complete_after=st.integers(0, 80),
+)
+def test_nothing_leaves_a_terminal_phase(seed: int, cancel_after: int, complete_after: int) -> None:
+    """Two tasks of one user with room for one: the first runs and its Job completes, the
+    second waits (its waiting report races a cancel); steps keep coming meanwhile."""
+
+    async def scenario() -> None:
+        api = FakeApi(random.Random(seed))
+        controller = make(api)
+        first = await see(controller, "t1")
+        second = await see(controller, "t2")
+
+        async def cancel_second() -> None:
+            await yields(cancel_after)
+            await controller.status.cancel(
+                controller.tracker.tasks[second], "CancelRequested", "by request"
+            )
+
+        async def complete_first() -> None:
+            await yields(complete_after)
+            job_key = (controller.tracker.tasks[first].tenant_namespace, naming.job_name("t1"))
+            if job_key in api.jobs:
+                await controller.job_seen(api.complete(*job_key))
+
+        async def steps() -> None:
+            for _ in range(4):
+                await controller.scheduler.step()
+                await yields(3)
+
+        await asyncio.gather(steps(), cancel_second(), complete_first())
+        await yields(50)
+        assert controller.tracker.tasks[second].phase is Phase.CANCELLED
+        assert (controller.tracker.tasks[second].tenant_namespace, naming.job_name("t2")) not in (
+            api.jobs
+        )
+        assert_terminal_is_final(controller, api)
+
+    asyncio.run(scenario())
+
+
+async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
+    """(The API refused the cancel's delete: the reconcile loop finishes the job.)"""
+    api = FakeApi(random.Random(0))
+    controller = make(api)
+    key = await see(controller, "t1")
+    await controller.scheduler.step()
+    await yields(50)
+    task = controller.tracker.tasks[key]
+    assert task.phase is Phase.RUNNING
+    job = api.jobs[(task.tenant_namespace, naming.job_name("t1"))]
+
+    async def refuse(*args: Any) -> bool:
+        raise TimeoutError("no answer")
+
+    api.delete = refuse  # type: ignore[method-assign]
+    await controller.status.cancel(task, "CancelRequested", "by request")
+    assert api.jobs, "the delete was refused: the Job is still there"
+    del api.delete  # the API server answers again
+    await controller.reconciler.reconcile([job], listed_at=0.0)
+    assert api.jobs == {}
+
+
+class FlakyApi(FakeApi):
+    """Refuses status writes (HTTP 503) until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__(random.Random(0))
+        self.refusing = True
+
+    async def patch_merge(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        if self.refusing:
+            raise KubeError(503, "PATCH", path, "the server is currently unable to handle it")
+        return await super().patch_merge(path, patch)
+
+
+class RecordingMirror(FakeMirror):
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish(self, snapshot: Any) -> None:
+        self.published.append(snapshot.phase.value)
+
+
+async def test_a_refused_final_write_still_ends_the_task_and_is_retried_until_it_lands() -> None:
+    """Issue 15, item 3: the registry, the slot and the Event do not wait for the API server;
+    the CR status gets the end as soon as the API server takes it."""
+    api = FlakyApi()
+    api.refusing = False
+    mirror = RecordingMirror()
+    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
+    controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
+    key = await see(controller, "t1")
+    await controller.scheduler.step()
+    task = controller.tracker.tasks[key]
+    assert task.phase is Phase.RUNNING
+    api.refusing = True
+    job = api.complete(task.tenant_namespace, naming.job_name("t1"))
+    await controller.job_seen(job)  # the Job succeeded; the API server refuses the write
+    assert task.phase is Phase.SUCCEEDED
+    assert mirror.published[-1] == "Succeeded"  # the web app's registry has the end
+    assert not controller.tracker.state.is_running(key)  # the slot is free
+    assert [w.get("phase") for w in api.writes.get(key.name, [])][-1] == "Running"
+    assert await controller.status.retry_final_writes() == 0  # too early: backoff
+    controller.status.pending_final[key].next_at = 0.0
+    assert await controller.status.retry_final_writes() == 0  # still refused
+    api.refusing = False
+    controller.status.pending_final[key].next_at = 0.0
+    assert await controller.status.retry_final_writes() == 1
+    assert api.writes[key.name][-1]["phase"] == "Succeeded"
+    assert controller.status.pending_final == {}
+
+
+async def test_a_running_task_whose_job_vanished_fails_as_job_lost() -> None:
+    """Issue 15, item 6: deleted by hand, or by its TTL while the operator was away: the work
+    is not started again from scratch."""
+    api = FakeApi(random.Random(0))
+    controller = make(api)
+    key = await see(controller, "t1")
+    await controller.scheduler.step()
+    await yields(20)
+    task = controller.tracker.tasks[key]
+    assert task.phase is Phase.RUNNING
+    api.jobs.clear()  # kubectl delete job
+    task.launched_mono = 0.0  # launched before this reconcile's listing
+    await controller.reconciler.reconcile([], listed_at=1.0)
+    assert task.phase is Phase.FAILED
+    assert api.writes[key.name][-1]["reason"] == "JobLost"
+    assert not controller.tracker.state.is_queued(key)
+    await controller.scheduler.step()
+    assert api.jobs == {}, "not run again"
+
+
+async def test_a_job_left_by_an_earlier_task_with_the_same_task_id_is_not_adopted() -> None:
+    """Issue 15, item 7: the derived name is taken by the Job of a deleted task (same taskId,
+    another UID, already Succeeded): the new task must run, not inherit that outcome."""
+    api = FakeApi(random.Random(0))
+    controller = make(api)
+    earlier = jobs.build_job(
+        RegistryTaskSpec.model_validate(spec("t1")),
+        "task-t1",
+        NAMESPACE,
+        "uid-old",
+        OperatorSettings(),
+    )
+    api.jobs[(earlier["metadata"]["namespace"], earlier["metadata"]["name"])] = earlier
+    api.complete(earlier["metadata"]["namespace"], earlier["metadata"]["name"])
+    key = await see(controller, "t1")
+    await controller.scheduler.step()  # finds the old Job: deletes it, retries
+    await yields(20)
+    task = controller.tracker.tasks[key]
+    assert task.phase is not Phase.SUCCEEDED
+    await controller.scheduler.step()
+    await yields(20)
+    assert task.phase is Phase.RUNNING
+    live = api.jobs[(earlier["metadata"]["namespace"], earlier["metadata"]["name"])]
+    assert jobs.belongs_to(live, "uid-t1")
+    # And a Job that is not the task's own decides nothing about it.
+    completed = api.complete(live["metadata"]["namespace"], live["metadata"]["name"])
+    forged = {**completed, "metadata": {**completed["metadata"], "annotations": {}}}
+    await controller.job_seen(forged)
+    assert task.phase is Phase.RUNNING
