@@ -124,6 +124,10 @@ class TaskInput(CRModel):
 ParameterValue = Annotated[str, StringConstraints(max_length=MAX_PARAMETER_LENGTH)]
 
 
+# A finished task is kept at most this long (a year), whatever its spec asks.
+MAX_TASK_TTL_S = 365 * 24 * 3600
+
+
 class RegistryTaskSpec(CRModel):
     task_id: Identifier = Field(description="The id the web app knows (doc_analysis_job456...).")
     task_type: TaskType
@@ -145,6 +149,15 @@ class RegistryTaskSpec(CRModel):
     conversation_id: Identifier | None = None
     session_id: str | None = Field(default=None, max_length=256)
     cancel: bool = Field(default=False, description="Set to true to stop the task.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TASK_TTL_S,
+        description=(
+            "Seconds a finished task is kept before the operator deletes it (the registry keeps "
+            "its history); the operator's default when unset."
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -34,6 +34,10 @@ class OperatorSettings(BaseSettings):
     # Job shape
     backoff_limit: int = Field(default=2, ge=0)
     ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    # A finished RegistryTask is deleted this long after it ended, unless its spec says
+    # otherwise (spec.ttlSecondsAfterFinished): etcd and this process's memory stay bounded;
+    # the registry keeps the user's task history.
+    task_ttl_seconds_after_finished: int = Field(default=7 * 24 * 3600, ge=0)
     termination_grace_period_s: int = Field(default=30, ge=1)
     runner_cpu_request: str = "100m"
     runner_cpu_limit: str = "1"

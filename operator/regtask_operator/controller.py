@@ -22,13 +22,23 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
+import structlog
 from pydantic import ValidationError
 
-from regtask.crmodels import TERMINAL_PHASES, CompanyQuotaSpec, Phase, RegistryTaskSpec
+from regtask.crmodels import (
+    API_GROUP,
+    API_VERSION,
+    TASK_KIND,
+    TERMINAL_PHASES,
+    CompanyQuotaSpec,
+    Phase,
+    RegistryTaskSpec,
+)
 from regtask.documents import Quotas
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube
+from regtask_operator.kube import Kube, KubeError
 from regtask_operator.mirror import Mirror
 from regtask_operator.reconcile import Reconciler
 from regtask_operator.scheduler import LlmWindow, Scheduler
@@ -36,12 +46,15 @@ from regtask_operator.status import StatusWriter
 from regtask_operator.tasks import TaskTracker, TrackedTask
 from regtask_operator.tenants import Tenants, busy_namespaces
 
+log = structlog.get_logger(__name__)
+
 
 class Controller:
     def __init__(
         self, settings: OperatorSettings, kube: Kube, mirror: Mirror, llm_window: LlmWindow
     ) -> None:
         self.settings = settings
+        self.kube = kube
         self.mirror = mirror
         self.tracker = TaskTracker(settings)
         self.status = StatusWriter(kube, self.tracker, mirror)
@@ -144,6 +157,25 @@ class Controller:
         await self.status.retry_final_writes()
         await self.reconciler.sync_progress()
         await self.reconciler.publish_quota_usage()
+
+    async def delete_expired(self) -> int:
+        """Delete the finished tasks kept past their TTL (``spec.ttlSecondsAfterFinished``,
+        else ``REGTASK_TASK_TTL_SECONDS_AFTER_FINISHED``); the delete handler then forgets
+        them. The registry keeps the user's task history. Returns how many were deleted."""
+        deleted = 0
+        for task in self.tracker.expired(time.time()):
+            try:
+                await self.kube.delete(
+                    f"{API_GROUP}/{API_VERSION}", TASK_KIND, task.key.namespace, task.key.name
+                )
+            except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("expired_task_delete_failed", task=str(task.key), error=str(exc))
+                continue
+            task.finished_at = None  # asked once; the delete handler forgets it
+            deleted += 1
+        if deleted:
+            log.info("expired_tasks_deleted", tasks=deleted)
+        return deleted
 
     async def busy_namespaces(self) -> set[str]:
         """Tenant namespaces that are not idle whatever their last use (see tenants)."""

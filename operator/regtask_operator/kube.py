@@ -22,7 +22,14 @@ from typing import Any
 import aiohttp
 import kopf
 
-from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_PLURAL
+from regtask.crmodels import (
+    API_GROUP,
+    API_VERSION,
+    QUOTA_KIND,
+    QUOTA_PLURAL,
+    TASK_KIND,
+    TASK_PLURAL,
+)
 
 FIELD_MANAGER = "regtask-operator"
 REQUEST_TIMEOUT_S = 30
@@ -37,6 +44,8 @@ _PLURALS = {
     "Secret": "secrets",
     "Job": "jobs",
     "Event": "events",
+    TASK_KIND: TASK_PLURAL,
+    QUOTA_KIND: QUOTA_PLURAL,
 }
 
 Login = Callable[[], kopf.ConnectionInfo | None]

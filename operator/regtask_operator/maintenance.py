@@ -2,13 +2,14 @@
 
 A round retries the mirror writes kept while Redis was down, prunes registry references whose
 keys expired, sweeps users whose heartbeat outlived its TTL offline (and writes them to the
-Firestore presence collection), removes idle tenant namespaces, and, at most every
+Firestore presence collection), deletes the finished RegistryTasks kept past their TTL,
+removes idle tenant namespaces, and, at most every
 ``REGTASK_NAMESPACE_REPAIR_INTERVAL_S``, re-applies every tenant namespace's fences so drift is
 repaired without waiting for the next admission of that tenant (the namespaces' life:
 :mod:`regtask_operator.tenants`).
 
 :class:`Maintenance` is given exactly what a round uses (the mirror, the registry, Firestore,
-the tenants, the busy namespaces), never the whole runtime.
+the tenants, the busy namespaces, the expired tasks' deletion), never the whole runtime.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ class Maintenance:
     tenants: Tenants
     # Tenant namespaces kept whatever their last use (Controller.busy_namespaces).
     busy_namespaces: Callable[[], Awaitable[set[str]]]
+    # Deletes the finished tasks kept past their TTL (Controller.delete_expired).
+    delete_expired: Callable[[], Awaitable[int]]
     repair_interval_s: float
     clock: RepairClock = field(default_factory=RepairClock)
 
     async def run_once(self) -> None:
         await retry_mirrors(self.mirror)
         await sweep_registry(self.registry, self.firestore)
+        await self.delete_expired()
         removed = await self.tenants.remove_idle(self.busy_namespaces)
         if self.clock.due(self.repair_interval_s):
             await self.tenants.repair(skip=removed)

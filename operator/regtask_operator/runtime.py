@@ -73,6 +73,7 @@ class Runtime:
             firestore=firestore,
             tenants=controller.tenants,
             busy_namespaces=controller.busy_namespaces,
+            delete_expired=controller.delete_expired,
             repair_interval_s=settings.namespace_repair_interval_s,
         )
         runtime = cls(settings, shared, kube, client, registry, firestore, controller, maintenance)

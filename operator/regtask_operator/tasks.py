@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -48,6 +49,7 @@ class TrackedTask:
         "company_id",
         "created",
         "current_step",
+        "finished_at",
         "key",
         "launched_mono",
         "max_duration_s",
@@ -61,6 +63,7 @@ class TrackedTask:
         "status_lock",
         "task_id",
         "task_type",
+        "ttl_after_finished_s",
         "uid",
         "user_id",
     )
@@ -99,6 +102,9 @@ class TrackedTask:
         self.company_id: str = sys.intern(spec.company_id)
         self.priority: Priority = spec.priority
         self.max_duration_s: int = spec.effective_max_duration_s
+        # time.time() when it ended (its status' completionTime when listed), for its TTL
+        self.finished_at: float | None = None
+        self.ttl_after_finished_s: int | None = spec.ttl_seconds_after_finished
         self._spec_json: str = spec.model_dump_json(by_alias=True, exclude_unset=True)
 
     @property
@@ -138,6 +144,13 @@ class TrackedTask:
             current_step=self.current_step,
         )
         return replace(base, **changes)
+
+
+def _timestamp(value: Any) -> float | None:
+    try:
+        return parse_iso(str(value)).timestamp() if value else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -227,6 +240,8 @@ class TaskTracker:
                 int(status.get("progress") or 0),
                 str(status.get("currentStep") or ""),
             )
+            if phase in TERMINAL_PHASES:
+                task.finished_at = _timestamp(status.get("completionTime")) or time.time()
             self.tasks[key] = task
         if task.phase in TERMINAL_PHASES or not is_new:
             return task, is_new
@@ -248,9 +263,22 @@ class TaskTracker:
             return False
         task.phase = phase
         if phase in TERMINAL_PHASES:
+            task.finished_at = time.time()
             self.state.release(task.key)
             self.kick()
         return True
+
+    def expired(self, now: float) -> list[TrackedTask]:
+        """Finished tasks kept past their TTL (spec, else the operator's default)."""
+        default = self.settings.task_ttl_seconds_after_finished
+        return [
+            task
+            for task in self.tasks.values()
+            if task.finished_at is not None
+            and task.phase in TERMINAL_PHASES
+            and now - task.finished_at
+            >= (default if task.ttl_after_finished_s is None else task.ttl_after_finished_s)
+        ]
 
     async def release(self, key: TaskKey) -> None:
         """Free the task's slot (or its place in the queue)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from regtask import naming
 from regtask.crmodels import TERMINAL_PHASES, Phase, RegistryTaskSpec
+from regtask.timeutil import parse_iso
 from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
@@ -357,3 +359,49 @@ async def test_a_job_left_by_an_earlier_task_with_the_same_task_id_is_not_adopte
     forged = {**completed, "metadata": {**completed["metadata"], "annotations": {}}}
     await controller.job_seen(forged)
     assert phase(task) is Phase.RUNNING
+
+
+async def test_finished_tasks_are_deleted_after_their_ttl() -> None:
+    """Issue 15, item 9: etcd and the operator's memory stay bounded. The spec's
+    ttlSecondsAfterFinished wins over the operator's default (REGTASK_TASK_TTL_...)."""
+    api = FakeApi(random.Random(0))
+    deleted: list[str] = []
+
+    async def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        deleted.append(f"{kind}/{name}")
+        return True
+
+    api.delete = delete  # type: ignore[method-assign]
+    settings = OperatorSettings(namespace=NAMESPACE, task_ttl_seconds_after_finished=3600)
+    controller = Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+    quick = await see(controller, "quick", ttlSecondsAfterFinished=0)
+    slow = await see(controller, "slow")
+    running = await see(controller, "running")
+    tracker = controller.tracker
+    for key in (quick, slow):
+        await controller.status.finish(tracker.tasks[key], Phase.SUCCEEDED, "Completed", "")
+    assert [t.key for t in tracker.expired(time.time())] == [quick]
+    assert await controller.delete_expired() == 1
+    assert deleted == ["RegistryTask/task-quick"]
+    assert await controller.delete_expired() == 0  # asked once; its delete handler forgets it
+    later = time.time() + 3600
+    assert {t.key for t in tracker.expired(later)} == {slow}
+    assert running not in {t.key for t in tracker.expired(later + 10**6)}
+
+
+def test_a_task_listed_finished_keeps_its_completion_time() -> None:
+    tracker = controller_for_listing().tracker
+    key = TaskKey(NAMESPACE, "task-old")
+    task, _ = tracker.track(
+        key,
+        "uid-old",
+        RegistryTaskSpec.model_validate(spec("old")),
+        "2026-11-01T00:00:00Z",
+        {"phase": "Succeeded", "completionTime": "2026-11-02T00:00:00Z"},
+    )
+    assert task.finished_at == parse_iso("2026-11-02T00:00:00Z").timestamp()
+    assert tracker.expired(parse_iso("2026-11-10T00:00:00Z").timestamp()) == [task]
+
+
+def controller_for_listing() -> Controller:
+    return make(FakeApi(random.Random(0)))

@@ -45,6 +45,10 @@ async def test_run_once_repairs_on_the_first_round_then_at_the_repair_cadence(
     async def busy() -> set[str]:
         return set()
 
+    async def delete_expired() -> int:
+        calls.append(("expire", None))
+        return 0
+
     monkeypatch.setattr(maintenance, "retry_mirrors", lambda *_: step("retry"))
     monkeypatch.setattr(maintenance, "sweep_registry", lambda *_: step("sweep"))
     upkeep = Maintenance(
@@ -53,6 +57,7 @@ async def test_run_once_repairs_on_the_first_round_then_at_the_repair_cadence(
         firestore=None,
         tenants=cast(Tenants, FakeTenants()),
         busy_namespaces=busy,
+        delete_expired=delete_expired,
         repair_interval_s=3600,
     )
     await upkeep.run_once()
@@ -60,10 +65,12 @@ async def test_run_once_repairs_on_the_first_round_then_at_the_repair_cadence(
     assert calls == [
         ("retry", None),
         ("sweep", None),
+        ("expire", None),
         ("remove", None),
         ("repair", ["rt-removed"]),  # what this round removed is not re-applied
         ("retry", None),
         ("sweep", None),
+        ("expire", None),
         ("remove", None),
     ]
 
