@@ -130,6 +130,8 @@ class Tenants:
         # and of its apply of the fences with the maxTasksPerUser their quota was sized for
         self._namespaces_applied: dict[str, float] = {}
         self._fences_applied: dict[str, tuple[float, int]] = {}
+        # tenant namespace -> the UID of the namespace those fences were applied in
+        self._uids: dict[str, str | None] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, user_id: str, company_id: str) -> str:
@@ -144,13 +146,22 @@ class Tenants:
             applied = self._namespaces_applied.get(namespace)
             if fresh and applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
                 return namespace
-            await self.kube.apply(isolation.namespace_manifest(user_id, company_id, now_iso()))
+            applied_ns = await self.kube.apply(
+                isolation.namespace_manifest(user_id, company_id, now_iso())
+            )
+            uid = (applied_ns.get("metadata") or {}).get("uid")
+            if fresh and uid != self._uids.get(namespace):
+                # Deleted behind this process's back and created again by this very apply: an
+                # empty namespace, its fences must come with it, in this step, before any Job.
+                log.warning("tenant_namespace_recreated", namespace=namespace)
+                fresh = False
             if not fresh:
                 for manifest in isolation.namespaced_manifests(
                     user_id, company_id, self.settings, max_tasks
                 ):
                     await self.kube.apply(manifest)
                 self._fences_applied[namespace] = (time.monotonic(), max_tasks)
+                self._uids[namespace] = uid
             self._namespaces_applied[namespace] = time.monotonic()
         return namespace
 
@@ -163,6 +174,7 @@ class Tenants:
         """Removed (or found missing): the next admission applies it all again."""
         self._namespaces_applied.pop(namespace, None)
         self._fences_applied.pop(namespace, None)
+        self._uids.pop(namespace, None)
 
     async def remove_idle(self, busy: Callable[[], Awaitable[set[str]]]) -> list[str]:
         """Delete tenant namespaces that are not ``busy`` (:func:`busy_namespaces`) and whose

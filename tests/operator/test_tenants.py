@@ -301,3 +301,44 @@ def test_a_bad_quantity_is_refused() -> None:
     for bad in ("ten", "-1", "1Xi"):
         with pytest.raises(ValueError, match="quantity"):
             quantity.parse(bad)
+
+
+class RecreatingKube(FakeKube):
+    """Answers each Namespace apply with the namespace's current UID (a new one once it was
+    deleted and created again)."""
+
+    uid: str = "uid-1"
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        applied = await super().apply(manifest)
+        if manifest["kind"] == "Namespace":
+            return {**applied, "metadata": {**applied["metadata"], "uid": self.uid}}
+        return applied
+
+
+async def test_a_namespace_created_again_by_admission_gets_its_fences_in_the_same_step() -> None:
+    """Issue 15, item 6: deleted by hand, the namespace comes back empty from the next
+    admission's apply: its NetworkPolicies, quota and ServiceAccount must come back before any
+    Job runs there, not at the next drift repair."""
+    kube = RecreatingKube(namespaces=[])
+    tenants = tenants_on(kube)
+    namespace = await tenants.ensure("u", "c")
+    assert len(kube.applied) == 6  # the namespace and its five fences
+    kube.applied.clear()
+    tenants._namespaces_applied[namespace] -= 10_000  # its last-used refresh is due
+    await tenants.ensure("u", "c")
+    assert [m["kind"] for m in kube.applied] == ["Namespace"]  # same namespace: refresh only
+    kube.applied.clear()
+    kube.uid = "uid-2"  # `kubectl delete namespace`, then this admission created it again
+    tenants._namespaces_applied[namespace] -= 10_000
+    await tenants.ensure("u", "c")
+    assert sorted(m["kind"] for m in kube.applied) == sorted(
+        [
+            "Namespace",
+            "ServiceAccount",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "ResourceQuota",
+            "LimitRange",
+        ]
+    )
