@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
+    QUOTA_PLURAL,
     TASK_KIND,
     TERMINAL_PHASES,
     CompanyQuotaSpec,
@@ -145,6 +146,29 @@ class Controller:
             tracker.quota_objects.pop(company_id, None)
 
     # ------------------------------------------------------------------ the runtime's loops
+
+    async def prime(self) -> None:
+        """What must be known before the first decision: every CompanyQuota's limits, and the
+        slots the live Jobs hold. Called at start-up and each time this replica becomes the
+        active one; until it returns the scheduler decides nothing (``tracker.ready``). An API
+        error propagates: the caller retries, and nothing is admitted meanwhile."""
+        self.tracker.ready = False
+        quotas = await self.kube.list(f"/apis/{API_GROUP}/{API_VERSION}/{QUOTA_PLURAL}")
+        for item in quotas:
+            meta = item.get("metadata") or {}
+            namespace = meta.get("namespace") or ""
+            if meta.get("deletionTimestamp") or not self.settings.handles_namespace(namespace):
+                continue
+            try:
+                quota = CompanyQuotaSpec.model_validate(item.get("spec") or {})
+            except ValidationError as exc:
+                log.error("company_quota_invalid", namespace=namespace, error=str(exc))
+                continue
+            await self.quota_seen(TaskKey(namespace, meta.get("name") or ""), quota)
+        await self.reconcile()
+        self.tracker.ready = True
+        self.tracker.kick()
+        log.info("operator_primed", company_quotas=len(quotas), tasks=len(self.tracker.tasks))
 
     async def reconcile(self) -> None:
         """The admission counters rebuilt from the live Jobs, listed now."""

@@ -80,9 +80,10 @@ class Runtime:
         metrics.REGISTRY.register(metrics.OperatorCollector(controller.tracker, mirror))
         if settings.metrics_port:
             start_http_server(settings.metrics_port, settings.metrics_host, metrics.REGISTRY)
-        # Seed the admission counters from the live Jobs before any task is admitted, so a
-        # restart never admits over quota while resume handlers are still arriving.
-        await controller.reconcile()
+        # The companies' limits and the slots of the live Jobs before any task is admitted, so
+        # a restart never admits over quota (or under the defaults) while the resume handlers
+        # are still arriving.
+        await controller.prime()
         runtime.loops = [
             asyncio.create_task(controller.scheduler.run(runtime.stop), name="scheduler"),
             asyncio.create_task(

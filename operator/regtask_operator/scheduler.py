@@ -73,6 +73,8 @@ class Scheduler:
 
     async def step(self) -> Decisions:
         tracker = self.tracker
+        if not tracker.ready:
+            return Decisions()  # limits and Jobs not listed yet (Controller.prime)
         windows = await self._llm_windows()
 
         def rate(company_id: str, pending: int) -> RateVerdict:

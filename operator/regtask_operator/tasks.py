@@ -175,6 +175,10 @@ class TaskTracker:
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
     # companies whose current limits are written in the Redis registry
     limits_in_registry: set[str] = field(default_factory=set)
+    # False until the CompanyQuotas and the live Jobs were listed (start-up, and each time this
+    # replica becomes the active one): no decision before, or the defaults (10 per user, Wait)
+    # would admit while the companies' own limits are still on their way.
+    ready: bool = False
 
     def kick(self) -> None:
         self.wake.set()

@@ -44,6 +44,7 @@ class FakeApi:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.quotas: list[dict[str, Any]] = []  # CompanyQuota objects
         self.writes: dict[str, list[dict[str, Any]]] = {}  # task name -> status patches
 
     async def _pause(self) -> None:
@@ -85,6 +86,8 @@ class FakeApi:
 
     async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         await self._pause()
+        if path.endswith("/companyquotas"):
+            return list(self.quotas)
         return list(self.jobs.values())
 
     async def post_event(self, involved: Mapping[str, str], *args: Any) -> None:
@@ -120,9 +123,12 @@ async def no_llm_use(company_id: str) -> tuple[int, int]:
     return 0, 3600
 
 
-def make(api: FakeApi) -> Controller:
+def make(api: FakeApi, primed: bool = True) -> Controller:
+    """The controller as after :meth:`Controller.prime` (or before it: ``primed=False``)."""
     settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
-    return Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+    controller = Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+    controller.tracker.ready = primed
+    return controller
 
 
 def spec(task_id: str, **extra: Any) -> dict[str, Any]:
@@ -289,6 +295,7 @@ async def test_a_refused_final_write_still_ends_the_task_and_is_retried_until_it
     mirror = RecordingMirror()
     settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
     controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
+    controller.tracker.ready = True  # as after prime()
     key = await see(controller, "t1")
     await controller.scheduler.step()
     task = controller.tracker.tasks[key]
@@ -405,3 +412,34 @@ def test_a_task_listed_finished_keeps_its_completion_time() -> None:
 
 def controller_for_listing() -> Controller:
     return make(FakeApi(random.Random(0)))
+
+
+async def test_no_admission_before_the_company_quotas_are_listed() -> None:
+    """Issue 15, item 5: at start-up the tasks arrive before (or with) their CompanyQuota; the
+    defaults must not admit meanwhile. The company allows 3 per user (the default here is 1):
+    nothing is admitted before prime(), then exactly 3."""
+    api = FakeApi(random.Random(5))
+    api.quotas = [
+        {
+            "metadata": {"namespace": NAMESPACE, "name": "c1"},
+            "spec": {"companyId": "c1", "maxTasksPerUser": 3},
+        },
+        {  # another operator's namespace: not this one's business
+            "metadata": {"namespace": "elsewhere", "name": "c1"},
+            "spec": {"companyId": "c1", "maxTasksPerUser": 50},
+        },
+    ]
+    controller = make(api, primed=False)
+    controller.settings = controller.tracker.settings = OperatorSettings(
+        namespace=NAMESPACE, task_namespaces=NAMESPACE, default_max_tasks_per_user=1
+    )
+    for n in range(5):
+        await see(controller, f"t{n}")
+    assert (await controller.scheduler.step()).admitted == []
+    assert api.jobs == {}
+    await controller.prime()
+    decisions = await controller.scheduler.step()
+    await yields(50)
+    assert len(decisions.admitted) == 3
+    assert len(api.jobs) == 3
+    assert controller.tracker.company_limits("c1")[0].max_tasks_per_user == 3
