@@ -18,6 +18,7 @@ guards), so a handler retried after a crash converges to the same state.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,12 +32,14 @@ from regtask.crmodels import (
     API_VERSION,
     QUOTA_PLURAL,
     TASK_KIND,
+    TASK_PLURAL,
     TERMINAL_PHASES,
     CompanyQuotaSpec,
     Phase,
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
+from regtask.timeutil import now_iso
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, KubeError
@@ -148,27 +151,51 @@ class Controller:
     # ------------------------------------------------------------------ the runtime's loops
 
     async def prime(self) -> None:
-        """What must be known before the first decision: every CompanyQuota's limits, and the
-        slots the live Jobs hold. Called at start-up and each time this replica becomes the
-        active one; until it returns the scheduler decides nothing (``tracker.ready``). An API
-        error propagates: the caller retries, and nothing is admitted meanwhile."""
-        self.tracker.ready = False
-        quotas = await self.kube.list(f"/apis/{API_GROUP}/{API_VERSION}/{QUOTA_PLURAL}")
-        for item in quotas:
-            meta = item.get("metadata") or {}
-            namespace = meta.get("namespace") or ""
-            if meta.get("deletionTimestamp") or not self.settings.handles_namespace(namespace):
-                continue
-            try:
-                quota = CompanyQuotaSpec.model_validate(item.get("spec") or {})
-            except ValidationError as exc:
-                log.error("company_quota_invalid", namespace=namespace, error=str(exc))
-                continue
-            await self.quota_seen(TaskKey(namespace, meta.get("name") or ""), quota)
+        """What must be known before the first decision: every CompanyQuota's limits, every
+        task as the API server has it now, and the slots the live Jobs hold. Called at start-up
+        and each time this replica becomes the active one (its memory is dropped first: what
+        another replica did meanwhile is not in it). Until it returns the scheduler decides
+        nothing (``tracker.ready``); an API error propagates, the caller retries.
+
+        Kopf's own listing of the same tasks may arrive before, during or after: tracking is
+        idempotent, so the order does not matter.
+        """
+        self.tracker.clear()
+        self.status.pending_final.clear()
+        self.reconciler.forget_shown()
+        quotas = 0
+        async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{QUOTA_PLURAL}"):
+            for item in page:
+                key, spec = self._listed(item)
+                if key is None:
+                    continue
+                try:
+                    quota = CompanyQuotaSpec.model_validate(spec)
+                except ValidationError as exc:
+                    log.error("company_quota_invalid", quota=str(key), error=str(exc))
+                    continue
+                await self.quota_seen(key, quota)
+                quotas += 1
+        async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{TASK_PLURAL}"):
+            for item in page:
+                key, spec = self._listed(item)
+                if key is not None:
+                    meta = item["metadata"]
+                    created = meta.get("creationTimestamp") or now_iso()
+                    status = item.get("status") or {}
+                    await self.task_seen(key, meta.get("uid") or "", spec, status, created)
         await self.reconcile()
         self.tracker.ready = True
         self.tracker.kick()
-        log.info("operator_primed", company_quotas=len(quotas), tasks=len(self.tracker.tasks))
+        log.info("operator_primed", company_quotas=quotas, tasks=len(self.tracker.tasks))
+
+    def _listed(self, item: Mapping[str, Any]) -> tuple[TaskKey | None, dict[str, Any]]:
+        """A listed object's key when this operator handles it (in scope, not being deleted)."""
+        meta = item.get("metadata") or {}
+        namespace = meta.get("namespace") or ""
+        if meta.get("deletionTimestamp") or not self.settings.handles_namespace(namespace):
+            return None, {}
+        return TaskKey(sys.intern(namespace), meta.get("name") or ""), dict(item.get("spec") or {})
 
     async def reconcile(self) -> None:
         """The admission counters rebuilt from the live Jobs, listed now."""

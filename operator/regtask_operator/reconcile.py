@@ -71,6 +71,10 @@ class Reconciler:
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    def forget_shown(self) -> None:
+        """What the CompanyQuotas' status shows is unknown again (another replica wrote it)."""
+        self._quota_shown.clear()
+
     async def live_jobs(self) -> list[dict[str, Any]]:
         """Every Job of this operator, in every namespace."""
         return await self.kube.list("/apis/batch/v1/jobs", label_selector=MANAGED_JOBS)

@@ -59,13 +59,16 @@ class Scheduler:
     tenants: Tenants
     llm_window: LlmWindow
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """The single decision loop: wakes on every kick, and at least every few seconds."""
+    async def run(self, stop: asyncio.Event, active: asyncio.Event) -> None:
+        """The single decision loop: wakes on every kick, and at least every few seconds; steps
+        only while this replica is the active one (``active``, see regtask_operator.peering)."""
         wake = self.tracker.wake
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.settings.status_sync_interval_s)
             wake.clear()
+            if not active.is_set():
+                continue
             try:
                 await self.step()
             except Exception:

@@ -183,6 +183,16 @@ class TaskTracker:
     def kick(self) -> None:
         self.wake.set()
 
+    def clear(self) -> None:
+        """Forget everything (this replica was paused, or is starting): rebuilt by a prime."""
+        self.ready = False
+        self.state = AdmissionState()
+        self.tasks.clear()
+        self.limits.clear()
+        self.launching.clear()
+        self.quota_objects.clear()
+        self.limits_in_registry.clear()
+
     # ------------------------------------------------------------------ company limits
 
     def company_limits(self, company_id: str) -> tuple[Quotas, RateLimitPolicy]:

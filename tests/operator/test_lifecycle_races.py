@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
-from regtask_operator.kube import KubeError
+from regtask_operator.kube import KubeError, Page
 
 pytestmark = pytest.mark.unit
 
@@ -45,6 +45,7 @@ class FakeApi:
         self.rng = rng
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.quotas: list[dict[str, Any]] = []  # CompanyQuota objects
+        self.tasks: list[dict[str, Any]] = []  # RegistryTask objects (as listed)
         self.writes: dict[str, list[dict[str, Any]]] = {}  # task name -> status patches
 
     async def _pause(self) -> None:
@@ -88,7 +89,12 @@ class FakeApi:
         await self._pause()
         if path.endswith("/companyquotas"):
             return list(self.quotas)
+        if path.endswith("/registrytasks"):
+            return list(self.tasks)
         return list(self.jobs.values())
+
+    async def pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Page]:
+        yield await self.list(path, label_selector)
 
     async def post_event(self, involved: Mapping[str, str], *args: Any) -> None:
         await self._pause()
@@ -433,8 +439,19 @@ async def test_no_admission_before_the_company_quotas_are_listed() -> None:
     controller.settings = controller.tracker.settings = OperatorSettings(
         namespace=NAMESPACE, task_namespaces=NAMESPACE, default_max_tasks_per_user=1
     )
-    for n in range(5):
+    for n in range(5):  # the tasks' watch events come first
         await see(controller, f"t{n}")
+        api.tasks.append(
+            {
+                "metadata": {
+                    "namespace": NAMESPACE,
+                    "name": f"task-t{n}",
+                    "uid": f"uid-t{n}",
+                    "creationTimestamp": "2026-11-28T00:00:00Z",
+                },
+                "spec": spec(f"t{n}"),
+            }
+        )
     assert (await controller.scheduler.step()).admitted == []
     assert api.jobs == {}
     await controller.prime()
