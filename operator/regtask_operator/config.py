@@ -72,6 +72,9 @@ class OperatorSettings(BaseSettings):
     default_max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     default_storage_limit_mb: int = Field(default=5000, ge=0)
     rate_limit_policy: RateLimitPolicy = RateLimitPolicy.WAIT
+    # An LLM task admitted this long ago is assumed to have made its first request (it is then
+    # in the gateway's window counter); until then admission counts it on top of the counter.
+    llm_admission_grace_s: float = Field(default=120.0, ge=0)
 
     # Cadences
     status_sync_interval_s: float = Field(default=2.0, gt=0)

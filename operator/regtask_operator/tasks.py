@@ -175,6 +175,9 @@ class TaskTracker:
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
     # companies whose current limits are written in the Redis registry
     limits_in_registry: set[str] = field(default_factory=set)
+    # company_id -> times (time.time()) of its LLM tasks admitted lately, not yet assumed to be
+    # in the gateway's window counter (see recent_llm_admissions)
+    llm_admissions: dict[str, list[float]] = field(default_factory=dict)
     # False until the CompanyQuotas and the live Jobs were listed (start-up, and each time this
     # replica becomes the active one): no decision before, or the defaults (10 per user, Wait)
     # would admit while the companies' own limits are still on their way.
@@ -192,6 +195,7 @@ class TaskTracker:
         self.launching.clear()
         self.quota_objects.clear()
         self.limits_in_registry.clear()
+        self.llm_admissions.clear()
 
     # ------------------------------------------------------------------ company limits
 
@@ -231,6 +235,26 @@ class TaskTracker:
         self.limits.pop(company_id, None)
         self.limits_in_registry.discard(company_id)
         self.kick()
+
+    # ------------------------------------------------------------------ LLM admissions
+
+    def admitted_llm(self, company_id: str, now: float) -> None:
+        self.llm_admissions.setdefault(company_id, []).append(now)
+
+    def recent_llm_admissions(self, company_id: str, since: float) -> int:
+        """LLM tasks of the company admitted at or after ``since``: counted against its window
+        on top of the gateway's counter, which sees a task only once its first request is made
+        (a runner needs a few seconds to start). Without them, every step near the end of a
+        window would admit as many tasks as the counter still has room for."""
+        times = self.llm_admissions.get(company_id)
+        if not times:
+            return 0
+        kept = [t for t in times if t >= since]
+        if kept:
+            self.llm_admissions[company_id] = kept
+        else:
+            del self.llm_admissions[company_id]
+        return len(kept)
 
     # ------------------------------------------------------------------ tasks
 
