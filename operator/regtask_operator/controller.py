@@ -62,7 +62,9 @@ class Controller:
         self.mirror = mirror
         self.tracker = TaskTracker(settings)
         self.status = StatusWriter(kube, self.tracker, mirror)
-        self.tenants = Tenants(kube, settings, self.tracker.max_tasks_per_user)
+        self.tenants = Tenants(
+            kube, settings, self.tracker.max_tasks_per_user, self.tracker.active_namespaces
+        )
         self.scheduler = Scheduler(
             settings, kube, self.tracker, self.status, mirror, self.tenants, llm_window
         )

@@ -189,14 +189,23 @@ class Kube:
             raise
         return True
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete with background propagation; False when it was already gone."""
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete with background propagation; False when it was already gone.
+
+        With ``resource_version`` the API server deletes only the object as it was read (else
+        409 Conflict: it changed since, e.g. a new admission marked it used)."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if resource_version:
+            options["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request(
-                "DELETE",
-                object_path(api_version, kind, namespace, name),
-                {"propagationPolicy": "Background"},
-            )
+            await self.request("DELETE", object_path(api_version, kind, namespace, name), options)
         except KubeError as exc:
             if exc.status == 404:
                 return False
