@@ -43,7 +43,7 @@ from regtask.timeutil import now_iso
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, KubeError
-from regtask_operator.mirror import Mirror
+from regtask_operator.mirror import Mirror, TaskSnapshot
 from regtask_operator.reconcile import Reconciler
 from regtask_operator.scheduler import LlmWindow, Scheduler
 from regtask_operator.status import StatusWriter
@@ -178,15 +178,28 @@ class Controller:
                     continue
                 await self.quota_seen(key, quota)
                 quotas += 1
+        ended: list[TaskSnapshot] = []
         async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{TASK_PLURAL}"):
             for item in page:
                 key, spec = self._listed(item)
-                if key is not None:
-                    meta = item["metadata"]
-                    created = meta.get("creationTimestamp") or now_iso()
-                    status = item.get("status") or {}
-                    await self.task_seen(key, meta.get("uid") or "", spec, status, created)
+                if key is None:
+                    continue
+                meta = item["metadata"]
+                created = meta.get("creationTimestamp") or now_iso()
+                status = item.get("status") or {}
+                await self.task_seen(key, meta.get("uid") or "", spec, status, created)
+                task = self.tracker.tasks.get(key)
+                if task is not None and task.phase in TERMINAL_PHASES:
+                    ended.append(
+                        task.snapshot(
+                            task.phase,
+                            reason=str(status.get("reason") or ""),
+                            message=str(status.get("message") or ""),
+                        )
+                    )
         await self.reconcile()
+        # The ends a failed registry write of an earlier life (kept in its memory) never wrote.
+        await self.mirror.resync(ended)
         self.tracker.ready = True
         self.tracker.kick()
         log.info("operator_primed", company_quotas=quotas, tasks=len(self.tracker.tasks))

@@ -124,6 +124,9 @@ class FakeMirror:
     async def publish_limits(self, *args: Any) -> bool:
         return True
 
+    async def resync(self, ended: list[Any]) -> int:
+        return 0
+
 
 async def no_llm_use(company_id: str) -> tuple[int, int]:
     return 0, 3600
