@@ -93,7 +93,11 @@ class Mirror:
     async def publish(self, snapshot: TaskSnapshot) -> bool:
         """Mirror one state; False when Redis failed and the state was kept for a retry."""
         if self.firestore is not None:
-            self.firestore.write_task(snapshot.task_id, snapshot.firestore_fields())
+            self.firestore.write_task(
+                snapshot.task_id,
+                snapshot.firestore_fields(),
+                final=snapshot.phase in TERMINAL_PHASES,
+            )
         try:
             await self._write_registry(snapshot)
         except (RedisError, OSError) as exc:
