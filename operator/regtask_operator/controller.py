@@ -126,6 +126,10 @@ class Controller:
         """A watch event of one of the operator's Jobs (see :meth:`Reconciler.job_seen`)."""
         await self.reconciler.job_seen(job)
 
+    def job_gone(self, job: dict[str, Any]) -> None:
+        """A Job's deletion completed (see :meth:`Reconciler.job_gone`)."""
+        self.reconciler.job_gone(job)
+
     # ------------------------------------------------------------------ quotas (handlers)
 
     async def quota_seen(self, key: TaskKey, quota: CompanyQuotaSpec) -> None:

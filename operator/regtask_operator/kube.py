@@ -196,12 +196,14 @@ class Kube:
         namespace: str | None,
         name: str,
         resource_version: str | None = None,
+        propagation: str = "Background",
     ) -> bool:
-        """Delete with background propagation; False when it was already gone.
+        """Delete (background propagation unless told); False when it was already gone.
 
         With ``resource_version`` the API server deletes only the object as it was read (else
-        409 Conflict: it changed since, e.g. a new admission marked it used)."""
-        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        409 Conflict: it changed since, e.g. a new admission marked it used). ``Foreground``
+        keeps the object, marked for deletion, until its dependents (a Job's pods) are gone."""
+        options: dict[str, Any] = {"propagationPolicy": propagation}
         if resource_version:
             options["preconditions"] = {"resourceVersion": resource_version}
         try:
