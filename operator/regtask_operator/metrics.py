@@ -5,12 +5,18 @@ custom collector reading two narrow interfaces: :class:`TaskStats`, :class:`Mirr
 they can never drift from what the operator believes; events that happen once (admission, a
 finished Job, a failed mirror write) are counters and histograms. Imports nothing of the
 operator: every other module may import this one.
+
+Hazard: the scrape runs in the HTTP server's thread while the event loop changes the tracker's
+dicts (walking them there failed with "dictionary changed size during iteration"). The event
+loop therefore computes a :class:`StatsSnapshot` (:meth:`OperatorCollector.refresh`, every
+status-sync interval) and the scrape only reads the latest one: one reference, swapped whole.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -68,21 +74,51 @@ class MirrorStats(Protocol):
     def firestore_stats(self) -> dict[str, int] | None: ...
 
 
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The numbers a scrape shows, computed on the event loop (never walked from the scrape's
+    thread)."""
+
+    task_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # company -> (running, waiting, maxTasksPerUser)
+    quotas: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    mirror_pending: int = 0
+
+
+def take_snapshot(tasks: TaskStats, mirror: MirrorStats) -> StatsSnapshot:
+    """Read the operator's memory; call on the event loop's thread only."""
+    quotas: dict[str, tuple[int, int, int]] = {}
+    for company in tasks.companies():
+        usage = tasks.queue_summary(company)
+        quotas[company] = (
+            usage["activeTasks"],
+            usage["waitingTasks"],
+            tasks.max_tasks_per_user(company),
+        )
+    return StatsSnapshot(tasks.task_counts(), quotas, mirror.pending())
+
+
 class OperatorCollector(Collector):
-    """Task counts, quota usage and mirror backlog read at scrape time."""
+    """Task counts, quota usage and mirror backlog: the latest snapshot the event loop took
+    (:meth:`refresh`), so a scrape lags by at most one refresh interval."""
 
     def __init__(self, tasks: TaskStats, mirror: MirrorStats) -> None:
         self.tasks = tasks
         self.mirror = mirror
+        self.latest = StatsSnapshot()
+
+    def refresh(self) -> None:
+        """Take a new snapshot; on the event loop's thread only (it walks the tracker)."""
+        self.latest = take_snapshot(self.tasks, self.mirror)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        snapshot = self.latest  # one read: the scrape never sees half of two snapshots
         tasks = GaugeMetricFamily(
             "regtask_tasks",
             "Tasks known to the operator, by phase, type and company.",
             labels=["phase", "task_type", "company"],
         )
-        counts = self.tasks.task_counts()
-        for (phase, task_type, company), value in sorted(counts.items()):
+        for (phase, task_type, company), value in sorted(snapshot.task_counts.items()):
             tasks.add_metric([phase, task_type, company], value)
         yield tasks
 
@@ -97,18 +133,17 @@ class OperatorCollector(Collector):
             "The company's concurrency limit per user.",
             labels=["company"],
         )
-        for company in sorted(self.tasks.companies()):
-            usage = self.tasks.queue_summary(company)
-            running.add_metric([company], usage["activeTasks"])
-            waiting.add_metric([company], usage["waitingTasks"])
-            limit.add_metric([company], self.tasks.max_tasks_per_user(company))
+        for company, (active, queued, max_tasks) in sorted(snapshot.quotas.items()):
+            running.add_metric([company], active)
+            waiting.add_metric([company], queued)
+            limit.add_metric([company], max_tasks)
         yield running
         yield waiting
         yield limit
         failures = GaugeMetricFamily(
             "regtask_mirror_pending_tasks", "Task states waiting to be written to Redis."
         )
-        failures.add_metric([], self.mirror.pending())
+        failures.add_metric([], snapshot.mirror_pending)
         yield failures
         stats = self.mirror.firestore_stats()
         if stats is not None:

@@ -203,16 +203,18 @@ class Reconciler:
     # ------------------------------------------------------------------ status sync
 
     async def sync_progress(self) -> int:
-        """Copy runner progress from the registry into CR status (throttled by the caller)."""
+        """Copy runner progress from the registry into CR status (throttled by the caller).
+        One pipelined read for all running tasks (a GET each was one round trip per task)."""
         patched = 0
         now = time.monotonic()
-        for task in list(self.tracker.tasks.values()):
-            if task.phase is not Phase.RUNNING:
-                continue
-            try:
-                stored = await self.mirror.registry.get_task(task.task_id)
-            except Exception:  # noqa: BLE001 - Redis down: the next round will catch up
-                return patched
+        running = [t for t in self.tracker.tasks.values() if t.phase is Phase.RUNNING]
+        if not running:
+            return 0
+        try:
+            docs = await self.mirror.registry.get_tasks([t.task_id for t in running])
+        except Exception:  # noqa: BLE001 - Redis down: the next round will catch up
+            return 0
+        for task, stored in zip(running, docs, strict=True):
             if stored is None:
                 continue
             progress = stored.progress.progress_percent

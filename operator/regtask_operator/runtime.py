@@ -92,7 +92,13 @@ class Runtime:
         runtime = cls(
             settings, shared, kube, client, registry, firestore, controller, maintenance, leadership
         )
-        metrics.REGISTRY.register(metrics.OperatorCollector(controller.tracker, mirror))
+        collector = metrics.OperatorCollector(controller.tracker, mirror)
+        collector.refresh()
+        metrics.REGISTRY.register(collector)
+
+        async def refresh_metrics() -> None:
+            collector.refresh()  # on the event loop: the scrape's thread only reads the result
+
         if settings.metrics_port:
             start_http_server(settings.metrics_port, settings.metrics_host, metrics.REGISTRY)
         # Standalone: the companies' limits and the live Jobs' slots before any task is
@@ -120,6 +126,10 @@ class Runtime:
             asyncio.create_task(
                 runtime._every(settings.memory_trim_interval_s, runtime.trim_memory),
                 name="memory-trim",
+            ),
+            asyncio.create_task(
+                runtime._every(settings.status_sync_interval_s, refresh_metrics),
+                name="metrics-snapshot",
             ),
         ]
         return runtime

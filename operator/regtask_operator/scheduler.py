@@ -12,7 +12,10 @@ A step, in order:
 3. launch the admitted (tenant namespace, Job, ``Running``) and refuse the refused, first:
    under a burst, hundreds of waiting reports would otherwise queue in front of the Job creations;
 4. report the waiting tasks whose position or reason moved: the registry and the events get
-   every change, the CR status at most every ``REGTASK_QUEUE_POSITION_REFRESH_S`` per task.
+   every change among the first :data:`EXACT_POSITIONS` and, further back, each crossing of a
+   1-2-5 boundary (:func:`shown_position`), so an admission costs O(log W) Redis writes, not one
+   per waiting task (draining a queue of W was O(W²)); the CR status follows at most every
+   ``REGTASK_QUEUE_POSITION_REFRESH_S`` per task.
 
 A failed launch puts the task back in the queue (and forgets its namespace when the API says it
 is gone), so the next step tries again.
@@ -46,6 +49,27 @@ log = structlog.get_logger(__name__)
 
 class StaleJobError(RuntimeError):
     """The derived Job name is taken by a Job of an earlier task with the same taskId."""
+
+
+# The positions published at every change; further back only the crossings of 1-2-5 boundaries.
+EXACT_POSITIONS = 10
+
+
+def shown_position(position: int) -> int:
+    """What must change for a waiting task's position to be published again: the position
+    itself among the first :data:`EXACT_POSITIONS`, beyond that the smallest boundary of the
+    1-2-5 series (20, 50, 100, 200, ...) at or above it. An admission moves every waiting task
+    by one but crosses at most one boundary per decade, so it republishes O(log W) tasks.
+    The value published is the exact position at that moment: further back it may lag (only
+    ever by less than the distance to the boundary below)."""
+    if position <= EXACT_POSITIONS:
+        return position
+    decade = EXACT_POSITIONS
+    while True:
+        for step in (2, 5, 10):
+            if position <= decade * step:
+                return decade * step
+        decade *= 10
 
 
 # (company_id) -> (requests counted in the current hour window, seconds until it resets)
@@ -120,7 +144,10 @@ class Scheduler:
         if task is None:
             return False
         reason = waiting.reason.value
-        return task.published_wait != (waiting.position, reason) or task.reported_wait != (
+        return task.published_wait != (
+            shown_position(waiting.position),
+            reason,
+        ) or task.reported_wait != (
             waiting.position,
             reason,
             waiting.retry_after_s // 60,
@@ -241,7 +268,7 @@ class Scheduler:
             and time.monotonic() - task.reported_at < self.settings.queue_position_refresh_s
         ):
             # Every admission shifts every waiting task's position: the CR status follows at
-            # most this often per task (the registry and the events get every change, below).
+            # most this often per task (the registry and the events: see _publish_waiting).
             await self._publish_waiting(task, waiting)
             return
         if not self.tracker.transition(task, Phase.WAITING):
@@ -253,8 +280,9 @@ class Scheduler:
         await self._publish_waiting(task, waiting)
 
     async def _publish_waiting(self, task: TrackedTask, waiting: Waiting) -> None:
-        """The registry and the events: every change of position, real time (Redis only)."""
-        marker = (waiting.position, waiting.reason.value)
+        """The registry and the events (Redis only), in real time: each change of
+        :func:`shown_position` or of the reason."""
+        marker = (shown_position(waiting.position), waiting.reason.value)
         if task.published_wait == marker or task.phase in TERMINAL_PHASES:
             return
         task.published_wait = marker

@@ -1,0 +1,172 @@
+"""Costs that must not grow with the queue or the number of unrelated tasks (issue 15, item 10).
+
+The real Controller against the in-process fakes of ``test_lifecycle_races``; each test counts
+the calls an event costs (Redis writes, round trips) rather than timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from regtask import naming
+from regtask.crmodels import Phase
+from regtask_operator import metrics, scheduler
+from regtask_operator.admission import TaskKey
+from regtask_operator.config import OperatorSettings
+from regtask_operator.controller import Controller
+from tests.operator.test_lifecycle_races import (
+    NAMESPACE,
+    FakeApi,
+    FakeMirror,
+    no_llm_use,
+    see,
+    yields,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class CountingRegistry:
+    """Counts the round trips to Redis of the progress sync."""
+
+    def __init__(self) -> None:
+        self.round_trips = 0
+
+    async def get_task(self, task_id: str) -> None:
+        self.round_trips += 1
+
+    async def get_tasks(self, task_ids: list[str]) -> list[None]:
+        self.round_trips += 1
+        return [None] * len(task_ids)
+
+
+class CountingMirror(FakeMirror):
+    """Counts the registry writes (one ``publish`` is one task document + its event)."""
+
+    def __init__(self) -> None:
+        self.registry = CountingRegistry()  # type: ignore[assignment]
+        self.writes = 0
+
+    async def publish(self, snapshot: Any) -> None:
+        self.writes += 1
+
+    def pending(self) -> int:
+        return 0
+
+    def firestore_stats(self) -> None:
+        return None
+
+
+def controller_with(mirror: CountingMirror) -> tuple[Controller, FakeApi]:
+    api = FakeApi(random.Random(0))
+    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
+    controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
+    controller.tracker.ready = True  # as after prime()
+    return controller, api
+
+
+async def writes_per_admission(waiting: int, admissions: int = 20) -> float:
+    """One user, room for one task, ``waiting`` + 1 tasks: the mean registry writes of one
+    admission (the running task completes, the next one is admitted) once the queue is built."""
+    mirror = CountingMirror()
+    controller, api = controller_with(mirror)
+    for i in range(waiting + 1):
+        await see(controller, f"t{i}")
+    await controller.scheduler.step()
+    await yields(20)
+    before = mirror.writes
+    for i in range(admissions):
+        task = controller.tracker.tasks[TaskKey(NAMESPACE, f"task-t{i}")]
+        await controller.job_seen(api.complete(task.tenant_namespace, naming.job_name(f"t{i}")))
+        await controller.scheduler.step()
+        await yields(20)
+        assert controller.tracker.tasks[task.key].phase is Phase.SUCCEEDED
+    return (mirror.writes - before) / admissions
+
+
+async def test_an_admission_costs_the_same_writes_with_twice_the_queue() -> None:
+    small = await writes_per_admission(200)
+    large = await writes_per_admission(400)
+    # Before: every waiting task was republished at each admission (~200 vs ~400).
+    assert large <= small + 2, (small, large)
+    assert small <= scheduler.EXACT_POSITIONS + 10, small
+
+
+def test_shown_position_is_exact_in_front_and_coarse_behind() -> None:
+    assert [scheduler.shown_position(p) for p in range(1, scheduler.EXACT_POSITIONS + 1)] == list(
+        range(1, scheduler.EXACT_POSITIONS + 1)
+    )
+    assert [scheduler.shown_position(p) for p in (11, 20, 21, 50, 51, 100, 101, 999, 1001)] == [
+        20,
+        20,
+        50,
+        50,
+        100,
+        100,
+        200,
+        1000,
+        2000,
+    ]
+    # One admission moves every position by one: few of 10,000 tasks see their key change.
+    changed = sum(
+        scheduler.shown_position(p) != scheduler.shown_position(p - 1) for p in range(2, 10_001)
+    )
+    assert changed <= scheduler.EXACT_POSITIONS + 3 * 4
+
+
+async def test_progress_sync_is_one_round_trip_whatever_the_running_tasks() -> None:
+    mirror = CountingMirror()
+    controller, _ = controller_with(mirror)
+    for i in range(50):
+        key = await see(controller, f"r{i}")
+        controller.tracker.tasks[key].phase = Phase.RUNNING
+    await controller.reconciler.sync_progress()
+    assert mirror.registry.round_trips == 1  # type: ignore[attr-defined]
+
+
+def test_a_scrape_never_walks_dicts_the_event_loop_is_changing() -> None:
+    """The collector runs in the HTTP server's thread: a scrape while tasks come and go must
+    not fail ("dictionary changed size during iteration")."""
+    mirror = CountingMirror()
+    controller, _ = controller_with(mirror)
+    tracker = controller.tracker
+
+    async def fill() -> None:
+        for i in range(2000):
+            await see(controller, f"m{i}")
+
+    asyncio.run(fill())
+    collector = metrics.OperatorCollector(tracker, mirror)
+    collector.refresh()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        try:
+            while not done.is_set():
+                list(collector.collect())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        keys = list(tracker.tasks)
+        for _ in range(200):
+            moved = {key: tracker.tasks.pop(key) for key in keys[:200]}
+            tracker.tasks.update(moved)
+            if errors:
+                break
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
