@@ -9,6 +9,7 @@ a reconcile timer, so a crash between "admit" and "create Job" cannot leak a slo
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -85,6 +86,31 @@ class AdmissionState:
         self._running: dict[TaskKey, Candidate] = {}
         self._queued: dict[TaskKey, tuple[int, Candidate]] = {}
         self._seq = itertools.count()
+        # Per-company counts kept with every change of the two dicts (through _run, _unrun,
+        # _queue, _unqueue only): the quota usage and the metrics read them in O(1) instead of
+        # walking every task of every company.
+        self._running_per_company: Counter[str] = Counter()
+        self._queued_per_company: Counter[str] = Counter()
+
+    def _run(self, candidate: Candidate) -> None:
+        self._unrun(candidate.key)  # replaced (rebuild): counted once
+        self._running_per_company[candidate.company_id] += 1
+        self._running[candidate.key] = candidate
+
+    def _unrun(self, key: TaskKey) -> Candidate | None:
+        candidate = self._running.pop(key, None)
+        if candidate is not None:
+            _decrement(self._running_per_company, candidate.company_id)
+        return candidate
+
+    def _queue(self, candidate: Candidate) -> None:
+        self._queued[candidate.key] = (next(self._seq), candidate)
+        self._queued_per_company[candidate.company_id] += 1
+
+    def _unqueue(self, key: TaskKey) -> None:
+        item = self._queued.pop(key, None)
+        if item is not None:
+            _decrement(self._queued_per_company, item[1].company_id)
 
     # ---------------------------------------------------------------- state changes
 
@@ -92,24 +118,24 @@ class AdmissionState:
         """Queue a task for admission; a no-op when it is already queued or running."""
         if candidate.key in self._running or candidate.key in self._queued:
             return
-        self._queued[candidate.key] = (next(self._seq), candidate)
+        self._queue(candidate)
 
     def mark_running(self, candidate: Candidate) -> None:
         """Record a task whose Job already exists (start-up, resume, reconcile)."""
-        self._queued.pop(candidate.key, None)
-        self._running[candidate.key] = candidate
+        self._unqueue(candidate.key)
+        self._run(candidate)
 
     def release(self, key: TaskKey) -> Candidate | None:
         """Forget a task (finished, cancelled, deleted); frees its slot if it had one."""
-        self._queued.pop(key, None)
-        return self._running.pop(key, None)
+        self._unqueue(key)
+        return self._unrun(key)
 
     def rebuild(self, running: Iterable[Candidate]) -> tuple[int, int]:
         """Make the running set equal to the cluster's truth; returns (added, dropped)."""
         truth = {c.key: c for c in running}
         dropped = [key for key in self._running if key not in truth]
         for key in dropped:
-            del self._running[key]
+            self._unrun(key)
         added = 0
         for key, candidate in truth.items():
             if key not in self._running:
@@ -126,6 +152,8 @@ class AdmissionState:
         return key in self._queued
 
     def running_count(self, company_id: str, user_id: str | None = None) -> int:
+        if user_id is None:
+            return self._running_per_company[company_id]  # O(1): no walk over every task
         return sum(
             1
             for c in self._running.values()
@@ -133,12 +161,10 @@ class AdmissionState:
         )
 
     def queued_count(self, company_id: str) -> int:
-        return sum(1 for _, c in self._queued.values() if c.company_id == company_id)
+        return self._queued_per_company[company_id]
 
     def companies(self) -> set[str]:
-        return {c.company_id for c in self._running.values()} | {
-            c.company_id for _, c in self._queued.values()
-        }
+        return set(self._running_per_company) | set(self._queued_per_company)
 
     def running(self) -> list[Candidate]:
         return list(self._running.values())
@@ -176,7 +202,7 @@ class AdmissionState:
                 verdict = rate(candidate.company_id, pending)
                 if not verdict.allowed:
                     if policy is RateLimitPolicy.REFUSE:
-                        self._queued.pop(candidate.key)
+                        self._unqueue(candidate.key)
                         decisions.refused.append(
                             Refused(
                                 candidate,
@@ -198,7 +224,13 @@ class AdmissionState:
                     continue
                 llm_admitted[candidate.company_id] = pending + 1
             users_running[slot] = users_running.get(slot, 0) + 1
-            self._queued.pop(candidate.key)
-            self._running[candidate.key] = candidate
+            self._unqueue(candidate.key)
+            self._run(candidate)
             decisions.admitted.append(candidate)
         return decisions
+
+
+def _decrement(counts: Counter[str], company_id: str) -> None:
+    counts[company_id] -= 1
+    if counts[company_id] <= 0:
+        del counts[company_id]  # a company without tasks leaves no entry behind

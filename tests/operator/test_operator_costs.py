@@ -13,11 +13,14 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from regtask import naming
-from regtask.crmodels import Phase
+from regtask.crmodels import Phase, Priority, RateLimitPolicy
+from regtask.documents import Quotas
 from regtask_operator import metrics, scheduler
-from regtask_operator.admission import TaskKey
+from regtask_operator.admission import AdmissionState, Candidate, RateVerdict, TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
 from tests.operator.test_lifecycle_races import (
@@ -170,3 +173,69 @@ def test_a_scrape_never_walks_dicts_the_event_loop_is_changing() -> None:
         thread.join()
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+class CountingDict(dict[Any, Any]):
+    """A dict that counts the walks over its values."""
+
+    walks = 0
+
+    def values(self) -> Any:
+        CountingDict.walks += 1
+        return super().values()
+
+
+async def test_quota_usage_reads_counts_without_walking_the_tasks() -> None:
+    """publish_quota_usage runs every 2 s for every company: it must not walk every task of
+    the operator for each company (O(companies x tasks))."""
+    mirror = CountingMirror()
+    controller, api = controller_with(mirror)
+    patched: list[dict[str, Any]] = []
+
+    async def patch_quota(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        patched.append(patch["status"])
+        return {}
+
+    for i in range(30):
+        await see(controller, f"q{i}")
+    await controller.scheduler.step()
+    await yields(20)
+    state = controller.tracker.state
+    state._running = CountingDict(state._running)
+    state._queued = CountingDict(state._queued)
+    for company in ("c1", "c2", "c3"):
+        controller.tracker.quota_objects[company] = TaskKey(NAMESPACE, f"quota-{company}")
+    api.patch_merge = patch_quota  # type: ignore[method-assign]
+    CountingDict.walks = 0
+    await controller.reconciler.publish_quota_usage()
+    assert CountingDict.walks == 0
+    assert len(patched) == 3
+    assert controller.tracker.queue_summary("c1") == {"activeTasks": 1, "waitingTasks": 29}
+
+
+@given(st.lists(st.tuples(st.sampled_from("sqrd"), st.integers(0, 7), st.sampled_from("ab"))))
+def test_the_per_company_counts_follow_every_change(ops: list[tuple[str, int, str]]) -> None:
+    state = AdmissionState()
+    for op, n, company in ops:
+        candidate = Candidate(
+            TaskKey(NAMESPACE, f"t{n}"), f"t{n}", "u1", "c" + company, Priority.NORMAL, float(n)
+        )
+        if op == "s":
+            state.submit(candidate)
+        elif op == "q":
+            state.mark_running(candidate)
+        elif op == "r":
+            state.release(candidate.key)
+        else:
+            state.decide(lambda _: (Quotas(max_tasks_per_user=2), RateLimitPolicy.WAIT), allow)
+        for c in ("ca", "cb"):
+            running = sum(1 for x in state.running() if x.company_id == c)
+            queued = sum(1 for _, x in state._queued.values() if x.company_id == c)
+            assert (state.running_count(c), state.queued_count(c)) == (running, queued)
+        assert state.companies() == {x.company_id for x in state.running()} | {
+            x.company_id for _, x in state._queued.values()
+        }
+
+
+def allow(company_id: str, pending: int) -> RateVerdict:
+    return RateVerdict(True)
