@@ -33,6 +33,18 @@ QUOTAS = (API_GROUP, API_VERSION, QUOTA_PLURAL)
 MANAGED_JOBS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 
 
+def filter_jobs_on_the_server(settings: kopf.OperatorSettings) -> None:
+    """The Job watch asks the API server for the operator's Jobs only.
+
+    Kopf 1.45 matches a handler's ``labels=`` on the client (``registries._matches_labels``):
+    without this, every Job of the cluster is listed and streamed to the operator and dropped
+    there. ``settings.watching.label_selectors`` is what Kopf sends as ``labelSelector`` on the
+    list and the watch of the resources it matches (``batch``/``jobs`` only here)."""
+    settings.watching.label_selectors["batch", "jobs"] = ",".join(
+        f"{key}={value}" for key, value in sorted(MANAGED_JOBS.items())
+    )
+
+
 def _in_scope(namespace: str | None, **_: Any) -> bool:
     """Only tasks and quotas of the namespaces this operator serves (REGTASK_TASK_NAMESPACES)."""
     return get_operator_settings().handles_namespace(namespace)
@@ -74,6 +86,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = config.watch_timeout_s + 30
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = config.watch_timeout_s + 60
+    filter_jobs_on_the_server(settings)
     settings.peering.name = config.peering_name
     settings.peering.standalone = config.standalone
     # One active replica: with peering on, the KopfPeering CRDs are required (shipped in

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+import kopf
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from regtask import naming
 from regtask.crmodels import Phase, Priority, RateLimitPolicy
 from regtask.documents import Quotas
-from regtask_operator import metrics, scheduler
+from regtask_operator import handlers, metrics, scheduler
 from regtask_operator.admission import AdmissionState, Candidate, RateVerdict, TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
@@ -239,3 +240,18 @@ def test_the_per_company_counts_follow_every_change(ops: list[tuple[str, int, st
 
 def allow(company_id: str, pending: int) -> RateVerdict:
     return RateVerdict(True)
+
+
+def test_the_job_watch_is_filtered_by_the_api_server() -> None:
+    """Kopf matches a handler's ``labels=`` on the client: the label selector it sends with
+    the list and the watch comes from ``settings.watching.label_selectors`` only."""
+    settings = kopf.OperatorSettings()
+    handlers.filter_jobs_on_the_server(settings)
+    jobs_resource = kopf.Resource("batch", "v1", "jobs")
+    # What kopf._cogs.clients.watching / fetching put into ``labelSelector``:
+    assert settings.watching.label_selectors.collect(jobs_resource) == [
+        f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    ]
+    tasks_resource = kopf.Resource("regtask.io", "v1alpha1", "registrytasks")
+    for other in (tasks_resource, kopf.Resource("", "v1", "pods")):
+        assert settings.watching.label_selectors.collect(other) == []
