@@ -173,13 +173,17 @@ def test_failing_runner_is_retried_then_failed(
     ).items
     assert [p.status.phase for p in pods] == ["Failed", "Failed"]
 
-    series = scrape_metrics(operator.metrics_url)
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
-    assert series[f"regtask_tasks_finished_total{{{labels}}}"] == 1.0
-    assert (
-        series['regtask_tasks{company="company_abc",phase="Failed",task_type="document_analysis"}']
-        == 1.0
+    # The gauges come from a snapshot the event loop takes every status-sync interval.
+    series = wait_until(
+        lambda: (
+            (found := scrape_metrics(operator.metrics_url)).get(f"regtask_tasks{{{labels}}}") == 1.0
+            and found
+        ),
+        10,
+        "the task gauge in a metrics snapshot",
     )
+    assert series[f"regtask_tasks_finished_total{{{labels}}}"] == 1.0
     assert series['regtask_admission_wait_seconds_count{company="company_abc"}'] == 1.0
     assert series['regtask_quota_running_tasks{company="company_abc"}'] == 0.0
 
