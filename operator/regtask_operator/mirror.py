@@ -48,6 +48,9 @@ class TaskSnapshot:
     reason: str = ""
     message: str = ""
     queue_position: int | None = None
+    # A waiting task's ETA (regtask.eta), ISO-8601; None when unknown.
+    estimated_start: str | None = None
+    estimated_completion: str | None = None
     result: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +82,8 @@ class TaskSnapshot:
             "reason": self.reason,
             "message": self.message,
             "queue_position": self.queue_position,
+            "estimated_start": self.estimated_start,
+            "estimated_completion": self.estimated_completion,
             "updated_at": now_iso(),
         }
 
@@ -193,6 +198,8 @@ class Mirror:
         data = dict(snapshot.data)
         if snapshot.queue_position is not None:
             data["queue_position"] = snapshot.queue_position
+            data["estimated_start"] = snapshot.estimated_start
+            data["estimated_completion"] = snapshot.estimated_completion
         if snapshot.reason:
             data["reason"] = snapshot.reason
         await self.registry.update_task_progress(
@@ -203,4 +210,7 @@ class Mirror:
             snapshot.current_step or status.value,
             snapshot.max_duration_s,
             data=data,
+            estimated_completion=snapshot.estimated_completion,
+            queue_position=snapshot.queue_position,
+            estimated_start=snapshot.estimated_start,
         )
