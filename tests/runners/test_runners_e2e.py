@@ -423,6 +423,19 @@ async def test_max_duration_stops_the_runner_as_deadline(
 # ------------------------------------------------------------ the LLM window (issue 15, item 8)
 
 
+def window_keys(limiter: LlmRateLimiter, company_id: str) -> list[str]:
+    """This hour's counter and the next one's: a test running across the turn of an hour
+    meets the same full window."""
+    now = time.time()
+    return [limiter.key(company_id, now), limiter.key(company_id, now + 3600)]
+
+
+async def fill_llm_window(client: aioredis.Redis, company_id: str) -> None:
+    """The company's one request per hour used up, now and in the next hour."""
+    for key in window_keys(LlmRateLimiter(client), company_id):
+        await client.set(key, 1, ex=3 * 3600)
+
+
 @pytest.mark.llm
 async def test_a_full_llm_window_is_waited_for_not_failed(
     make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
@@ -433,7 +446,7 @@ async def test_a_full_llm_window_is_waited_for_not_failed(
     gateway = make_gateway(**_real_llm(llm_server))
     await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
     limiter = LlmRateLimiter(redis_async)
-    assert (await limiter.hit("acme", 1)).allowed  # another task used the hour's only request
+    await fill_llm_window(redis_async, "acme")  # another task used the hour's only request
     spec = make_spec(
         "llm_conv_wait01",
         TaskType.LLM_CONVERSATION,
@@ -457,7 +470,7 @@ async def test_a_full_llm_window_is_waited_for_not_failed(
         assert proc.returncode is None  # waiting, not failed
         await asyncio.sleep(1.5)  # a few refused polls: they cost nothing
         assert await _llm_count(redis_async, "acme") == 1
-        await redis_async.delete(limiter.key("acme"))  # the next hour begins
+        await redis_async.delete(*window_keys(limiter, "acme"))  # the next hour begins
 
     async with watch_events(redis_async, spec.user_id) as events:
         run = await run_runner(
@@ -483,7 +496,7 @@ async def test_a_window_that_reopens_after_the_deadline_fails_with_that_reason(
     once, permanently (no Job retry would help), saying why."""
     gateway = make_gateway(**_real_llm(llm_server))
     await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
-    assert (await LlmRateLimiter(redis_async).hit("acme", 1)).allowed
+    await fill_llm_window(redis_async, "acme")
     spec = make_spec(
         "llm_conv_late01",
         TaskType.LLM_CONVERSATION,
