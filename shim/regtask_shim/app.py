@@ -188,6 +188,8 @@ def create_app(
         if owns_resources:
             await task_store.close()
             await registry.client.aclose()
+            if presence is not None:
+                presence.close()
 
     app = FastAPI(
         title="regtask RPC shim",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from typing import Any, Protocol
 
 import structlog
@@ -35,6 +36,8 @@ class PresenceReader(Protocol):
 
     async def companies(self, uid: str) -> tuple[str, ...] | None: ...
 
+    def close(self) -> None: ...
+
 
 def companies_from_document(uid: str, data: dict[str, Any] | None) -> tuple[str, ...] | None:
     """The document's company list; None when absent or not a list of ids (logged)."""
@@ -51,25 +54,41 @@ class FirestorePresenceReader:
     """``listeners_registry/{uid}`` through firebase-admin (emulator: anonymous credentials)."""
 
     def __init__(self, project_id: str, collection: str, timeout_s: float) -> None:
-        import firebase_admin
-        from firebase_admin import firestore as fb_firestore
-
-        credential: Any = None  # None = Application Default Credentials
-        if os.environ.get(EMULATOR_HOST_ENV):
-            from google.auth.credentials import AnonymousCredentials
-
-            credential = AnonymousCredentials()  # type: ignore[no-untyped-call]
-        self._app = firebase_admin.initialize_app(
-            credential,
-            options={"projectId": project_id},
-            name=f"regtask-shim-presence-{os.getpid()}-{next(_app_names)}",
-        )
-        self._client: Any = fb_firestore.client(self._app)
+        self.project_id = project_id
         self.collection = collection
         self.timeout_s = timeout_s
+        self._app: Any = None
+        self._client: Any = None
+        self._lock = threading.Lock()
+        # Read now, as the writer does: the emulator variable of the start-up environment counts.
+        self._emulator = bool(os.environ.get(EMULATOR_HOST_ENV))
+
+    def _ensure_client(self) -> Any:
+        """Built on first use (in a worker thread): missing credentials fail a read, not start."""
+        with self._lock:
+            return self._build_client()
+
+    def _build_client(self) -> Any:
+        if self._client is None:
+            import firebase_admin
+            from firebase_admin import firestore as fb_firestore
+
+            if self._app is None:
+                credential: Any = None  # None = Application Default Credentials
+                if self._emulator:
+                    from google.auth.credentials import AnonymousCredentials
+
+                    credential = AnonymousCredentials()  # type: ignore[no-untyped-call]
+                self._app = firebase_admin.initialize_app(
+                    credential,
+                    options={"projectId": self.project_id},
+                    name=f"regtask-shim-presence-{os.getpid()}-{next(_app_names)}",
+                )
+            self._client = fb_firestore.client(self._app)
+        return self._client
 
     def _read(self, uid: str) -> dict[str, Any] | None:
-        document = self._client.collection(self.collection).document(uid)
+        document = self._ensure_client().collection(self.collection).document(uid)
         snapshot = document.get(timeout=self.timeout_s)
         data: dict[str, Any] | None = snapshot.to_dict() if snapshot.exists else None
         return data
@@ -85,7 +104,7 @@ class FirestorePresenceReader:
     def close(self) -> None:
         import firebase_admin
 
-        try:
+        if self._client is not None:
             self._client.close()
-        finally:
+        if self._app is not None:
             firebase_admin.delete_app(self._app)
