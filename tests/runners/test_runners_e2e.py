@@ -27,6 +27,7 @@ from regtask.ratelimit import LlmRateLimiter
 from regtask.runner_contract import ExitCode
 from regtask.storage import blob_key, blob_ref
 from regtask.tasktypes import TaskType
+from regtask_dev import design_calls
 from regtask_dev.chroma_server import ChromaServer
 from regtask_dev.llm_server import LlamaServer
 from regtask_dev.procs import free_port
@@ -332,6 +333,33 @@ async def test_llm_conversation_streams_publishes_and_stores(
     assert payload(complete)["tokens_used"] == doc.result["tokens_used"] > 0
     assert {e.uid for e in run.events} == {"user123"}
     assert await _llm_count(redis_async, "acme") == 1
+
+
+@pytest.mark.llm
+async def test_the_demos_llm_answer_invents_no_dialogue_turns(
+    make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
+) -> None:
+    """The demo's question with the shim's parameters (none: temperature 0.7, 256 tokens).
+
+    Before (``--chat_format vicuna``): the answer went on with "USER: ..." turns (issue 17).
+    """
+    gateway = make_gateway(**_real_llm(llm_server))
+    spec = make_spec(
+        "llm_conv_demo1",
+        TaskType.LLM_CONVERSATION,
+        conversation_id="conv_demo1",
+        inputs=[TaskInput(name="prompt", value=design_calls.PROMPT)],
+    )
+    token = await gateway.add_task(spec)
+    async with watch_events(redis_async, spec.user_id) as events:
+        run = await run_runner(gateway, spec, token, events)
+    assert run.returncode == ExitCode.SUCCESS, run.output
+    doc = await _task_doc(redis_async, spec.task_id)
+    assert doc.result is not None
+    response = doc.result["response"]
+    assert response.strip()
+    for marker in ("USER:", "ASSISTANT:", "<start_of_turn>", "<end_of_turn>"):
+        assert marker not in response, (marker, response)
 
 
 async def _cancel_when_streaming(
