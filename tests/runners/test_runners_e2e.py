@@ -66,6 +66,7 @@ def _real_llm(llm_server: LlamaServer, **extra: Any) -> dict[str, Any]:
     return {
         "llm_base_url": llm_server.base_url,
         "llm_embeddings_base_url": llm_server.embeddings_base_url,
+        "llm_embedding_model": llm_server.embedding_model,
         **extra,
     }
 
@@ -251,7 +252,7 @@ async def test_vector_computation_stores_embeddings_in_chroma(
     assert doc.result is not None
     result = doc.result
     assert result["count"] == expected > 8
-    assert result["dimension"] == 640
+    assert result["dimension"] == 384  # all-MiniLM-L6-v2
     assert result["requested_collection"] == "kb"
 
     chroma = chromadb.HttpClient(
@@ -264,7 +265,7 @@ async def test_vector_computation_stores_embeddings_in_chroma(
     stored = collection.get(
         ids=["vector_job1:report.md:0"], include=["embeddings", "documents", "metadatas"]
     )
-    assert stored["embeddings"] is not None and len(stored["embeddings"][0]) == 640
+    assert stored["embeddings"] is not None and len(stored["embeddings"][0]) == 384
     assert stored["documents"] is not None and stored["documents"][0].startswith(
         "Quarterly Operations"
     )
