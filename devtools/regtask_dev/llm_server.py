@@ -98,13 +98,16 @@ class LlamaServer(LocalServer):
         host: str = "127.0.0.1",
         chat_format: str | None = CHAT_FORMAT,
         embeddings: EmbeddingBackend = "minilm",
+        chat: bool = True,
     ) -> None:
         """``host``: the address to listen on (a cluster's ``host_address`` for pods);
         ``chat_format``: llama-cpp-python's name, None for the GGUF's own template;
-        ``embeddings``: which model answers ``/v1/embeddings``."""
+        ``embeddings``: which model answers ``/v1/embeddings``; ``chat=False``: no chat
+        instance (the retrieval benchmark's embeddings-only server)."""
         self.host = host
         self.chat_format = chat_format
         self.embeddings = embeddings
+        self.chat = chat
         self.model_path = Path(model_path) if model_path else None
         self.port = port or free_port()
         self.embedding_port = embedding_port or free_port()
@@ -179,10 +182,10 @@ class LlamaServer(LocalServer):
         if not llama_installed():
             raise LlamaServerMissing("llama-cpp-python is missing: run hack/install-llama.sh")
         model = self.model_path or default_model_path()
-        instances = [
-            (self.port, self._argv(model, self.port, CHAT_MODEL_ALIAS, self._chat_args()), "chat"),
-            (self.embedding_port, self._embedding_argv(model), "embeddings"),
-        ]
+        instances = [(self.embedding_port, self._embedding_argv(model), "embeddings")]
+        if self.chat:
+            chat_argv = self._argv(model, self.port, CHAT_MODEL_ALIAS, self._chat_args())
+            instances.insert(0, (self.port, chat_argv, "chat"))
         for _, argv, name in instances:
             self.procs.append(start_process(argv, self.workdir / f"llama-{name}.log"))
         for (port, _, name), proc in zip(instances, self.procs, strict=True):
