@@ -235,3 +235,19 @@ class AsyncDocStore:
 
     async def read(self, key: str, model: type[Model]) -> Model | None:
         return parse_document(key, await self.client.hget(key, DATA_FIELD), model)
+
+    async def read_many(self, keys: list[str], model: type[Model]) -> list[Model | None]:
+        """Many documents in one round trip (a pipeline of HGETs, no transaction). A malformed
+        one is logged (:func:`parse_document`) and given as None: one bad document must not
+        hide the others."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, DATA_FIELD)
+        raws = await pipe.execute()
+        found: list[Model | None] = []
+        for key, raw in zip(keys, raws, strict=True):
+            try:
+                found.append(parse_document(key, raw, model))
+            except DocumentError:
+                found.append(None)
+        return found

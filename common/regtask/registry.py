@@ -198,6 +198,10 @@ class Registry:
     async def get_task(self, task_id: str) -> TaskDoc | None:
         return await self.store.read(keys.task(task_id), TaskDoc)
 
+    async def get_tasks(self, task_ids: list[str]) -> list[TaskDoc | None]:
+        """Many tasks' documents in one round trip, in the order asked."""
+        return await self.store.read_many([keys.task(t) for t in task_ids], TaskDoc)
+
     # -------------------------------------------------------------- companies, conversations
 
     async def set_company_quotas(

@@ -4,6 +4,8 @@ wait. "Why is my task Waiting?" is answered here and in :mod:`regtask_operator.a
 A step, in order:
 
 1. read the hourly LLM windows of the companies with queued LLM tasks (Redis; before the lock);
+   the LLM tasks admitted in the last ``REGTASK_LLM_ADMISSION_GRACE_S`` of the window count on
+   top of the counter (their runners have not made their first request yet);
 2. decide, under the one lock, with :meth:`~regtask_operator.admission.AdmissionState.decide`:
    admitted tasks move to the running set and are marked launching in the same critical
    section, so a concurrent reconcile counts their slots before their Jobs exist;
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import structlog
 
 from regtask.crmodels import TERMINAL_PHASES, Phase
+from regtask.ratelimit import WINDOW_S
 from regtask.tasktypes import TASK_TYPES
 from regtask.timeutil import now_iso, parse_iso
 from regtask_operator import jobs, metrics
@@ -59,13 +62,16 @@ class Scheduler:
     tenants: Tenants
     llm_window: LlmWindow
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """The single decision loop: wakes on every kick, and at least every few seconds."""
+    async def run(self, stop: asyncio.Event, active: asyncio.Event) -> None:
+        """The single decision loop: wakes on every kick, and at least every few seconds; steps
+        only while this replica is the active one (``active``, see regtask_operator.peering)."""
         wake = self.tracker.wake
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.settings.status_sync_interval_s)
             wake.clear()
+            if not active.is_set():
+                continue
             try:
                 await self.step()
             except Exception:
@@ -73,18 +79,30 @@ class Scheduler:
 
     async def step(self) -> Decisions:
         tracker = self.tracker
+        if not tracker.ready:
+            return Decisions()  # limits and Jobs not listed yet (Controller.prime)
         windows = await self._llm_windows()
+
+        now = time.time()
+        grace = self.settings.llm_admission_grace_s
 
         def rate(company_id: str, pending: int) -> RateVerdict:
             used, reset_in = windows.get(company_id, (0, 0))
             limit = tracker.company_limits(company_id)[0].max_llm_requests_per_hour
-            return RateVerdict(used + pending < limit, reset_in)
+            # Admitted in this window lately and maybe not in the counter yet (each task makes
+            # at least one request): they take room too.
+            window_start = now + reset_in - WINDOW_S
+            recent = tracker.recent_llm_admissions(company_id, max(window_start, now - grace))
+            return RateVerdict(used + recent + pending < limit, reset_in)
 
         async with tracker.lock:
             decisions = tracker.state.decide(tracker.company_limits, rate)
             # Marked in the same critical section: a reconcile that lists Jobs meanwhile must
             # count these slots as taken even though their Jobs do not exist yet.
             tracker.launching.update(c.key for c in decisions.admitted)
+            for admitted in decisions.admitted:
+                if admitted.uses_llm:
+                    tracker.admitted_llm(admitted.company_id, now)
         # Launches first: under a burst, hundreds of waiting reports would otherwise queue in
         # front of the Job creations on the shared connection pool.
         await asyncio.gather(

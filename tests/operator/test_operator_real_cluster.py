@@ -18,6 +18,7 @@ import json
 import secrets
 import textwrap
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -432,3 +433,81 @@ def test_a_company_quota_change_resizes_its_tenants_quota(
     )
     wait_until(lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 120, "ran")
     assert pods_quota() == "14"
+
+
+def test_a_cancelled_tasks_slot_waits_for_its_pod_to_be_gone(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway_factory: Any,
+    llm_server: LlamaServer,
+    redis_sync: redis.Redis,
+) -> None:
+    """One task per user: the user's second task waits while the first streams an answer; the
+    first is cancelled. Its pod terminates (SIGTERM, the runner reports why, exits) before the
+    second task's Job is created: the foreground deletion keeps the Job until its pods are gone,
+    and only then is the slot free. Before: the second Job was created at once, beside the
+    terminating pod."""
+    gateway = gateway_factory(LLM_BASE_URL=llm_server.base_url)
+    user, company = f"cancel_{secrets.token_hex(3)}", f"company_cancel_{secrets.token_hex(2)}"
+    create_company_quota(kube_api, control_namespace, company, 1)
+    operator_factory(**gateway_env(gateway))
+    tenant = naming.tenant_namespace(user, company)
+    first_id, second_id = f"llm_first_{user}", f"doc_second_{user}"
+    first = new_task(
+        kube_api,
+        control_namespace,
+        first_id,
+        taskType="llm_conversation",
+        userId=user,
+        companyId=company,
+        conversationId=f"conv_{user}",
+        inputs=[{"name": "prompt", "value": "Tell a long story about a lighthouse keeper."}],
+        parameters={"max_tokens": "400"},
+    )
+
+    def streaming() -> Any:
+        raw = redis_sync.hget(keys.task(first_id), keys.DATA_FIELD)
+        progress = json.loads(raw)["progress"]["progress_percent"] if raw else 0
+        running = [p for p in job_pods(kube_api, tenant, first_id) if p.status.phase == "Running"]
+        return running[0] if running and progress > 10 else None
+
+    pod = wait_until(streaming, 180, "the first runner streaming", 0.5)
+    second = new_task(kube_api, control_namespace, second_id, userId=user, companyId=company)
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, second) == "Waiting", 60, "second waits"
+    )
+    gone: dict[str, Any] = {}
+
+    def follow() -> None:
+        for event in watch.Watch().stream(
+            client.CoreV1Api(kube_api).list_namespaced_pod,
+            tenant,
+            field_selector=f"metadata.name={pod.metadata.name}",
+            resource_version=pod.metadata.resource_version,
+            timeout_seconds=120,
+        ):
+            if event["type"] == "DELETED":
+                gone["at"] = time.time()
+                return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        API_GROUP,
+        API_VERSION,
+        control_namespace,
+        "registrytasks",
+        first,
+        {"spec": {"cancel": True}},
+    )
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 180, "second ran"
+    )
+    follower.join(timeout=130)
+    assert phase_of(kube_api, control_namespace, first) == "Cancelled"
+    second_job = client.BatchV1Api(kube_api).read_namespaced_job(naming.job_name(second_id), tenant)
+    created = second_job.metadata.creation_timestamp.timestamp()
+    assert "at" in gone, "the first pod was never deleted"
+    # Whole seconds: creationTimestamp has no fraction.
+    assert created >= int(gone["at"]), (created, gone["at"])
