@@ -53,6 +53,11 @@ class ShimSettings(Settings):
     # New tasks one user may start per minute (0 = unlimited); the operator's admission queue
     # handles concurrency, this only stops a runaway client from flooding the control plane.
     task_starts_per_minute: int = Field(default=120, ge=0, alias="SHIM_TASK_STARTS_PER_MINUTE")
+    # Reading listeners_registry/{uid} (Firestore, when FIRESTORE_PROJECT_ID is set) to pick the
+    # company of a call that names none: past this, that rung is skipped, the call goes on.
+    presence_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, alias="SHIM_PRESENCE_TIMEOUT_SECONDS"
+    )
     list_tasks_limit: int = Field(default=200, ge=1, le=1000, alias="SHIM_LIST_TASKS_LIMIT")
 
     def auth_project_id(self) -> str | None:

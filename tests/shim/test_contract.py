@@ -373,11 +373,10 @@ async def test_document_company_comes_from_the_users_current_company(
     make_shim: ShimFactory, kube_api: client.ApiClient, shim_namespace: str
 ) -> None:
     shim = await make_shim(unified=True)
-    refused(
-        await shim.rpc("TASK.start_document_analysis", [USER, {"content": "x"}, "nocomp"]),
-        400,
-        "company_id unknown",
-    )
+    # No company anywhere: the user's default tenant (issue 17; before, 400 "company_id unknown").
+    ok(await shim.rpc("TASK.start_document_analysis", [USER, {"content": "x"}, "nocomp"]))
+    cr = read_task_cr(kube_api, shim_namespace, "doc_analysis_nocomp")
+    assert cr is not None and cr["spec"]["companyId"] == f"default.{USER}"
     ok(await shim.rpc("REGISTRY.register_user", [USER, "s1", "/"], {"company_id": COMPANY}))
     ok(await shim.rpc("TASK.start_document_analysis", [USER, {"content": "x"}, "fromreg"]))
     cr = read_task_cr(kube_api, shim_namespace, "doc_analysis_fromreg")
