@@ -43,7 +43,7 @@ from regtask.documents import (
     TaskProgress,
 )
 from regtask.identifiers import Identifier
-from regtask.registry import Registry
+from regtask.registry import Registry, SessionTaken
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
 from regtask_shim import payloads
@@ -189,14 +189,20 @@ class ShimService:
         authorized = args.authorized_companies_ids
         if authorized is None and who.token_companies is not None:
             authorized = list(who.token_companies)
-        await self.registry.register_user(
-            args.user_id,
-            args.session_id,
-            args.backend_route,
-            company_id=args.company_id,
-            authorized_companies=authorized,
-            company_roles=args.company_roles,
-        )
+        try:
+            await self.registry.register_user(
+                args.user_id,
+                args.session_id,
+                args.backend_route,
+                company_id=args.company_id,
+                authorized_companies=authorized,
+                company_roles=args.company_roles,
+            )
+        except SessionTaken:
+            raise Conflict(
+                "session id is registered by another user: a session belongs to the user who "
+                "registered it until it is unregistered or expires"
+            ) from None
         return RegisterUserAnswer(user_id=args.user_id, session_id=args.session_id)
 
     async def unregister_session(
@@ -480,11 +486,7 @@ class ShimService:
         )
 
     async def _quotas(self, company_id: str) -> Quotas:
-        try:
-            company = await self.registry.get_company(company_id)
-        except DocumentError:
-            company = None
-        return company.quotas if company is not None else Quotas()
+        return await self.registry.effective_quotas(company_id)
 
     # ------------------------------------------------------------------ TASK.* reads
 
@@ -508,10 +510,10 @@ class ShimService:
         return None
 
     async def _owned_view(self, who: Principal, task_id: str, what: str = "task") -> TaskStatusView:
+        """The caller's own task; "not yours" answers exactly as "not there" (no oracle)."""
         view = await self._view(task_id)
-        if view is None:
+        if view is None or not self.access.owns(who, view.user_id):
             raise NotFound(f"unknown {what} {echo(task_id)}")
-        self.access.require_owner(who, view.user_id, what)
         return view
 
     async def get_task_status(self, who: Principal, args: TaskIdArgs) -> TaskStatusAnswer:
@@ -549,9 +551,12 @@ class ShimService:
     ) -> ConversationStatusAnswer:
         task_id = f"{LLM_TASK_PREFIX}{args.conversation_id}"
         view = await self._view(task_id)
-        if view is None or view.task_type != TaskType.LLM_CONVERSATION.value:
+        if (
+            view is None
+            or view.task_type != TaskType.LLM_CONVERSATION.value
+            or not self.access.owns(who, view.user_id)
+        ):
             raise NotFound(f"unknown conversation {echo(args.conversation_id)}")
-        self.access.require_owner(who, view.user_id, "conversation")
         try:
             conversation = await self.registry.get_conversation(
                 view.company_id, view.user_id, args.conversation_id
