@@ -26,7 +26,6 @@ from chromadb.config import Settings as ChromaSettings
 from fastapi import Depends, HTTPException, Request
 
 from regtask.crmodels import RegistryTaskSpec
-from regtask.docstore import DocumentError
 from regtask.documents import Quotas
 from regtask.events import AsyncEventPublisher
 from regtask.ratelimit import LlmRateLimiter
@@ -152,12 +151,9 @@ async def claimed_spec(
 
 
 async def company_quotas(state: GatewayState, company_id: str) -> Quotas:
-    """The company's quotas; the contract's defaults when it has no (readable) document."""
-    try:
-        doc = await state.registry.get_company(company_id)
-    except DocumentError:
-        doc = None
-    return doc.quotas if doc else Quotas()
+    """The company's limits as the operator set them (its CompanyQuota, else the configured
+    defaults): keys without TTL, never the contract's 24 h company document."""
+    return await state.registry.effective_quotas(company_id)
 
 
 def json_size(value: Any) -> int:

@@ -145,6 +145,26 @@ class Mirror:
             return False
         return True
 
+    async def publish_defaults(self, defaults: Quotas) -> bool:
+        """The configured defaults, enforced for every company without a CompanyQuota."""
+        try:
+            await self.registry.set_default_quotas(defaults)
+        except RedisError as exc:
+            log.warning("quota_mirror_failed", company_id="", error=str(exc))
+            return False
+        return True
+
+    async def drop_limits(self, company_id: str, defaults: Quotas) -> bool:
+        """A deleted CompanyQuota: the company's enforced limits become the configured
+        defaults, and so does the contract's copy. False when Redis failed (maintenance
+        re-asserts every company's limits)."""
+        try:
+            await self.registry.drop_company_quotas(company_id, defaults)
+        except RedisError as exc:
+            log.warning("quota_mirror_failed", company_id=company_id, error=str(exc))
+            return False
+        return True
+
     async def resync(self, ended: list[TaskSnapshot], batch: int = 500) -> int:
         """Write the end of each finished task whose registry document does not show it: a
         failed write kept by an earlier life of the operator (or another replica) died with
