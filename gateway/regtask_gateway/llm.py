@@ -31,8 +31,14 @@ router = APIRouter()
 
 @router.post(CHAT_PATH)
 async def chat_completions(body: ChatCompletionIn, state: StateDep, claims: ClaimsDep) -> Response:
-    base = state.settings.llm_base_url
-    model = state.settings.llm_default_model
+    settings = state.settings
+    base = settings.llm_base_url
+    model = settings.llm_default_model
+    refused = _over_caps(body, settings.llm_max_tokens, settings.llm_max_n)
+    if refused is not None:
+        return refused
+    if body.max_tokens is None and body.max_completion_tokens is None:
+        body.max_tokens = settings.llm_max_tokens  # never the provider's own (unbounded) default
     return await _relay_llm(
         state,
         claims,
@@ -69,8 +75,22 @@ async def _relay_llm(
     stream: bool,
     kind: str,
 ) -> Response:
-    """Count the request against the company's hour, then pass it through with the real key."""
+    """Check the model against the company's allow-list, count the request against its hour,
+    then pass it through with the real key."""
     quotas = await company_quotas(state, claims.company_id)
+    model = getattr(body, "model", None) or default_model
+    if model != default_model and model not in quotas.allowed_models:
+        state.metrics.llm_requests.labels(claims.company_id, kind, "model_refused").inc()
+        log.warning(
+            "llm_model_refused", company_id=claims.company_id, task_id=claims.task_id, model=model
+        )
+        return _openai_error(
+            403,
+            f"model {model[:128]!r} is not allowed for this company (allowed: the default "
+            f"model {default_model!r} and the CompanyQuota's allowedModels)",
+            "invalid_request_error",
+            "model_not_allowed",
+        )
     decision = await state.limiter.hit(claims.company_id, quotas.max_llm_requests_per_hour)
     outcome = "allowed" if decision.allowed else "rate_limited"
     state.metrics.llm_requests.labels(claims.company_id, kind, outcome).inc()
@@ -92,7 +112,7 @@ async def _relay_llm(
             **_rate_headers(decision),
         )
     payload = body.model_dump(exclude_none=True)
-    payload["model"] = payload.get("model") or default_model
+    payload["model"] = model
     # Providers attribute usage (and abuse) per end user: the tenant, never a runner's choice.
     payload["user"] = claims.namespace
     headers = {"Content-Type": "application/json"}
@@ -133,6 +153,23 @@ async def _relay_chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         await upstream.aclose()
+
+
+def _over_caps(body: ChatCompletionIn, max_tokens: int, max_n: int) -> JSONResponse | None:
+    """A 400 naming the cap when the request asks for more than one request may cost."""
+    for name, asked, cap in (
+        ("max_tokens", body.max_tokens, max_tokens),
+        ("max_completion_tokens", body.max_completion_tokens, max_tokens),
+        ("n", body.n, max_n),
+    ):
+        if asked is not None and asked > cap:
+            return _openai_error(
+                400,
+                f"{name}={asked} is over the gateway's cap of {cap}",
+                "invalid_request_error",
+                f"{name}_over_cap",
+            )
+    return None
 
 
 def _openai_error(status: int, message: str, kind: str, code: str, **headers: str) -> JSONResponse:

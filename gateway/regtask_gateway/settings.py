@@ -31,6 +31,10 @@ class GatewaySettings(Settings):
     llm_embeddings_base_url: str | None = Field(default=None, alias="LLM_EMBEDDINGS_BASE_URL")
     llm_embedding_model: str | None = Field(default=None, alias="LLM_EMBEDDING_MODEL")
     llm_timeout_s: float = Field(default=300.0, gt=0, alias="LLM_TIMEOUT_S")
+    # What one chat request may cost: max_tokens above this is refused (400), and a request
+    # without it is sent with it; at most this many choices (``n``).
+    llm_max_tokens: int = Field(default=8192, ge=1, alias="LLM_MAX_TOKENS")
+    llm_max_n: int = Field(default=1, ge=1, alias="LLM_MAX_N")
     chroma_url: str = Field(default="http://127.0.0.1:8000", alias="CHROMA_URL")
     # Where the RegistryTask CRs live; kubeconfig unset = in-cluster service account.
     namespace: str = Field(default="regtask-system", alias="REGTASK_NAMESPACE")
