@@ -4,7 +4,8 @@ A round retries the mirror writes kept while Redis was down, prunes registry ref
 keys expired, sweeps users whose heartbeat outlived its TTL offline (and writes them to the
 Firestore presence collection), re-asserts every company's limits (its CompanyQuota, else the
 configured defaults) in the keys the gateway and shim enforce and in the contract's company
-document, deletes the finished RegistryTasks kept past their TTL,
+document, reconciles every company's storage counter with the blobs and results it still holds,
+deletes the finished RegistryTasks kept past their TTL,
 removes idle tenant namespaces, and, at most every
 ``REGTASK_NAMESPACE_REPAIR_INTERVAL_S``, re-applies every tenant namespace's fences so drift is
 repaired without waiting for the next admission of that tenant (the namespaces' life:
@@ -28,6 +29,7 @@ from regtask.docstore import DocumentError
 from regtask.documents import Quotas, UnifiedUserDoc
 from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
+from regtask.storage import StorageAccounting
 from regtask_operator.mirror import Mirror
 from regtask_operator.tenants import Tenants
 
@@ -70,6 +72,7 @@ class Maintenance:
             own, defaults = self.known_limits()
             await reassert_limits(self.registry, own, defaults)
         await sweep_registry(self.registry, self.firestore)
+        await reconcile_storage(self.mirror.storage)
         await self.delete_expired()
         removed = await self.tenants.remove_idle(self.busy_namespaces)
         if self.clock.due(self.repair_interval_s):
@@ -111,6 +114,17 @@ async def reassert_limits(registry: Registry, own: Mapping[str, Quotas], default
         return written
     log.info("company_limits_reasserted", companies=written)
     return written
+
+
+async def reconcile_storage(storage: StorageAccounting) -> None:
+    """Every company's storage counter set to what it still holds (expired blobs and task
+    documents dropped): a release lost to a crash cannot keep a company full for ever."""
+    try:
+        for company_id in await storage.companies():
+            used = await storage.reconcile(company_id)
+            log.debug("storage_reconciled", company_id=company_id, used_bytes=used)
+    except RedisError as exc:
+        log.warning("storage_reconcile_skipped", error=str(exc))
 
 
 async def sweep_registry(registry: Registry, firestore: FirestoreWriter | None) -> None:

@@ -48,7 +48,15 @@ from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
 from regtask_shim import payloads
 from regtask_shim.auth import Access, Principal
-from regtask_shim.errors import BadArguments, Conflict, NotFound, QuotaExceeded, Unavailable, echo
+from regtask_shim.errors import (
+    BadArguments,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    ShimError,
+    Unavailable,
+    echo,
+)
 from regtask_shim.models import (
     CONVERSATION_PREFIX,
     LLM_TASK_PREFIX,
@@ -85,7 +93,7 @@ log = structlog.get_logger(__name__)
 START_RATE_PREFIX = "quota:shim:starts:"
 START_RATE_TTL_S = 120
 # Large inputs wait in Redis for the runner: long enough for the longest task after a long
-# queue. The operator/gateway delete them (and release storage) when a task ends.
+# queue. The operator deletes them (and releases their storage) when the task ends.
 BLOB_TTL_S = 2 * MAX_DURATION_LIMIT_S
 _FINISHED = frozenset({RegistryStatus.COMPLETED, RegistryStatus.FAILED})
 _ID = TypeAdapter(Identifier)
@@ -380,23 +388,31 @@ class ShimService:
             log.info("task_start_replayed", task_id=task_id, user_id=user_id)
             return info.status
         await self._count_start(user_id)
-        spec = RegistryTaskSpec(
-            task_id=task_id,
-            task_type=task_type,
-            user_id=user_id,
-            company_id=company_id,
-            inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
-            parameters=parameters,
-            conversation_id=conversation_id,
-        )
-        outcome = await self.tasks.create(spec)
-        existing = outcome.task.spec
-        if not outcome.created:
-            self._same_task(
-                task_id,
-                (existing.user_id, existing.company_id, existing.task_type.value),
-                (user_id, company_id, task_type.value),
+        try:
+            spec = RegistryTaskSpec(
+                task_id=task_id,
+                task_type=task_type,
+                user_id=user_id,
+                company_id=company_id,
+                inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
+                parameters=parameters,
+                conversation_id=conversation_id,
             )
+            outcome = await self.tasks.create(spec)
+            existing = outcome.task.spec
+            if not outcome.created:
+                self._same_task(
+                    task_id,
+                    (existing.user_id, existing.company_id, existing.task_type.value),
+                    (user_id, company_id, task_type.value),
+                )
+        except (ShimError, RedisError, ValidationError):
+            # A refused creation gives back the blobs stored for it (issue 16, item 4); a
+            # replay of an existing task of the same user never reaches here.
+            freed = await self.storage.release_task_blobs(company_id, user_id, task_id)
+            if freed:
+                log.info("task_refused_blobs_released", task_id=task_id, bytes=freed)
+            raise
         view = TaskStatusView.from_resource(outcome.task)
         namespace = naming.tenant_namespace(user_id, company_id)
         await self.registry.register_task(
@@ -472,7 +488,7 @@ class ShimService:
         key = storage.blob_key(company_id, user_id, blob_name)
         if await self.registry.client.set(key, raw, nx=True, ex=BLOB_TTL_S):
             limit_mb = (await self._quotas(company_id)).storage_limit_mb
-            decision = await self.storage.reserve(company_id, len(raw), limit_mb)
+            decision = await self.storage.reserve(company_id, len(raw), limit_mb, key)
             if not decision.allowed:
                 await self.registry.client.delete(key)
                 raise QuotaExceeded(
