@@ -34,7 +34,11 @@ from regtask.registry import Registry
 from regtask.servicemetrics import CONTENT_TYPE_LATEST
 from regtask.storage import StorageAccounting
 from regtask_gateway import llm, task, vectors
-from regtask_gateway.runnerauth import RunnerAuthenticator, TokenReviewAuthenticator
+from regtask_gateway.runnerauth import (
+    FailureLimiter,
+    RunnerAuthenticator,
+    TokenReviewAuthenticator,
+)
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.state import GatewayState, ProgressThrottle, StateDep
 from regtask_gateway.taskspec import KubeTaskSpecSource, TaskSpecSource
@@ -80,6 +84,7 @@ def create_gateway_app(
             specs=specs,
             authenticator=auth,
             throttle=ProgressThrottle(settings.progress_min_interval_s),
+            auth_failures=FailureLimiter(settings.token_failures_per_minute),
         )
         log.info(
             "gateway_started",

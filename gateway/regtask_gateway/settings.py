@@ -45,5 +45,9 @@ class GatewaySettings(Settings):
     progress_min_interval_s: float = Field(
         default=0.2, ge=0, alias="REGTASK_PROGRESS_MIN_INTERVAL_S"
     )
+    # Refused runner tokens per source address per minute before 429 (no TokenReview); 0 = off.
+    token_failures_per_minute: int = Field(
+        default=30, ge=0, alias="REGTASK_GATEWAY_TOKEN_FAILURES_PER_MINUTE"
+    )
     max_result_bytes: int = Field(default=MAX_INLINE_RESULT_BYTES, gt=0)
     max_input_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

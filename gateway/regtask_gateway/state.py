@@ -33,7 +33,7 @@ from regtask.registry import Registry
 from regtask.servicemetrics import GatewayMetrics
 from regtask.storage import StorageAccounting
 from regtask.tokens import TaskClaims
-from regtask_gateway.runnerauth import RunnerAuthenticator
+from regtask_gateway.runnerauth import FailureLimiter, RunnerAuthenticator
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.taskspec import TaskNotFound, TaskSpecSource
 
@@ -83,6 +83,7 @@ class GatewayState:
     specs: TaskSpecSource
     authenticator: RunnerAuthenticator
     throttle: ProgressThrottle
+    auth_failures: FailureLimiter
     chroma: AsyncClientAPI | None = None
     chroma_lock: asyncio.Lock | None = None
     # task id -> (expiry on the monotonic clock, spec); see spec_by_id.
