@@ -127,7 +127,7 @@ class FirebaseTokenVerifier:
         project_id: str,
         *,
         credentials_file: Path | None = None,
-        check_revoked: bool = False,
+        check_revoked: bool = True,
         clock_skew_s: int = 5,
         allow_emulator: bool = False,
     ) -> None:
