@@ -2,7 +2,8 @@
 
 The shim, the operator and the gateway as in production, every task a real pod of the runner
 image: a company allowed 1 MB stores 5 documents of 700 KB one after another (3.4x its limit),
-each task's blob released when it ends (succeeded, cancelled); a refused creation keeps nothing;
+each task's blob deleted and released when it ends (succeeded, cancelled), only its small result
+staying counted until its task document expires; a refused creation keeps nothing;
 a counter left wrong by a lost release is reconciled by maintenance from what is still stored.
 """
 
@@ -18,7 +19,7 @@ from kubernetes import client
 
 from regtask import keys, naming
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask.storage import BLOB_PREFIX, StorageAccounting, storage_key
+from regtask.storage import BLOB_PREFIX, StorageAccounting, held_key, storage_key
 from tests.fixtures.platform import gateway_env
 from tests.fixtures.shim import ShimFactory
 from tests.shim.helpers import ok, refused
@@ -39,6 +40,11 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: st
 
 async def blobs(redis: aioredis.Redis) -> list[bytes]:
     return [key async for key in redis.scan_iter(match=f"{BLOB_PREFIX}{COMPANY}:*")]
+
+
+async def held(redis: aioredis.Redis) -> dict[str, int]:
+    raw = await redis.hgetall(held_key(COMPANY))
+    return {k.decode(): int(v) for k, v in raw.items()}
 
 
 async def test_a_company_runs_for_ever_within_its_storage_quota(
@@ -64,6 +70,12 @@ async def test_a_company_runs_for_ever_within_its_storage_quota(
     )
     shim = await make_shim(env={"REGTASK_NAMESPACE": control_namespace})
     storage = StorageAccounting(redis_async)
+
+    async def results() -> int:
+        """Bytes of the results still held (their task documents have not expired)."""
+        entries = await held(redis_async)
+        assert all(item.startswith(keys.TASK_PREFIX) for item in entries), entries
+        return sum(entries.values())
 
     async def limit_known() -> bool:
         doc = await shim.registry.get_company(COMPANY)
@@ -98,15 +110,17 @@ async def test_a_company_runs_for_ever_within_its_storage_quota(
         assert status == ("cancelled" if run == 4 else "completed"), status
 
         async def released() -> bool:
-            return await storage.used(COMPANY) == 0 and await blobs(redis_async) == []
+            return await blobs(redis_async) == [] and await storage.used(COMPANY) == await results()
 
         await until(released, 20, f"{task_id}'s blob released")
+        # What stays counted is the results, held by their task documents until these expire.
+        assert await results() < 64 * 1024 * (run + 1)
 
     # A release lost in a crash: maintenance sets the counter back to what is stored.
     await redis_async.set(storage_key(COMPANY), 10**9)
 
     async def reconciled() -> bool:
-        return await storage.used(COMPANY) == 0
+        return await storage.used(COMPANY) == await results()
 
     await until(reconciled, 20, "the storage counter reconciled")
     assert await redis_async.exists(keys.company_limits(COMPANY))
