@@ -9,13 +9,14 @@ without buffering.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import structlog
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from regtask.gateway_api import CHAT_PATH, EMBEDDINGS_PATH
 from regtask.ratelimit import RateDecision
@@ -91,7 +92,42 @@ async def _relay_llm(
             "invalid_request_error",
             "model_not_allowed",
         )
-    decision = await state.limiter.hit(claims.company_id, quotas.max_llm_requests_per_hour)
+    if not await state.llm_share.acquire(claims.company_id):
+        state.metrics.llm_requests.labels(claims.company_id, kind, "share_full").inc()
+        log.warning("llm_share_full", company_id=claims.company_id, task_id=claims.task_id)
+        return _openai_error(
+            429,
+            f"this company holds its whole share of LLM connections "
+            f"({state.llm_share.per_company}); retry shortly",
+            "rate_limit_exceeded",
+            "llm_connections_exhausted",
+            **{"Retry-After": "1"},
+        )
+    released = False
+    try:
+        response = await _send(
+            state, claims, url, model, body, stream, kind, quotas.max_llm_requests_per_hour
+        )
+        if isinstance(response, StreamingResponse):
+            released = True  # the stream gives the slot back when it ends
+        return response
+    finally:
+        if not released:
+            state.llm_share.release(claims.company_id)
+
+
+async def _send(
+    state: GatewayState,
+    claims: TaskClaims,
+    url: str,
+    model: str,
+    body: BaseModel,
+    stream: bool,
+    kind: str,
+    hourly_limit: int,
+) -> Response:
+    """Count the request against the company's hour and relay it (a slot is held)."""
+    decision = await state.limiter.hit(claims.company_id, hourly_limit)
     outcome = "allowed" if decision.allowed else "rate_limited"
     state.metrics.llm_requests.labels(claims.company_id, kind, outcome).inc()
     if not decision.allowed:
@@ -138,20 +174,35 @@ async def _relay_llm(
             content, status_code=upstream.status_code, media_type=media_type, headers=rate
         )
     log.info("llm_stream_started", task_id=claims.task_id, company_id=claims.company_id)
+    done = False
+
+    def release_once() -> None:
+        # Hazard: a stream never iterated (client gone before its first chunk) runs no
+        # generator ``finally``; the response's background task gives the slot back then.
+        nonlocal done
+        if not done:
+            done = True
+            state.llm_share.release(claims.company_id)
+
     return StreamingResponse(
-        _relay_chunks(upstream),
+        _relay_chunks(upstream, release_once),
+        background=BackgroundTask(release_once),
         status_code=upstream.status_code,
         media_type=media_type,
         headers={**rate, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _relay_chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    """Each upstream chunk as it arrives (no buffering); the upstream closes with the client."""
+async def _relay_chunks(
+    upstream: httpx.Response, release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """Each upstream chunk as it arrives (no buffering); the upstream closes with the client,
+    and the company's connection slot is given back."""
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
     finally:
+        release()
         await upstream.aclose()
 
 

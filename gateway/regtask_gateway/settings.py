@@ -49,5 +49,14 @@ class GatewaySettings(Settings):
     token_failures_per_minute: int = Field(
         default=30, ge=0, alias="REGTASK_GATEWAY_TOKEN_FAILURES_PER_MINUTE"
     )
+    # Any runner request body (chunked included) is refused past this, before it is read in full.
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, alias="REGTASK_GATEWAY_MAX_BODY_BYTES"
+    )
+    # The LLM connection pool, and the share of it one company may hold at once; a request
+    # over its company's share waits up to llm_share_wait_s, then 429.
+    llm_max_connections: int = Field(default=200, ge=1, alias="LLM_MAX_CONNECTIONS")
+    llm_company_share: float = Field(default=0.25, gt=0, le=1, alias="LLM_COMPANY_SHARE")
+    llm_share_wait_s: float = Field(default=5.0, ge=0, alias="LLM_SHARE_WAIT_S")
     max_result_bytes: int = Field(default=MAX_INLINE_RESULT_BYTES, gt=0)
     max_input_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

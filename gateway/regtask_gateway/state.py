@@ -33,6 +33,7 @@ from regtask.registry import Registry
 from regtask.servicemetrics import GatewayMetrics
 from regtask.storage import StorageAccounting
 from regtask.tokens import TaskClaims
+from regtask_gateway.llmshare import ConnectionShare
 from regtask_gateway.runnerauth import FailureLimiter, RunnerAuthenticator
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.taskspec import TaskNotFound, TaskSpecSource
@@ -84,6 +85,7 @@ class GatewayState:
     authenticator: RunnerAuthenticator
     throttle: ProgressThrottle
     auth_failures: FailureLimiter
+    llm_share: ConnectionShare
     chroma: AsyncClientAPI | None = None
     chroma_lock: asyncio.Lock | None = None
     # task id -> (expiry on the monotonic clock, spec); see spec_by_id.
