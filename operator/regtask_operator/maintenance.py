@@ -64,6 +64,8 @@ class Maintenance:
     repair_interval_s: float
     # Every CompanyQuota's limits and the configured defaults (Controller.known_limits).
     known_limits: Callable[[], tuple[Mapping[str, Quotas], Quotas]] | None = None
+    # The companies' storage counters (Mirror.storage), reconciled every round.
+    storage: StorageAccounting | None = None
     clock: RepairClock = field(default_factory=RepairClock)
 
     async def run_once(self) -> None:
@@ -72,7 +74,8 @@ class Maintenance:
             own, defaults = self.known_limits()
             await reassert_limits(self.registry, own, defaults)
         await sweep_registry(self.registry, self.firestore)
-        await reconcile_storage(self.mirror.storage)
+        if self.storage is not None:
+            await reconcile_storage(self.storage)
         await self.delete_expired()
         removed = await self.tenants.remove_idle(self.busy_namespaces)
         if self.clock.due(self.repair_interval_s):

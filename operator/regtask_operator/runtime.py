@@ -81,6 +81,7 @@ class Runtime:
             delete_expired=controller.delete_expired,
             repair_interval_s=settings.namespace_repair_interval_s,
             known_limits=controller.known_limits,
+            storage=mirror.storage,
         )
         leadership = Leadership(
             None if settings.standalone else kube,
