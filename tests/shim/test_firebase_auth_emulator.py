@@ -329,8 +329,9 @@ async def test_check_revoked_refuses_revoked_disabled_and_deleted_users(
     carol = sign_up(auth_emulator, "carol", companies=[ACME])
 
     async def answer(shim: ProdShim, user: SignedIn, token: str | None = None) -> httpx.Response:
+        # One session per user: a session id belongs to the user who registered it.
         return await shim.rpc(
-            "REGISTRY.register_user", [user.uid, "s1", "/"], token=token or user.id_token
+            "REGISTRY.register_user", [user.uid, f"s-{user.uid}", "/"], token=token or user.id_token
         )
 
     for user in (alice, bob, carol):
