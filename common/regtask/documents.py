@@ -171,6 +171,9 @@ class Quotas(Document):
     max_tasks_per_user: int = Field(default=10, ge=0)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)
+    # Ours, not in the contract's company document (left out of it): the LLM models the
+    # company's tasks may use beside the gateway's default model (CompanyQuota.allowedModels).
+    allowed_models: list[str] = Field(default_factory=list)
 
 
 class CompanyDoc(Document):

@@ -225,6 +225,10 @@ class TaskTracker:
             self.settings.rate_limit_policy,
         )
 
+    def default_quotas(self) -> Quotas:
+        """The configured defaults (chart ``operator.quotas.*``): companies without a quota."""
+        return self._default_limits.quotas
+
     def max_tasks_per_user(self, company_id: str) -> int:
         """The company's maxTasksPerUser: what its tenants' ResourceQuotas are sized for."""
         return self.company_limits(company_id)[0].max_tasks_per_user

@@ -126,7 +126,7 @@ class FirebaseTokenVerifier:
         project_id: str,
         *,
         credentials_file: Path | None = None,
-        check_revoked: bool = False,
+        check_revoked: bool = True,
         clock_skew_s: int = 5,
         allow_emulator: bool = False,
     ) -> None:
@@ -295,8 +295,13 @@ class Access:
             raise Forbidden(f"not authorized: user_id {echo(user_id)} is not the signed-in user")
 
     @staticmethod
+    def owns(principal: Principal, owner_id: str) -> bool:
+        """The service acts for everyone; a user only for itself."""
+        return principal.is_service or principal.uid == owner_id
+
+    @staticmethod
     def require_owner(principal: Principal, owner_id: str, what: str) -> None:
-        if not principal.is_service and principal.uid != owner_id:
+        if not Access.owns(principal, owner_id):
             raise Forbidden(f"not authorized: this {what} belongs to another user")
 
     @staticmethod

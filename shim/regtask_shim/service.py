@@ -43,13 +43,21 @@ from regtask.documents import (
     TaskProgress,
 )
 from regtask.identifiers import Identifier
-from regtask.registry import Registry
+from regtask.registry import Registry, SessionTaken
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
 from regtask_shim import payloads
 from regtask_shim.auth import Access, Principal
 from regtask_shim.companies import CompanyResolver, require_company
-from regtask_shim.errors import BadArguments, Conflict, NotFound, QuotaExceeded, Unavailable, echo
+from regtask_shim.errors import (
+    BadArguments,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    ShimError,
+    Unavailable,
+    echo,
+)
 from regtask_shim.models import (
     CONVERSATION_PREFIX,
     LLM_TASK_PREFIX,
@@ -87,7 +95,7 @@ log = structlog.get_logger(__name__)
 START_RATE_PREFIX = "quota:shim:starts:"
 START_RATE_TTL_S = 120
 # Large inputs wait in Redis for the runner: long enough for the longest task after a long
-# queue. The operator/gateway delete them (and release storage) when a task ends.
+# queue. The operator deletes them (and releases their storage) when the task ends.
 BLOB_TTL_S = 2 * MAX_DURATION_LIMIT_S
 _FINISHED = frozenset({RegistryStatus.COMPLETED, RegistryStatus.FAILED})
 _ID = TypeAdapter(Identifier)
@@ -206,14 +214,20 @@ class ShimService:
         authorized = args.authorized_companies_ids
         if authorized is None and who.token_companies is not None:
             authorized = list(who.token_companies)
-        await self.registry.register_user(
-            args.user_id,
-            args.session_id,
-            args.backend_route,
-            company_id=args.company_id,
-            authorized_companies=authorized,
-            company_roles=args.company_roles,
-        )
+        try:
+            await self.registry.register_user(
+                args.user_id,
+                args.session_id,
+                args.backend_route,
+                company_id=args.company_id,
+                authorized_companies=authorized,
+                company_roles=args.company_roles,
+            )
+        except SessionTaken:
+            raise Conflict(
+                "session id is registered by another user: a session belongs to the user who "
+                "registered it until it is unregistered or expires"
+            ) from None
         return RegisterUserAnswer(user_id=args.user_id, session_id=args.session_id)
 
     async def unregister_session(
@@ -386,23 +400,31 @@ class ShimService:
             log.info("task_start_replayed", task_id=task_id, user_id=user_id)
             return info.status
         await self._count_start(user_id)
-        spec = RegistryTaskSpec(
-            task_id=task_id,
-            task_type=task_type,
-            user_id=user_id,
-            company_id=company_id,
-            inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
-            parameters=parameters,
-            conversation_id=conversation_id,
-        )
-        outcome = await self.tasks.create(spec)
-        existing = outcome.task.spec
-        if not outcome.created:
-            self._same_task(
-                task_id,
-                (existing.user_id, existing.company_id, existing.task_type.value),
-                (user_id, company_id, task_type.value),
+        try:
+            spec = RegistryTaskSpec(
+                task_id=task_id,
+                task_type=task_type,
+                user_id=user_id,
+                company_id=company_id,
+                inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
+                parameters=parameters,
+                conversation_id=conversation_id,
             )
+            outcome = await self.tasks.create(spec)
+            existing = outcome.task.spec
+            if not outcome.created:
+                self._same_task(
+                    task_id,
+                    (existing.user_id, existing.company_id, existing.task_type.value),
+                    (user_id, company_id, task_type.value),
+                )
+        except (ShimError, RedisError, ValidationError):
+            # A refused creation gives back the blobs stored for it (issue 16, item 4); a
+            # replay of an existing task of the same user never reaches here.
+            freed = await self.storage.release_task_blobs(company_id, user_id, task_id)
+            if freed:
+                log.info("task_refused_blobs_released", task_id=task_id, bytes=freed)
+            raise
         view = TaskStatusView.from_resource(outcome.task)
         namespace = naming.tenant_namespace(user_id, company_id)
         await self.registry.register_task(
@@ -478,7 +500,7 @@ class ShimService:
         key = storage.blob_key(company_id, user_id, blob_name)
         if await self.registry.client.set(key, raw, nx=True, ex=BLOB_TTL_S):
             limit_mb = (await self._quotas(company_id)).storage_limit_mb
-            decision = await self.storage.reserve(company_id, len(raw), limit_mb)
+            decision = await self.storage.reserve(company_id, len(raw), limit_mb, key)
             if not decision.allowed:
                 await self.registry.client.delete(key)
                 raise QuotaExceeded(
@@ -492,11 +514,7 @@ class ShimService:
         )
 
     async def _quotas(self, company_id: str) -> Quotas:
-        try:
-            company = await self.registry.get_company(company_id)
-        except DocumentError:
-            company = None
-        return company.quotas if company is not None else Quotas()
+        return await self.registry.effective_quotas(company_id)
 
     # ------------------------------------------------------------------ TASK.* reads
 
@@ -520,10 +538,10 @@ class ShimService:
         return None
 
     async def _owned_view(self, who: Principal, task_id: str, what: str = "task") -> TaskStatusView:
+        """The caller's own task; "not yours" answers exactly as "not there" (no oracle)."""
         view = await self._view(task_id)
-        if view is None:
+        if view is None or not self.access.owns(who, view.user_id):
             raise NotFound(f"unknown {what} {echo(task_id)}")
-        self.access.require_owner(who, view.user_id, what)
         return view
 
     async def get_task_status(self, who: Principal, args: TaskIdArgs) -> TaskStatusAnswer:
@@ -561,9 +579,12 @@ class ShimService:
     ) -> ConversationStatusAnswer:
         task_id = f"{LLM_TASK_PREFIX}{args.conversation_id}"
         view = await self._view(task_id)
-        if view is None or view.task_type != TaskType.LLM_CONVERSATION.value:
+        if (
+            view is None
+            or view.task_type != TaskType.LLM_CONVERSATION.value
+            or not self.access.owns(who, view.user_id)
+        ):
             raise NotFound(f"unknown conversation {echo(args.conversation_id)}")
-        self.access.require_owner(who, view.user_id, "conversation")
         try:
             conversation = await self.registry.get_conversation(
                 view.company_id, view.user_id, args.conversation_id

@@ -36,7 +36,9 @@ class ShimSettings(Settings):
     # Service-account JSON for firebase-admin; unset = Application Default Credentials.
     firebase_credentials_file: Path | None = Field(default=None, alias="FIREBASE_CREDENTIALS_FILE")
     # One Auth API call per request: off by default, tokens expire within the hour anyway.
-    firebase_check_revoked: bool = Field(default=False, alias="FIREBASE_CHECK_REVOKED")
+    # On by default (issue 16, item 11): a revoked token, a disabled or deleted account is
+    # refused at once. Cost: one Firebase Auth lookup per call (make bench-revocation).
+    firebase_check_revoked: bool = Field(default=True, alias="FIREBASE_CHECK_REVOKED")
     firebase_clock_skew_s: int = Field(default=5, ge=0, le=60, alias="FIREBASE_CLOCK_SKEW_SECONDS")
     # FIREBASE_AUTH_EMULATOR_HOST makes firebase-admin accept unsigned tokens: refused unless
     # this is explicitly set (local runs against the Auth emulator only).

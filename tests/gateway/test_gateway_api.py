@@ -252,7 +252,10 @@ async def test_llm_passthrough_holds_the_key_and_forces_the_user(
     make_gateway: GatewayFactory, fake_llm: FakeLlm
 ) -> None:
     gateway = make_gateway(
-        llm_base_url=fake_llm.base_url, llm_api_key=PROVIDER_KEY, llm_default_model="default-m"
+        llm_base_url=fake_llm.base_url,
+        llm_api_key=PROVIDER_KEY,
+        llm_default_model="default-m",
+        llm_embedding_model="embed-m",  # a model the company may use (issue 16, item 6)
     )
     spec = make_spec("llm_p", TaskType.LLM_CONVERSATION, conversation_id="conv_p")
     token = await gateway.add_task(spec)
