@@ -53,6 +53,8 @@ class ShimSettings(Settings):
     # New tasks one user may start per minute (0 = unlimited); the operator's admission queue
     # handles concurrency, this only stops a runaway client from flooding the control plane.
     task_starts_per_minute: int = Field(default=120, ge=0, alias="SHIM_TASK_STARTS_PER_MINUTE")
+    # The web console under /console (same credentials; see regtask_shim.console).
+    console_enabled: bool = Field(default=True, alias="SHIM_CONSOLE_ENABLED")
     list_tasks_limit: int = Field(default=200, ge=1, le=1000, alias="SHIM_LIST_TASKS_LIMIT")
 
     def auth_project_id(self) -> str | None:
