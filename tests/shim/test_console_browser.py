@@ -9,6 +9,7 @@ Screenshots of each page go to ``$REGTASK_CONSOLE_SCREENSHOTS`` when set (``docs
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -177,7 +178,8 @@ def test_console_follows_tasks_live_and_cancels_one(browser: Browser, stack: Sta
     assert page.evaluate("window.__notReloaded") is True
     assert "running" in seen[first] and "recent" in seen[first], seen
     assert "queue" in seen[second] and "queue" in seen[third], seen  # limit 1: they waited
-    assert steps, "no current step was ever shown for a running task"
+    # the runner's own steps, swapped in live (the operator's first step is "starting")
+    assert steps - {"starting", ""}, f"no runner step was shown for a running task: {steps}"
     # the queue shows the operator's positions in admission order
     expect(page.locator(f"#queue tr[data-task='{third}'] td").first).not_to_have_text("—")
 
@@ -265,6 +267,26 @@ def test_company_admin_sees_only_its_company_and_nobody_else_gets_in(
     other = stack.api("/api/overview", admin_globex.id_token).json()
     assert [c["company_id"] for c in other["companies"]] == [GLOBEX]
     assert stack.api(f"/api/tasks/{mine}", admin_globex.id_token).status_code == 403
+
+    # The live stream of acme's admin carries acme's task events and none of globex's.
+    seen: list[str] = []
+    with httpx.stream(
+        "GET",
+        f"{stack.console}/api/stream",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(30),
+    ) as events:
+        assert events.status_code == 200
+        theirs_live = stack.start_doc("gus", GLOBEX, "scope-g2")
+        mine_live = stack.start_doc("ann", ACME, "scope-a2")
+        deadline = time.monotonic() + 120
+        for line in events.iter_lines():
+            if line.startswith("data: ") and "task_id" in line:
+                seen.append(json.loads(line[6:])["task_id"])
+            if seen.count(mine_live) >= 2 or time.monotonic() > deadline:
+                break
+    assert mine_live in seen, seen
+    assert theirs_live not in seen and theirs not in seen, seen
 
     # Nobody else: a member (authorised, not admin), no credential, a bad one, a cookie-less page.
     assert stack.api("/api/overview", member.id_token).status_code == 403

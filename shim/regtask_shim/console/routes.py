@@ -9,7 +9,8 @@ secret. Cancel is a POST that must carry ``X-Regtask-Console: 1``: with the cook
 Live: the stream PSUBSCRIBEs the users' event channels, keeps the events of companies in scope
 (by the task document's company) and sends a ``tick`` every ``TICK_S`` so that changes only the
 operator's CR status carries (a phase, a queue position) reach the page too; the page answers
-each by fetching its own ``?fragment=1`` and swapping the live part.
+each by fetching its own ``?fragment=1`` and swapping the live part. Hazard: every open page
+holds one Redis pub/sub connection (``PSUBSCRIBE events:user:*``) for as long as it is open.
 """
 
 from __future__ import annotations
