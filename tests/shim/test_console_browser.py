@@ -238,8 +238,10 @@ def test_company_admin_sees_only_its_company_and_nobody_else_gets_in(
     expect(page.locator("#who")).to_contain_text(f"admin of {ACME}")
     expect(page.locator("tr[data-company=acme]")).to_be_visible()
     expect(page.locator("tr[data-company=globex]")).to_have_count(0)
+    shoot(page, "overview-company-admin")
     page.goto(f"{stack.console}/companies/{GLOBEX}")
     expect(page.locator("#error-status")).to_have_text("403")
+    shoot(page, "forbidden")
     page.goto(f"{stack.console}/tasks/{theirs}")
     expect(page.locator("#error-status")).to_have_text("403")
     assert "gus" not in page.content()  # nothing of the other company's task leaks
