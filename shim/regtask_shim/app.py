@@ -53,6 +53,7 @@ from regtask_shim.models import (
     UserRegistryAnswer,
     VectorComputationArgs,
 )
+from regtask_shim.presence import PresenceReader
 from regtask_shim.service import ShimService
 from regtask_shim.settings import ShimSettings
 from regtask_shim.taskstore import KubeTaskStore, TaskStore
@@ -166,10 +167,15 @@ def create_app(
     registry: Registry,
     task_store: TaskStore,
     authenticator: Authenticator,
+    presence: PresenceReader | None = None,
     owns_resources: bool = False,
 ) -> FastAPI:
-    """The ASGI app; with ``owns_resources`` it closes the Redis and Kubernetes clients on exit."""
-    service = ShimService(settings, registry, task_store)
+    """The ASGI app; with ``owns_resources`` it closes the Redis and Kubernetes clients on exit.
+
+    ``presence``: the Firestore presence registry, read to pick a company for a call that names
+    none (None: that rung is skipped).
+    """
+    service = ShimService(settings, registry, task_store, presence)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -178,11 +184,14 @@ def create_app(
             namespace=settings.namespace,
             unified_registry_enabled=settings.unified_registry_enabled,
             firebase=authenticator.verifier is not None,
+            presence_registry=presence is not None,
         )
         yield
         if owns_resources:
             await task_store.close()
             await registry.client.aclose()
+            if presence is not None:
+                presence.close()
 
     app = FastAPI(
         title="regtask RPC shim",

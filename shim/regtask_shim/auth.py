@@ -18,11 +18,11 @@ emulator's tokens are unsigned), so the shim refuses to start with it set unless
 (:func:`refuse_auth_emulator_unless_allowed`).
 
 A Firebase caller acts only as itself (``user_id`` must equal the token's uid) and only for the
-companies it is authorised for. Those come from the token's custom claim
-``authorized_companies_ids`` when present (signed by Firebase, set with the Admin SDK's
-``set_custom_user_claims``); otherwise from ``companies.authorized_companies_ids`` of the user's
-unified registry document (written by the microservice through ``REGISTRY.register_user`` with
-the service token). With neither, a Firebase caller is authorised for no company.
+companies of the token's custom claim ``authorized_companies_ids`` (signed by Firebase, set with
+the Admin SDK's ``set_custom_user_claims``) plus its own default tenant: the claim, or its
+absence, is the truth; the registry's copy is never consulted (it is refreshed by the user's own
+``register_user``). That rule and the company resolution ladder live in
+:mod:`regtask_shim.companies`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from regtask.identifiers import Identifier
-from regtask.registry import Registry
 from regtask_shim.errors import Forbidden, Unauthenticated, Unavailable, echo
 
 log = structlog.get_logger(__name__)
@@ -310,10 +309,7 @@ class Authenticator:
 
 
 class Access:
-    """Authorisation rules, one place: self only, authorised companies only."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    """Authorisation rules about users (companies: :mod:`regtask_shim.companies`)."""
 
     @staticmethod
     def require_self(principal: Principal, user_id: str) -> None:
@@ -324,36 +320,6 @@ class Access:
     def require_owner(principal: Principal, owner_id: str, what: str) -> None:
         if not principal.is_service and principal.uid != owner_id:
             raise Forbidden(f"not authorized: this {what} belongs to another user")
-
-    async def companies_of(self, principal: Principal) -> tuple[str, ...]:
-        if principal.token_companies is not None:
-            return principal.token_companies
-        if principal.uid is None:
-            return ()
-        doc = await self.registry.get_user_registry(principal.uid)
-        return tuple(doc.companies.authorized_companies_ids) if doc else ()
-
-    async def admin_companies(self, principal: Principal) -> tuple[str, ...]:
-        """Companies the caller administers: role ``admin`` (token claim ``company_roles``,
-        else the registry document's ``companies.company_roles``) in a company it is
-        authorised for. The service credential is handled by the caller (it sees all)."""
-        if principal.uid is None:
-            return ()
-        if principal.token_roles is not None:
-            roles = dict(principal.token_roles)
-        else:
-            doc = await self.registry.get_user_registry(principal.uid)
-            roles = dict(doc.companies.company_roles) if doc else {}
-        authorized = set(await self.companies_of(principal))
-        return tuple(
-            sorted(c for c, role in roles.items() if role == ADMIN_ROLE and c in authorized)
-        )
-
-    async def require_company(self, principal: Principal, company_id: str) -> None:
-        if principal.is_service:
-            return
-        if company_id not in await self.companies_of(principal):
-            raise Forbidden(f"not authorized for company {echo(company_id)}")
 
     @staticmethod
     def require_service(principal: Principal, what: str) -> None:

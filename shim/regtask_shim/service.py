@@ -48,6 +48,7 @@ from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
 from regtask_shim import payloads
 from regtask_shim.auth import Access, Principal
+from regtask_shim.companies import CompanyResolver, require_company
 from regtask_shim.errors import BadArguments, Conflict, NotFound, QuotaExceeded, Unavailable, echo
 from regtask_shim.models import (
     CONVERSATION_PREFIX,
@@ -76,6 +77,7 @@ from regtask_shim.models import (
     UserRegistryAnswer,
     VectorComputationArgs,
 )
+from regtask_shim.presence import PresenceReader
 from regtask_shim.settings import ShimSettings
 from regtask_shim.taskstore import StoredTask, TaskStore
 
@@ -110,6 +112,8 @@ class TaskStatusView:
     estimated_completion: str | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    queue_position: int | None = None
+    estimated_start: str | None = None
 
     @classmethod
     def from_doc(cls, doc: TaskDoc) -> TaskStatusView:
@@ -126,6 +130,8 @@ class TaskStatusView:
             estimated_completion=doc.progress.estimated_completion,
             error=doc.error,
             result=doc.result,
+            queue_position=doc.progress.queue_position,
+            estimated_start=doc.progress.estimated_start,
         )
 
     @classmethod
@@ -148,6 +154,7 @@ class TaskStatusView:
             created_at=task.created,
             error=(status.message or None) if status is not None and failed else None,
             result=status.result if status else None,
+            queue_position=status.queue_position if status else None,
         )
 
     def conversation_id(self) -> str | None:
@@ -168,15 +175,25 @@ class TaskStatusView:
             conversation_id=self.conversation_id(),
             error=self.error,
             result=self.result,
+            queue_position=self.queue_position,
+            estimated_start=self.estimated_start,
+            estimated_completion=self.estimated_completion,
         )
 
 
 class ShimService:
-    def __init__(self, settings: ShimSettings, registry: Registry, task_store: TaskStore) -> None:
+    def __init__(
+        self,
+        settings: ShimSettings,
+        registry: Registry,
+        task_store: TaskStore,
+        presence: PresenceReader | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.tasks = task_store
-        self.access = Access(registry)
+        self.access = Access()
+        self.companies = CompanyResolver(registry, presence)
         self.storage = storage.StorageAccounting(registry.client)
 
     # ------------------------------------------------------------------ REGISTRY.*
@@ -235,8 +252,7 @@ class ShimService:
         self, who: Principal, args: DocumentAnalysisArgs
     ) -> TaskStartedAnswer:
         self.access.require_self(who, args.user_id)
-        company_id = await self._document_company(args)
-        await self.access.require_company(who, company_id)
+        company_id = await self._document_company(who, args)
         task_type = TaskType.DOCUMENT_ANALYSIS
         task_id = f"{TASK_TYPES[task_type].id_prefix}{args.job_id}"
         inputs, parameters = payloads.document_inputs(args.document_data)
@@ -250,29 +266,25 @@ class ShimService:
         )
         return TaskStartedAnswer(task_id=task_id, status=status)
 
-    async def _document_company(self, args: DocumentAnalysisArgs) -> str:
+    async def _document_company(self, who: Principal, args: DocumentAnalysisArgs) -> str:
+        """The company named in ``document_data`` (authorised), else the resolution ladder."""
         given = args.document_data.get("company_id")
-        if given is not None:
-            try:
-                return _ID.validate_python(given)
-            except ValidationError:
-                raise BadArguments(
-                    "bad argument 'document_data.company_id': not a valid company id"
-                ) from None
-        user = await self.registry.get_user_registry(args.user_id)
-        current = user.companies.current_company_id if user else None
-        if current is None:
+        if given is None:
+            return (await self.companies.resolve(who, args.user_id)).company_id
+        try:
+            company_id = _ID.validate_python(given)
+        except ValidationError:
             raise BadArguments(
-                "company_id unknown: put it in document_data['company_id'], or register the "
-                "user with a current company first"
-            )
-        return current
+                "bad argument 'document_data.company_id': not a valid company id"
+            ) from None
+        require_company(who, company_id)
+        return company_id
 
     async def start_vector_computation(
         self, who: Principal, args: VectorComputationArgs
     ) -> TaskStartedAnswer:
         self.access.require_self(who, args.user_id)
-        await self.access.require_company(who, args.company_id)
+        require_company(who, args.company_id)
         task_type = TaskType.VECTOR_COMPUTATION
         suffix = args.job_id or secrets.token_hex(8)
         task_id = f"{TASK_TYPES[task_type].id_prefix}{suffix}"
@@ -320,7 +332,7 @@ class ShimService:
         conversation_id: str | None,
     ) -> TaskStartedAnswer:
         self.access.require_self(who, user_id)
-        await self.access.require_company(who, company_id)
+        require_company(who, company_id)
         parameters: dict[str, str] = {}
         if model is not None:
             parameters["model"] = model
@@ -597,7 +609,7 @@ class ShimService:
     async def get_company_active_users(
         self, who: Principal, args: CompanyIdArgs
     ) -> CompanyUsersAnswer:
-        await self.access.require_company(who, args.company_id)
+        require_company(who, args.company_id)
         users = await self.registry.get_company_active_users(args.company_id)
         return CompanyUsersAnswer(company_id=args.company_id, active_users=users, count=len(users))
 

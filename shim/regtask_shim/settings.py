@@ -55,6 +55,11 @@ class ShimSettings(Settings):
     task_starts_per_minute: int = Field(default=120, ge=0, alias="SHIM_TASK_STARTS_PER_MINUTE")
     # The web console under /console (same credentials; see regtask_shim.console).
     console_enabled: bool = Field(default=True, alias="SHIM_CONSOLE_ENABLED")
+    # Reading listeners_registry/{uid} (Firestore, when FIRESTORE_PROJECT_ID is set) to pick the
+    # company of a call that names none: past this, that rung is skipped, the call goes on.
+    presence_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, alias="SHIM_PRESENCE_TIMEOUT_SECONDS"
+    )
     list_tasks_limit: int = Field(default=200, ge=1, le=1000, alias="SHIM_LIST_TASKS_LIMIT")
 
     def auth_project_id(self) -> str | None:

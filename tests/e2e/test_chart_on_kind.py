@@ -9,13 +9,15 @@ the shim through ``kubectl port-forward``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -23,7 +25,8 @@ from kubernetes import client, watch
 
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask_dev import images, install
+from regtask.timeutil import parse_iso
+from regtask_dev import design_calls, images, install
 from regtask_dev.kind import ClusterError, KindCluster
 from regtask_dev.stack import wait_until
 
@@ -59,14 +62,24 @@ class Installed:
         ).json()
         return answer
 
+    def call(self, method: str, args: list[Any]) -> dict[str, Any]:
+        """Exactly the web app's ``rpc_call(method, args=[...])``: no kwargs at all."""
+        answer: dict[str, Any] = httpx.post(
+            f"{self.shim}/rpc",
+            json={"method": method, "args": args},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        ).json()
+        return answer
 
-@pytest.fixture
-def installed(
+
+@contextlib.contextmanager
+def install_chart(
     cluster: KindCluster,
     kube_api: client.ApiClient,
-    crds: list[str],
     platform_images: dict[str, str],
     tmp_path: Path,
+    operator: dict[str, Any] | None = None,
 ) -> Iterator[Installed]:
     release = f"e2e{secrets.token_hex(3)}"
     namespace = f"{release}-system"
@@ -86,6 +99,7 @@ def installed(
                 "jobs": {"backoffLimit": 1},
             },
         },
+        {"operator": operator or {}},
     )
     try:
         install.install(cluster, release, namespace, values, workdir=tmp_path)
@@ -98,6 +112,18 @@ def installed(
         install.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
         client.CoreV1Api(kube_api).delete_namespace(namespace)
         services.stop()
+
+
+@pytest.fixture
+def installed(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[Installed]:
+    with install_chart(cluster, kube_api, platform_images, tmp_path) as installed:
+        yield installed
 
 
 def task_phases(api: client.ApiClient, namespace: str) -> dict[str, str]:
@@ -147,6 +173,42 @@ def test_the_web_apps_calls_run_on_the_installed_chart(
     tenant = naming.tenant_namespace("chart_user", "chart_co")
     [pod] = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
     assert pod.spec.containers[0].image.startswith("localhost/regtask/runner:")
+    assert pod.status.phase == "Succeeded"
+
+
+def test_the_designs_call_sequence_as_written_runs_on_the_installed_chart(
+    kube_api: client.ApiClient, installed: Installed
+) -> None:
+    """Registry, Chroma, task and unified-registry calls of the design, unchanged (issue 17).
+
+    Before: ``TASK.start_document_analysis`` answered 400 "company_id unknown".
+    """
+    tasks = design_calls.run(
+        installed.call,
+        user_id="design_user",
+        session_id="design-session",
+        backend_route="/design",
+        company_id="design_co",
+        job_id="design1",
+        collection_name="design_docs",
+        with_llm=False,  # no LLM server in this test; make demo runs the LLM call too
+    )
+    task_id = tasks.document_task_id
+    wait_until(
+        lambda: (
+            installed.call("TASK.get_task_status", [task_id]).get("status")
+            in ("completed", "failed")
+        ),
+        180,
+        "the design's task ended",
+        2.0,
+    )
+    status = installed.call("TASK.get_task_status", [task_id])
+    assert status["status"] == "completed", status
+    assert "billing@acme.example" in str(status.get("result"))
+    # No company anywhere: the user's default tenant, a namespace of its own.
+    tenant = naming.tenant_namespace("design_user", "default.design_user")
+    [pod] = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
     assert pod.status.phase == "Succeeded"
 
 
@@ -239,3 +301,101 @@ def test_the_operator_pod_deleted_mid_burst_loses_nothing(
     assert len(ours) == 20 and set(ours.values()) == {1}, ours
     for task_id in ids:
         assert installed.rpc("TASK.get_task_status", task_id)["status"] == "completed"
+
+
+PEERING = "regtask-operator-ha"
+PEERING_LIFETIME_S = 60  # Kopf's default, what a standby waits at most for a dead peer
+
+
+def live_peers(api: client.ApiClient) -> dict[str, int]:
+    """Identity -> priority of the live peers in the ClusterKopfPeering object."""
+    try:
+        body = cast(
+            dict[str, Any],
+            client.CustomObjectsApi(api).get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", PEERING
+            ),
+        )
+    except client.ApiException:
+        return {}
+    now = time.time()
+    peers: dict[str, int] = {}
+    for identity, info in (body.get("status") or {}).items():
+        seen = parse_iso(info["lastseen"]).timestamp()
+        if seen + int(info.get("lifetime", PEERING_LIFETIME_S)) > now:
+            peers[identity] = int(info.get("priority", 0))
+    return peers
+
+
+def test_three_operator_replicas_one_acts_and_a_standby_takes_over(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The chart with 3 operator replicas and peering (issue 15, item 4). Before: every replica
+    had priority 0 and Kopf pauses all peers of equal priority: no task ever started. Now each
+    has its own; the active one is deleted mid-run and a standby takes over within the peering
+    lifetime; every task Succeeds with exactly one Job."""
+    operator = {
+        "replicas": 3,
+        "peering": {"enabled": True, "name": PEERING},
+        "intervals": {"statusSyncSeconds": 1, "reconcileSeconds": 5},
+    }
+    with install_chart(cluster, kube_api, platform_images, tmp_path, operator) as installed:
+        wait_until(lambda: len(live_peers(kube_api)) == 3, 120, "three peers announced", 1.0)
+        peers = live_peers(kube_api)
+        assert len(set(peers.values())) == 3, peers  # distinct priorities
+        active = max(peers, key=lambda identity: peers[identity])
+        ledger = JobLedger(kube_api)
+        ledger.start()
+        try:
+            for n in range(12):
+                answer = installed.rpc(
+                    "TASK.start_document_analysis",
+                    "ha_user",
+                    {"company_id": "ha_co", "text": f"Facture {n}, {n},00 EUR."},
+                    f"ha{n:02d}",
+                )
+                assert answer["success"], answer
+            wait_until(
+                lambda: (
+                    sum(
+                        p == "Succeeded"
+                        for p in task_phases(kube_api, installed.namespace).values()
+                    )
+                    >= 3
+                ),
+                240,
+                "the first tasks done by the active replica",
+                1.0,
+            )
+            created_before = sum(ledger.created.values())
+            core = client.CoreV1Api(kube_api)
+            core.delete_namespaced_pod(active, installed.namespace)
+            deleted_at = time.monotonic()
+            wait_until(
+                lambda: sum(ledger.created.values()) > created_before,
+                PEERING_LIFETIME_S + 30,
+                "a Job created by the replica that took over",
+                0.5,
+            )
+            takeover_s = time.monotonic() - deleted_at
+            wait_until(
+                lambda: (
+                    set(task_phases(kube_api, installed.namespace).values()) == {"Succeeded"}
+                    and len(task_phases(kube_api, installed.namespace)) == 12
+                ),
+                600,
+                "all 12 tasks Succeeded",
+                2.0,
+            )
+        finally:
+            ledger.stop()
+        assert takeover_s < PEERING_LIFETIME_S, takeover_s
+        tenant = naming.tenant_namespace("ha_user", "ha_co")
+        ours = {k: c for k, c in ledger.created.items() if k.startswith(f"{tenant}/")}
+        assert len(ours) == 12 and set(ours.values()) == {1}, ours
+        survivors = live_peers(kube_api)
+        assert active not in survivors

@@ -331,7 +331,9 @@ async def test_streaming_passthrough_with_the_real_model(
     make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
 ) -> None:
     gateway = make_gateway(
-        llm_base_url=llm_server.base_url, llm_embeddings_base_url=llm_server.embeddings_base_url
+        llm_base_url=llm_server.base_url,
+        llm_embeddings_base_url=llm_server.embeddings_base_url,
+        llm_embedding_model=llm_server.embedding_model,
     )
     token = await gateway.add_task(make_spec("llm_real", TaskType.LLM_CONVERSATION))
     body = {
@@ -362,7 +364,7 @@ async def test_streaming_passthrough_with_the_real_model(
     async with client(gateway.url, token, timeout=120) as http:
         emb = await http.post("/v1/llm/embeddings", json={"input": ["hello", "world"]})
     vectors = [item["embedding"] for item in emb.json()["data"]]
-    assert len(vectors) == 2 and len(vectors[0]) == 640
+    assert len(vectors) == 2 and len(vectors[0]) == 384  # all-MiniLM-L6-v2
     assert isinstance(vectors[0][0], float)
     counted = await redis_async.get(gateway.app.state.gateway.limiter.key("acme"))
     assert int(counted or 0) == 2

@@ -11,7 +11,7 @@ import pytest
 
 from regtask import keys
 from regtask.ratelimit import LlmRateLimiter
-from regtask_shim.auth import Access, Principal, claims_from_payload
+from regtask_shim.auth import Principal, claims_from_payload
 from regtask_shim.console import usage, views
 from regtask_shim.console.access import console_scope
 from regtask_shim.console.routes import _event_task_id
@@ -135,9 +135,8 @@ def test_role_claim_is_a_map_of_company_to_role() -> None:
         claims_from_payload({"sub": "alice", "company_roles": ["acme"]})
 
 
-async def test_console_scope_service_all_admin_its_companies_others_refused() -> None:
-    access = Access(registry=None)  # type: ignore[arg-type]  # token claims only: no lookup
-    assert (await console_scope(access, Principal(kind="service"))).companies is None
+def test_console_scope_service_all_admin_its_companies_others_refused() -> None:
+    assert console_scope(Principal(kind="service")).companies is None
 
     def user(roles: dict[str, str], companies: list[str]) -> Principal:
         return Principal(
@@ -147,17 +146,18 @@ async def test_console_scope_service_all_admin_its_companies_others_refused() ->
             token_roles=tuple(sorted(roles.items())),
         )
 
-    scope = await console_scope(
-        access, user({"acme": "admin", "globex": "member"}, ["acme", "globex"])
-    )
+    scope = console_scope(user({"acme": "admin", "globex": "member"}, ["acme", "globex"]))
     assert scope.companies == frozenset({"acme"})
     with pytest.raises(Forbidden):
         scope.require("globex")
     # admin of a company it is not authorised for: nothing
     with pytest.raises(Forbidden):
-        await console_scope(access, user({"initech": "admin"}, ["acme"]))
+        console_scope(user({"initech": "admin"}, ["acme"]))
     with pytest.raises(Forbidden):
-        await console_scope(access, user({"acme": "member"}, ["acme"]))
+        console_scope(user({"acme": "member"}, ["acme"]))
+    # no company claim at all: the role alone opens nothing
+    with pytest.raises(Forbidden):
+        console_scope(Principal(kind="firebase", uid="alice", token_roles=(("acme", "admin"),)))
 
 
 async def test_llm_usage_reads_the_gateways_counter_of_the_current_window() -> None:

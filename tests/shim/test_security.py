@@ -184,11 +184,12 @@ async def test_a_user_acts_only_for_authorized_companies(
     assert task_crs(kube_api, shim_namespace, "doc_analysis_evil1") == []
 
 
-async def test_without_a_claim_the_registry_lists_the_companies(make_shim: ShimFactory) -> None:
+async def test_without_a_claim_the_registry_grants_no_company(make_shim: ShimFactory) -> None:
+    """The token's claim, or its absence, is the truth (issue 16 item 8; before: 200)."""
     shim = await make_shim(unified=True)
     no_claim = shim.user_token(ALICE)
     refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim), 403)
-    # The microservice (service token) records Alice's companies in her registry.
+    # The microservice (service token) records Alice's companies in her registry: still no.
     ok(
         await shim.rpc(
             "REGISTRY.register_user",
@@ -196,8 +197,10 @@ async def test_without_a_claim_the_registry_lists_the_companies(make_shim: ShimF
             {"company_id": ACME, "authorized_companies_ids": [ACME]},
         )
     )
-    ok(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim))
+    refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim), 403)
     refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, EVIL, "p"], token=no_claim), 403)
+    with_claim = shim.user_token(ALICE, companies=[ACME])
+    ok(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=with_claim))
 
 
 async def test_a_user_cannot_grant_itself_companies(make_shim: ShimFactory) -> None:

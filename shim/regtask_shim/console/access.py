@@ -1,8 +1,8 @@
 """Who may open the console, and which companies they see.
 
 * the shim's service credential: every company (``Scope.companies`` None);
-* a Firebase user with role ``admin`` in a company (``Access.admin_companies``): that
-  company only, pages, API and live stream alike;
+* a Firebase user with role ``admin`` in a company (``companies.admin_companies``: the
+  token's ``company_roles`` claim): that company only, pages, API and live stream alike;
 * anyone else: 403 (no credential, or a bad one: 401).
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from regtask_shim.auth import Access, Principal
+from regtask_shim.auth import Principal
+from regtask_shim.companies import admin_companies
 from regtask_shim.errors import Forbidden, NotFound, echo
 
 
@@ -32,10 +33,10 @@ class Scope:
             raise Forbidden(f"not authorized for task {echo(task_id)}")
 
 
-async def console_scope(access: Access, principal: Principal) -> Scope:
+def console_scope(principal: Principal) -> Scope:
     if principal.is_service:
         return Scope(principal, None)
-    admin_of = await access.admin_companies(principal)
+    admin_of = admin_companies(principal)
     if not admin_of:
         raise Forbidden("not authorized: the console needs the role 'admin' in a company")
     return Scope(principal, frozenset(admin_of))

@@ -91,7 +91,7 @@ def install_console(
         token = token or request.cookies.get(COOKIE)
         who = await authenticator.authenticate(token)
         request.state.caller = who.describe()
-        return await console_scope(service.access, who)
+        return console_scope(who)
 
     def now() -> datetime:
         return datetime.now(UTC)
@@ -199,7 +199,7 @@ def install_console(
     @router.post("/api/session")
     async def login(args: LoginArgs, request: Request) -> Response:
         who = await authenticator.authenticate(args.token)
-        scope = await console_scope(service.access, who)
+        scope = console_scope(who)
         answer = JSONResponse(
             {
                 "success": True,
