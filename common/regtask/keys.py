@@ -84,5 +84,10 @@ def events_channel(user_id: str) -> str:
     return f"{EVENTS_PREFIX}{user_id}"
 
 
+def events_pattern() -> str:
+    """The pattern matching every user's event channel (the web console's PSUBSCRIBE)."""
+    return f"{EVENTS_PREFIX}*"
+
+
 def task_ttl(max_duration_s: int) -> int:
     return max_duration_s + TASK_TTL_MARGIN_S

@@ -171,6 +171,7 @@ def start(stack: Stack) -> dict[str, Any]:
     stack.urls = {
         "shim (RPC: POST /rpc)": shim.url,
         "shim service token": shim_token,
+        "web console (sign in with the service token)": f"{shim.url}/console/",
         "kubeconfig": str(cluster.kubeconfig_path),
         "redis": services.redis.url,
         "firestore emulator": services.firestore.host,

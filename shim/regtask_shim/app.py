@@ -22,6 +22,8 @@ from regtask.registry import Registry
 from regtask.servicemetrics import CONTENT_TYPE_LATEST, ShimMetrics
 from regtask_shim import rpc
 from regtask_shim.auth import Authenticator, Principal
+from regtask_shim.console.routes import install_console
+from regtask_shim.console.source import ConsoleSource
 from regtask_shim.errors import ErrorAnswer, answer_for, error_response, install_error_handlers
 from regtask_shim.models import (
     CancelAnswer,
@@ -54,7 +56,7 @@ from regtask_shim.models import (
 from regtask_shim.presence import PresenceReader
 from regtask_shim.service import ShimService
 from regtask_shim.settings import ShimSettings
-from regtask_shim.taskstore import TaskStore
+from regtask_shim.taskstore import KubeTaskStore, TaskStore
 
 log = structlog.get_logger(__name__)
 
@@ -322,6 +324,12 @@ def create_app(
     async def get_company_active_users(company_id: IdPath, who: Caller) -> Any:
         args = CompanyIdArgs(company_id=company_id)
         return await service.get_company_active_users(who, args)
+
+    # ---------------------------------------------------------------- web console
+
+    if settings.console_enabled and isinstance(task_store, KubeTaskStore):
+        source = ConsoleSource(task_store, registry, settings.kube_timeout_s)
+        install_console(app, service, authenticator, source)
 
     # ---------------------------------------------------------------- health
 

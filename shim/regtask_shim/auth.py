@@ -48,9 +48,13 @@ log = structlog.get_logger(__name__)
 FIREBASE_ISSUER_PREFIX = "https://securetoken.google.com/"
 # Custom claim listing the companies a Firebase user may act for.
 COMPANIES_CLAIM = "authorized_companies_ids"
+# Custom claim {company_id: role}; role "admin" opens the web console for that company.
+ROLES_CLAIM = "company_roles"
+ADMIN_ROLE = "admin"
 AUTH_EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
 _UID = TypeAdapter(Identifier)
 _COMPANIES = TypeAdapter(list[Identifier])
+_ROLES = TypeAdapter(dict[Identifier, str])
 
 
 class Principal(BaseModel):
@@ -63,6 +67,8 @@ class Principal(BaseModel):
     uid: str | None = None
     # The token's ``authorized_companies_ids`` claim; None when the token has none.
     token_companies: tuple[str, ...] | None = None
+    # The token's ``company_roles`` claim as (company, role) pairs; None when it has none.
+    token_roles: tuple[tuple[str, str], ...] | None = None
 
     @property
     def is_service(self) -> bool:
@@ -79,6 +85,7 @@ class FirebaseClaims(BaseModel):
 
     uid: str
     companies: tuple[str, ...] | None = None
+    roles: tuple[tuple[str, str], ...] | None = None
     expires_at: int = Field(description="epoch seconds")
 
 
@@ -101,9 +108,19 @@ def claims_from_payload(payload: Mapping[str, Any]) -> FirebaseClaims:
             companies = tuple(_COMPANIES.validate_python(raw_companies))
         except ValidationError:
             raise Unauthenticated(f"token claim '{COMPANIES_CLAIM}' is not a list of ids") from None
+    raw_roles = payload.get(ROLES_CLAIM)
+    roles: tuple[tuple[str, str], ...] | None = None
+    if raw_roles is not None:
+        try:
+            roles = tuple(sorted(_ROLES.validate_python(raw_roles).items()))
+        except ValidationError:
+            raise Unauthenticated(f"token claim '{ROLES_CLAIM}' is not a map of ids") from None
     exp = payload.get("exp")
     return FirebaseClaims(
-        uid=uid, companies=companies, expires_at=int(exp) if isinstance(exp, int | float) else 0
+        uid=uid,
+        companies=companies,
+        roles=roles,
+        expires_at=int(exp) if isinstance(exp, int | float) else 0,
     )
 
 
@@ -283,7 +300,12 @@ class Authenticator:
         if self.verifier is None:
             raise Unauthenticated("invalid token (Firebase sign-in is not configured here)")
         claims = await self.verifier.verify(token)
-        return Principal(kind="firebase", uid=claims.uid, token_companies=claims.companies)
+        return Principal(
+            kind="firebase",
+            uid=claims.uid,
+            token_companies=claims.companies,
+            token_roles=claims.roles,
+        )
 
 
 class Access:

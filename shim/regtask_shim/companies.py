@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from regtask.docstore import DocumentError
 from regtask.identifiers import ID_MAX_LENGTH
 from regtask.registry import Registry
-from regtask_shim.auth import Principal
+from regtask_shim.auth import ADMIN_ROLE, Principal
 from regtask_shim.errors import Forbidden, echo
 from regtask_shim.presence import PresenceReader
 
@@ -59,6 +59,17 @@ def may_act_for(principal: Principal, company_id: str) -> bool:
     if principal.uid is not None and company_id == default_company_id(principal.uid):
         return True
     return principal.token_companies is not None and company_id in principal.token_companies
+
+
+def admin_companies(principal: Principal) -> tuple[str, ...]:
+    """The companies whose web console the caller may open: role ``admin`` in the token's
+    ``company_roles`` claim, for a company it may act for. Like the company claim, the token is
+    the truth (the registry's copy is never consulted). The service credential sees all; the
+    console handles it before asking."""
+    roles = dict(principal.token_roles or ())
+    return tuple(
+        sorted(c for c, role in roles.items() if role == ADMIN_ROLE and may_act_for(principal, c))
+    )
 
 
 def require_company(principal: Principal, company_id: str) -> None:

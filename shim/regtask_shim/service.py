@@ -549,13 +549,24 @@ class ShimService:
 
     async def cancel_task(self, who: Principal, args: TaskIdArgs) -> CancelAnswer:
         view = await self._owned_view(who, args.task_id)
+        return await self.cancel_viewed(view, who)
+
+    async def task_view(self, task_id: str) -> TaskStatusView | None:
+        """A task as ``get_task_status`` sees it, without authorisation (the caller checks)."""
+        return await self._view(task_id)
+
+    async def cancel_viewed(self, view: TaskStatusView, who: Principal) -> CancelAnswer:
+        """The cancel rules of ``TASK.cancel_task`` once the caller is authorised (also the
+        web console's cancel button): a finished task is a 409, a vanished resource a 404."""
         if view.status in _FINISHED:
             raise Conflict(f"task already finished with status '{view.status.value}'")
-        stored = await self.tasks.request_cancel(args.task_id)
+        stored = await self.tasks.request_cancel(view.task_id)
         if stored is None and view.status is not RegistryStatus.CANCELLED:
-            raise NotFound(f"unknown task {echo(args.task_id)}: its resource is gone")
-        log.info("task_cancel_requested", task_id=args.task_id, user_id=view.user_id)
-        return CancelAnswer(task_id=args.task_id, status=view.status)
+            raise NotFound(f"unknown task {echo(view.task_id)}: its resource is gone")
+        log.info(
+            "task_cancel_requested", task_id=view.task_id, user_id=view.user_id, by=who.describe()
+        )
+        return CancelAnswer(task_id=view.task_id, status=view.status)
 
     async def list_user_tasks(self, who: Principal, args: UserIdArgs) -> TaskListAnswer:
         self.access.require_self(who, args.user_id)

@@ -55,6 +55,8 @@ class ShimSettings(Settings):
     # New tasks one user may start per minute (0 = unlimited); the operator's admission queue
     # handles concurrency, this only stops a runaway client from flooding the control plane.
     task_starts_per_minute: int = Field(default=120, ge=0, alias="SHIM_TASK_STARTS_PER_MINUTE")
+    # The web console under /console (same credentials; see regtask_shim.console).
+    console_enabled: bool = Field(default=True, alias="SHIM_CONSOLE_ENABLED")
     # Reading listeners_registry/{uid} (Firestore, when FIRESTORE_PROJECT_ID is set) to pick the
     # company of a call that names none: past this, that rung is skipped, the call goes on.
     presence_timeout_s: float = Field(
