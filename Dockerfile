@@ -49,8 +49,6 @@ RUN uv sync --frozen --no-dev --extra shim --no-install-project
 COPY common/regtask /opt/regtask/regtask
 COPY shim/regtask_shim /opt/regtask/regtask_shim
 COPY gateway/regtask_gateway /opt/regtask/regtask_gateway
-# The web console's ETA is the CLI's estimate (pure, no CLI dependency): only that module.
-COPY cli/regtask_cli/__init__.py cli/regtask_cli/quota.py /opt/regtask/regtask_cli/
 RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/regtask \
     && echo /opt/regtask >"$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/regtask.pth" \
     && /opt/venv/bin/python -c 'import regtask_shim.__main__, regtask_gateway.__main__, regtask.docstore'

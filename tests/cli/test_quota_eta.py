@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from regtask.eta import NEVER
-from regtask_cli.quota import (
+from regtask.queueplan import (
     RunTimes,
     TaskRecord,
     estimate_user_queue,

@@ -1,7 +1,8 @@
 """The waiting tasks' ETA, through one call.
 
-The estimate lives in the CLI (:mod:`regtask_cli.quota`) and is moving into the operator; the
-console reaches it only through :func:`company_plan`, so that move changes this one function.
+The estimate is the operator's model (:mod:`regtask.eta`) over the listed tasks
+(:mod:`regtask.queueplan`, shared with the CLI's ``regtask quota``); the console reaches it only
+through :func:`company_plan`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from regtask_cli.quota import QuotaPlan, plan_company, record_from_resource
+from regtask.queueplan import QuotaPlan, plan_company, record_from_resource
 
 
 def company_plan(
