@@ -6,7 +6,7 @@ TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-down test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
-	bench-llm bench-cluster bench-operator-costs clean kind-down
+	bench-llm bench-cluster bench-revocation bench-operator-costs clean kind-down
 
 setup:
 	bash hack/setup.sh
@@ -54,6 +54,10 @@ bench-rpc: setup
 
 bench-llm: setup
 	$(PY) -m bench.bench_llm
+
+## bench-revocation: what the Firebase revocation check (on by default) adds per call
+bench-revocation: setup
+	$(PY) -m bench.bench_revocation
 
 ## bench-operator-costs: in-process, the operator's per-event costs against the queue's size
 bench-operator-costs: setup

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.llm",
     "tests.fixtures.gateway",
     "tests.fixtures.cli",
+    "tests.fixtures.browser",
 ]
 
 # The fixtures that start a real server; every other fixture that needs one depends on one of
@@ -28,6 +29,7 @@ SERVER_FIXTURES = frozenset(
         "firebase_auth_emulator",
         "llm_server",
         "chroma_server",
+        "browser",
     }
 )
 

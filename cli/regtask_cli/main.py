@@ -22,7 +22,8 @@ from typing import Annotated, Any
 
 import typer
 
-from regtask_cli import kube, quota, render
+from regtask import queueplan as quota
+from regtask_cli import kube, render
 from regtask_cli.client import DEFAULT_SHIM_URL, ShimClient, TaskStarted
 from regtask_cli.errors import CliError, ExitCode
 from regtask_cli.watching import DEFAULT_REDIS_URL, EventFeed, follow

@@ -26,9 +26,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from regtask.queueplan import QuotaPlan
 from regtask.timeutil import parse_iso
 from regtask_cli.client import TaskStarted, TaskStatus
-from regtask_cli.quota import QuotaPlan
 from regtask_cli.watching import Change, WatchState
 
 STATUS_STYLES = {

@@ -32,6 +32,8 @@ MAX_INPUTS = 16
 MAX_PARAMETERS = 32
 MAX_PARAMETER_LENGTH = 4096
 MAX_DURATION_LIMIT_S = 7 * 24 * 3600
+# An LLM model name as providers spell them (``gpt-4o-mini``, ``org/model:tag``).
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class CRModel(BaseModel):
@@ -235,6 +237,12 @@ class CompanyQuotaSpec(CRModel):
     max_tasks_per_user: int = Field(default=10, ge=0, le=10_000)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)
+    allowed_models: list[ModelName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="LLM models this company's tasks may ask the gateway for; empty = the"
+        " gateway's configured default model only.",
+    )
     rate_limit_policy: RateLimitPolicy = Field(
         default=RateLimitPolicy.WAIT,
         description="Wait: over the hourly LLM quota a task waits for the window;"

@@ -135,6 +135,9 @@ class ProgressUpdate:
     message: str
     terminal: tuple[str, ...]
     estimated_completion: str = ""
+    # A waiting task's place, JSON {"queue_position": n, "estimated_start": iso|null}; "" when
+    # the task is not waiting (the script then removes both).
+    place: str = ""
 
     def script_args(self) -> list[str | int]:
         return [
@@ -146,6 +149,7 @@ class ProgressUpdate:
             self.message,
             self.estimated_completion,
             -(10**12 + secrets.randbelow(9 * 10**12)),
+            self.place,
             *self.terminal,
         ]
 

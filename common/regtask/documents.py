@@ -116,6 +116,19 @@ class TaskProgress(Document):
     progress_percent: int = Field(default=0, ge=0, le=100)
     estimated_completion: str | None = None
 
+    # Ours (additive), written by the progress script only while the task waits for a slot
+    # (absent otherwise, so a new document holds exactly the contract's fields): its place in
+    # the company's queue and when it is expected to start (regtask.eta).
+    @property
+    def queue_position(self) -> int | None:
+        value = (self.model_extra or {}).get("queue_position")
+        return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def estimated_start(self) -> str | None:
+        value = (self.model_extra or {}).get("estimated_start")
+        return str(value) if value else None
+
 
 class TaskResources(Document):
     worker_id: str | None = None
@@ -158,6 +171,9 @@ class Quotas(Document):
     max_tasks_per_user: int = Field(default=10, ge=0)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)
+    # Ours, not in the contract's company document (left out of it): the LLM models the
+    # company's tasks may use beside the gateway's default model (CompanyQuota.allowedModels).
+    allowed_models: list[str] = Field(default_factory=list)
 
 
 class CompanyDoc(Document):

@@ -34,6 +34,13 @@ SESSION_PREFIX = "registry:session:"
 LLM_RATE_PREFIX = "quota:llm:"
 # Ours: real-time events, one pub/sub channel per user.
 EVENTS_PREFIX = "events:user:"
+# Ours: the limits the gateway and shim enforce, written only by the operator and without TTL,
+# so they cannot expire into the contract's defaults (issue 16, item 3): one key per company with
+# a CompanyQuota, and the operator's configured defaults for every other company. The contract's
+# ``registry:company:{id}.quotas`` is a copy of them for the web app (24 h TTL, re-asserted by
+# maintenance).
+COMPANY_LIMITS_PREFIX = "quota:limits:"
+DEFAULT_LIMITS_KEY = "quota:defaults"
 
 
 def unified_user(user_id: str) -> str:
@@ -68,9 +75,18 @@ def llm_rate(company_id: str, hour_bucket: int) -> str:
     return f"{LLM_RATE_PREFIX}{company_id}:{hour_bucket}"
 
 
+def company_limits(company_id: str) -> str:
+    return f"{COMPANY_LIMITS_PREFIX}{company_id}"
+
+
 def events_channel(user_id: str) -> str:
     """The pub/sub channel that carries one user's real-time events."""
     return f"{EVENTS_PREFIX}{user_id}"
+
+
+def events_pattern() -> str:
+    """The pattern matching every user's event channel (the web console's PSUBSCRIBE)."""
+    return f"{EVENTS_PREFIX}*"
 
 
 def task_ttl(max_duration_s: int) -> int:

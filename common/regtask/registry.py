@@ -37,6 +37,14 @@ from regtask.timeutil import parse_iso, utc_now
 log = structlog.get_logger(__name__)
 
 
+class SessionTaken(Exception):
+    """A session id registered by another user (it is theirs until unregistered or expired)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+
 @dataclass
 class CleanupReport:
     """What one maintenance pass removed, by document family."""
@@ -71,7 +79,13 @@ class Registry:
         authorized_companies: list[str] | None = None,
         company_roles: dict[str, str] | None = None,
     ) -> None:
-        await self.apply(registry_ops.legacy_register_user(user_id, session_id, backend_route))
+        claimed = await self.store.apply(registry_ops.session_index(session_id, user_id))
+        if not claimed.applied:
+            log.warning("session_claim_refused", user_id=user_id, session_id=session_id)
+            raise SessionTaken(session_id)
+        await self.store.apply(
+            registry_ops.legacy_register_user(user_id, session_id, backend_route)
+        )
         if self.unified:
             await self.apply(
                 registry_ops.unified_register_user(
@@ -154,8 +168,12 @@ class Registry:
         max_duration_s: int,
         data: dict[str, Any] | None = None,
         estimated_completion: str | None = None,
+        queue_position: int | None = None,
+        estimated_start: str | None = None,
     ) -> bool:
-        """True when applied; False when the task had already finished (a late update)."""
+        """True when applied; False when the task had already finished (a late update).
+        ``queue_position`` (and ``estimated_start``) only for a waiting task: an update
+        without them removes both."""
         return await self.store.progress(
             registry_ops.task_progress(
                 task_id,
@@ -166,6 +184,8 @@ class Registry:
                 max_duration_s,
                 data,
                 estimated_completion,
+                queue_position,
+                estimated_start,
             )
         )
 
@@ -207,7 +227,53 @@ class Registry:
     async def set_company_quotas(
         self, company_id: str, quotas: Quotas, company_name: str | None = None
     ) -> None:
+        """A CompanyQuota's limits: the enforced copy (no TTL), then the contract's copy."""
+        await self.client.set(keys.company_limits(company_id), quotas.model_dump_json())
         await self.store.apply(registry_ops.company_quotas(company_id, quotas, company_name))
+
+    async def set_default_quotas(self, quotas: Quotas) -> None:
+        """The operator's configured defaults: the limits of every company without a quota."""
+        await self.client.set(keys.DEFAULT_LIMITS_KEY, quotas.model_dump_json())
+
+    async def drop_company_quotas(self, company_id: str, defaults: Quotas) -> None:
+        """Its CompanyQuota is gone: the company falls back to the configured defaults (the
+        enforced key removed, the contract's copy showing the defaults)."""
+        await self.client.delete(keys.company_limits(company_id))
+        await self.show_company_quotas(company_id, defaults)
+
+    async def show_company_quotas(self, company_id: str, quotas: Quotas) -> None:
+        """The contract's copy only (``registry:company:{id}.quotas``, what the web app reads)."""
+        await self.store.apply(registry_ops.company_quotas(company_id, quotas))
+
+    async def effective_quotas(self, company_id: str) -> Quotas:
+        """The limits to enforce: the company's CompanyQuota, else the operator's configured
+        defaults, else (no operator has run yet) the contract's defaults. One round trip.
+        Never the contract's ``registry:company`` copy, which expires after 24 h."""
+        own, default = await self.client.mget(
+            keys.company_limits(company_id), keys.DEFAULT_LIMITS_KEY
+        )
+        for raw in (own, default):
+            if raw is None:
+                continue
+            try:
+                return Quotas.model_validate_json(raw)
+            except ValueError:
+                log.error("company_limits_malformed", company_id=company_id)
+        return Quotas()
+
+    async def company_limit_ids(self) -> list[str]:
+        """The companies that have an enforced limits key (maintenance drops stale ones)."""
+        found: list[str] = []
+        async for key in self.client.scan_iter(match=f"{keys.COMPANY_LIMITS_PREFIX}*", count=500):
+            found.append(_text(key)[len(keys.COMPANY_LIMITS_PREFIX) :])
+        return found
+
+    async def company_ids(self) -> list[str]:
+        """The companies that have a contract document now."""
+        found: list[str] = []
+        async for key in self.client.scan_iter(match=f"{keys.COMPANY_PREFIX}*", count=500):
+            found.append(_text(key)[len(keys.COMPANY_PREFIX) :])
+        return found
 
     async def get_company(self, company_id: str) -> CompanyDoc | None:
         return await self.store.read(keys.company(company_id), CompanyDoc)

@@ -17,6 +17,7 @@ from regtask.docstore import (
     DocUpdate,
     ProgressUpdate,
     op_add,
+    op_default,
     op_guard_equals,
     op_guard_not,
     op_remove,
@@ -52,9 +53,8 @@ def new_user_doc(user_id: str, presence: UserPresence = UserPresence.ONLINE) -> 
 
 
 def new_company_doc(company_id: str, quotas: Quotas | None = None) -> dict[str, Any]:
-    return _dump(
-        CompanyDoc(company_info=CompanyInfo(company_id=company_id), quotas=quotas or Quotas())
-    )
+    doc = CompanyDoc(company_info=CompanyInfo(company_id=company_id), quotas=quotas or Quotas())
+    return doc.model_dump(mode="json", exclude={"quotas": {"allowed_models"}})
 
 
 def _user_update(user_id: str, ops: list[dict[str, Any]], **kw: Any) -> DocUpdate:
@@ -81,23 +81,30 @@ def _company_update(company_id: str, ops: list[dict[str, Any]]) -> DocUpdate:
 # ------------------------------------------------------------------ sessions (REGISTRY.*)
 
 
-def legacy_register_user(user_id: str, session_id: str, backend_route: str) -> list[DocUpdate]:
+def legacy_register_user(user_id: str, session_id: str, backend_route: str) -> DocUpdate:
     doc = _dump(LegacyUserDoc(user_id=user_id, session_id=session_id, backend_route=backend_route))
-    return [
-        DocUpdate(
-            key=keys.legacy_user(user_id),
-            ops=[op_set((name,), value) for name, value in doc.items()],
-            init={},
-            ttl_s=keys.LEGACY_USER_TTL_S,
-        ),
-        session_index(session_id, user_id),
-    ]
+    return DocUpdate(
+        key=keys.legacy_user(user_id),
+        ops=[op_set((name,), value) for name, value in doc.items()],
+        init={},
+        ttl_s=keys.LEGACY_USER_TTL_S,
+    )
 
 
 def session_index(session_id: str, user_id: str) -> DocUpdate:
+    """Claim ``session_id`` for ``user_id``: refused (guard) when another user holds it.
+
+    A session belongs to the first user who registered it until it is unregistered or its
+    index expires; applied before anything else of a registration, so a refused claim writes
+    nothing (issue 16, item 9: no re-pointing another user's session).
+    """
     return DocUpdate(
         key=keys.session(session_id),
-        ops=[op_set(("user_id",), user_id), op_set(("session_id",), session_id)],
+        ops=[
+            op_default(("user_id",), user_id),
+            op_guard_equals(("user_id",), user_id),
+            op_set(("session_id",), session_id),
+        ],
         init={},
         ttl_s=keys.LEGACY_USER_TTL_S,
     )
@@ -291,6 +298,8 @@ def task_progress(
     max_duration_s: int,
     data: dict[str, Any] | None = None,
     estimated_completion: str | None = None,
+    queue_position: int | None = None,
+    estimated_start: str | None = None,
 ) -> ProgressUpdate:
     """One round trip: update a live task and publish its event; a finished task is left alone.
 
@@ -324,6 +333,11 @@ def task_progress(
         message=message,
         terminal=_TERMINAL,
         estimated_completion=estimated_completion or "",
+        place=(
+            json.dumps({"queue_position": queue_position, "estimated_start": estimated_start})
+            if queue_position is not None
+            else ""
+        ),
     )
 
 
@@ -394,7 +408,7 @@ def finish_task(
 
 
 def company_quotas(company_id: str, quotas: Quotas, company_name: str | None = None) -> DocUpdate:
-    ops = [op_set(("quotas",), _dump(quotas))]
+    ops = [op_set(("quotas",), quotas.model_dump(mode="json", exclude={"allowed_models"}))]
     if company_name is not None:
         ops.append(op_set(("company_info", "company_name"), company_name))
     return _company_update(company_id, ops)

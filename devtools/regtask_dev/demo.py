@@ -7,7 +7,9 @@ and embeddings) and ChromaDB as host processes on the cluster's host address, in
 chart (operator, RPC shim and gateway as pods), and forwards a loopback port to the shim. It
 then calls the shim exactly as the web app does (``REGISTRY.register_user``,
 ``TASK.start_document_analysis``, ``TASK.start_vector_computation``,
-``TASK.start_llm_conversation``), follows the tasks through the real-time events, prints their
+``TASK.start_llm_conversation``), then the design's own call sequence as written
+(:mod:`regtask_dev.design_calls`: no company named, the user's default tenant), follows the
+tasks through the real-time events, prints their
 results and where everything is, and leaves it all running (the host processes in their own
 sessions). ``python -m regtask_dev.demo down`` (``make demo-down``) stops what ``up`` started,
 by PID, deletes the cluster and undoes the host changes.
@@ -40,7 +42,7 @@ import redis
 from regtask import keys
 from regtask.events import TaskProgressEvent, parse_event
 from regtask.logconfig import configure_logging
-from regtask_dev import images, install, kind
+from regtask_dev import design_calls, images, install, kind
 from regtask_dev.kind import KindCluster
 from regtask_dev.stack import REPO_ROOT
 
@@ -48,6 +50,7 @@ NAMESPACE = "regtask-system"
 RELEASE = "regtask"
 CLUSTER = "regtask-demo"
 USER = "demo_user"
+DESIGN_USER = "design_user"  # registered with the design's three arguments only
 COMPANY = "company_demo"  # the company of manifests/samples/companyquota.yaml
 DATA = REPO_ROOT / "tests" / "data"
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -168,6 +171,7 @@ def start(stack: Stack) -> dict[str, Any]:
     stack.urls = {
         "shim (RPC: POST /rpc)": shim.url,
         "shim service token": shim_token,
+        "web console (sign in with the service token)": f"{shim.url}/console/",
         "kubeconfig": str(cluster.kubeconfig_path),
         "redis": services.redis.url,
         "firestore emulator": services.firestore.host,
@@ -183,9 +187,12 @@ def start(stack: Stack) -> dict[str, Any]:
 
 
 def rpc(shim: str, token: str, method: str, args: list[Any], **kwargs: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"method": method, "args": args}
+    if kwargs:
+        body["kwargs"] = kwargs
     response = httpx.post(
         f"{shim}/rpc",
-        json={"method": method, "args": args, "kwargs": kwargs},
+        json=body,
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     )
@@ -201,7 +208,7 @@ def submit_and_follow(env: dict[str, Any]) -> bool:
         shim, token, method, list(args), **kw
     )
     events = redis.Redis.from_url(env["redis"]).pubsub()  # type: ignore[no-untyped-call]
-    events.subscribe(keys.events_channel(USER))
+    events.subscribe(keys.events_channel(USER), keys.events_channel(DESIGN_USER))
     call(
         "REGISTRY.register_user",
         USER,
@@ -230,6 +237,19 @@ def submit_and_follow(env: dict[str, Any]) -> bool:
             "TASK.start_llm_conversation", USER, COMPANY, "What is the capital of France?"
         )["task_id"],
     }
+    # The design's own sequence, as written: positional args, no company for the document.
+    design = design_calls.run(
+        lambda method, args: rpc(shim, token, method, args),
+        user_id=DESIGN_USER,
+        session_id="design-session",
+        backend_route="/design",
+        company_id=COMPANY,
+        job_id="design1",
+        collection_name="design_docs",
+    )
+    started["design: document_analysis"] = design.document_task_id
+    if design.conversation_task_id is not None:
+        started["design: llm_conversation"] = design.conversation_task_id
     say("submitted through the RPC shim: " + ", ".join(f"{k}={v}" for k, v in started.items()))
     final: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 600

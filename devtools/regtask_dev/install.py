@@ -71,6 +71,7 @@ class HostServices:
             values["llm"] = {
                 "baseUrl": self.llm.base_url,
                 "embeddingsBaseUrl": self.llm.embeddings_base_url,
+                "embeddingModel": self.llm.embedding_model,
             }
         if self.chroma is not None:
             values["chroma"] = {"url": self.chroma.url}

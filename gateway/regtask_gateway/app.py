@@ -34,7 +34,13 @@ from regtask.registry import Registry
 from regtask.servicemetrics import CONTENT_TYPE_LATEST
 from regtask.storage import StorageAccounting
 from regtask_gateway import llm, task, vectors
-from regtask_gateway.runnerauth import RunnerAuthenticator, TokenReviewAuthenticator
+from regtask_gateway.guard import RequestGuard
+from regtask_gateway.llmshare import ConnectionShare
+from regtask_gateway.runnerauth import (
+    FailureLimiter,
+    RunnerAuthenticator,
+    TokenReviewAuthenticator,
+)
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.state import GatewayState, ProgressThrottle, StateDep
 from regtask_gateway.taskspec import KubeTaskSpecSource, TaskSpecSource
@@ -67,7 +73,9 @@ def create_gateway_app(
         http = httpx.AsyncClient(
             timeout=timeout,
             transport=http_transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(
+                max_connections=settings.llm_max_connections, max_keepalive_connections=50
+            ),
         )
         app.state.gateway = GatewayState(
             settings=settings,
@@ -80,6 +88,10 @@ def create_gateway_app(
             specs=specs,
             authenticator=auth,
             throttle=ProgressThrottle(settings.progress_min_interval_s),
+            auth_failures=FailureLimiter(settings.token_failures_per_minute),
+            llm_share=ConnectionShare.of_pool(
+                settings.llm_max_connections, settings.llm_company_share, settings.llm_share_wait_s
+            ),
         )
         log.info(
             "gateway_started",
@@ -95,6 +107,8 @@ def create_gateway_app(
             await client.aclose()
 
     app = FastAPI(title="regtask runner gateway", version="1", lifespan=lifespan)
+    # Authentication and the body limit before any route reads a body.
+    app.add_middleware(RequestGuard)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:

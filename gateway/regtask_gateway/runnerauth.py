@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
@@ -34,6 +35,50 @@ class AuthUnavailable(RuntimeError):
 class RunnerAuthenticator(Protocol):
     async def authenticate(self, token: str) -> PodIdentity: ...
 
+    def knows(self, token: str) -> bool:
+        """True when ``token`` was accepted lately (answered without asking anyone)."""
+        ...
+
+
+class FailureLimiter:
+    """At most ``limit`` refused tokens per source address per window (issue 16, item 11).
+
+    Every unknown token costs the API server a TokenReview: a source over its limit gets 429
+    for the rest of the window without one, while tokens already accepted (cached) still pass,
+    so a misbehaving pod behind a shared address does not lock its neighbours' runners out.
+    Hazard: in memory, per gateway process (each replica counts its own).
+    """
+
+    def __init__(
+        self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        # source -> (window start, failures in it)
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, source: str) -> float | None:
+        """Seconds until ``source`` may be reviewed again; None when it may now."""
+        if self.limit <= 0:
+            return None
+        seen = self._seen.get(source)
+        if seen is None:
+            return None
+        left = seen[0] + self.window_s - self.clock()
+        if left <= 0:
+            return None
+        return left if seen[1] >= self.limit else None
+
+    def failed(self, source: str) -> None:
+        now = self.clock()
+        start, count = self._seen.get(source, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        self._seen[source] = (start, count + 1)
+        if len(self._seen) > REVIEW_CACHE_MAX:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+
 
 class TokenReviewAuthenticator:
     """Production: every new token is reviewed by the API server (``tokenreviews: create``)."""
@@ -46,6 +91,10 @@ class TokenReviewAuthenticator:
         self.max_entries = max_entries or REVIEW_CACHE_MAX
         # sha256(token) -> (expiry on the monotonic clock, identity); only successes are kept.
         self._cache: dict[str, tuple[float, PodIdentity]] = {}
+
+    def knows(self, token: str) -> bool:
+        cached = self._cache.get(hashlib.sha256(token.encode()).hexdigest())
+        return cached is not None and cached[0] > time.monotonic()
 
     async def authenticate(self, token: str) -> PodIdentity:
         key = hashlib.sha256(token.encode()).hexdigest()
@@ -99,6 +148,9 @@ class StaticAuthenticator:
 
     def add(self, token: str, identity: PodIdentity) -> None:
         self.identities[token] = identity
+
+    def knows(self, token: str) -> bool:
+        return token in self.identities
 
     async def authenticate(self, token: str) -> PodIdentity:
         try:

@@ -31,6 +31,10 @@ class GatewaySettings(Settings):
     llm_embeddings_base_url: str | None = Field(default=None, alias="LLM_EMBEDDINGS_BASE_URL")
     llm_embedding_model: str | None = Field(default=None, alias="LLM_EMBEDDING_MODEL")
     llm_timeout_s: float = Field(default=300.0, gt=0, alias="LLM_TIMEOUT_S")
+    # What one chat request may cost: max_tokens above this is refused (400), and a request
+    # without it is sent with it; at most this many choices (``n``).
+    llm_max_tokens: int = Field(default=8192, ge=1, alias="LLM_MAX_TOKENS")
+    llm_max_n: int = Field(default=1, ge=1, alias="LLM_MAX_N")
     chroma_url: str = Field(default="http://127.0.0.1:8000", alias="CHROMA_URL")
     # Where the RegistryTask CRs live; kubeconfig unset = in-cluster service account.
     namespace: str = Field(default="regtask-system", alias="REGTASK_NAMESPACE")
@@ -41,5 +45,18 @@ class GatewaySettings(Settings):
     progress_min_interval_s: float = Field(
         default=0.2, ge=0, alias="REGTASK_PROGRESS_MIN_INTERVAL_S"
     )
+    # Refused runner tokens per source address per minute before 429 (no TokenReview); 0 = off.
+    token_failures_per_minute: int = Field(
+        default=30, ge=0, alias="REGTASK_GATEWAY_TOKEN_FAILURES_PER_MINUTE"
+    )
+    # Any runner request body (chunked included) is refused past this, before it is read in full.
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, alias="REGTASK_GATEWAY_MAX_BODY_BYTES"
+    )
+    # The LLM connection pool, and the share of it one company may hold at once; a request
+    # over its company's share waits up to llm_share_wait_s, then 429.
+    llm_max_connections: int = Field(default=200, ge=1, alias="LLM_MAX_CONNECTIONS")
+    llm_company_share: float = Field(default=0.25, gt=0, le=1, alias="LLM_COMPANY_SHARE")
+    llm_share_wait_s: float = Field(default=5.0, ge=0, alias="LLM_SHARE_WAIT_S")
     max_result_bytes: int = Field(default=MAX_INLINE_RESULT_BYTES, gt=0)
     max_input_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

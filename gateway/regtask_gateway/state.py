@@ -26,7 +26,6 @@ from chromadb.config import Settings as ChromaSettings
 from fastapi import Depends, HTTPException, Request
 
 from regtask.crmodels import RegistryTaskSpec
-from regtask.docstore import DocumentError
 from regtask.documents import Quotas
 from regtask.events import AsyncEventPublisher
 from regtask.ratelimit import LlmRateLimiter
@@ -34,7 +33,8 @@ from regtask.registry import Registry
 from regtask.servicemetrics import GatewayMetrics
 from regtask.storage import StorageAccounting
 from regtask.tokens import TaskClaims
-from regtask_gateway.runnerauth import RunnerAuthenticator
+from regtask_gateway.llmshare import ConnectionShare
+from regtask_gateway.runnerauth import FailureLimiter, RunnerAuthenticator
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.taskspec import TaskNotFound, TaskSpecSource
 
@@ -84,6 +84,8 @@ class GatewayState:
     specs: TaskSpecSource
     authenticator: RunnerAuthenticator
     throttle: ProgressThrottle
+    auth_failures: FailureLimiter
+    llm_share: ConnectionShare
     chroma: AsyncClientAPI | None = None
     chroma_lock: asyncio.Lock | None = None
     # task id -> (expiry on the monotonic clock, spec); see spec_by_id.
@@ -152,12 +154,9 @@ async def claimed_spec(
 
 
 async def company_quotas(state: GatewayState, company_id: str) -> Quotas:
-    """The company's quotas; the contract's defaults when it has no (readable) document."""
-    try:
-        doc = await state.registry.get_company(company_id)
-    except DocumentError:
-        doc = None
-    return doc.quotas if doc else Quotas()
+    """The company's limits as the operator set them (its CompanyQuota, else the configured
+    defaults): keys without TTL, never the contract's 24 h company document."""
+    return await state.registry.effective_quotas(company_id)
 
 
 def json_size(value: Any) -> int:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from regtask import keys
 from regtask.docstore import DocumentError, DocumentMissing
 from regtask.documents import ConversationDoc, RegistryStatus
 from regtask.events import (
@@ -116,7 +117,9 @@ async def post_result(request: Request, state: StateDep, claims: ClaimsDep) -> R
         raise HTTPException(413, _too_big(size, limit))
     spec = await claimed_spec(state, claims)
     quotas = await company_quotas(state, claims.company_id)
-    decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb)
+    # Held as the task's document: released once that expires (maintenance reconciles).
+    item = keys.task(claims.task_id)
+    decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb, item)
     if not decision.allowed:
         raise HTTPException(
             507,
@@ -130,10 +133,10 @@ async def post_result(request: Request, state: StateDep, claims: ClaimsDep) -> R
             )
         ).applied
     except DocumentMissing as exc:
-        await state.storage.release(claims.company_id, size)
+        await state.storage.release(claims.company_id, size, item)
         raise HTTPException(404, "task document not found in the registry") from exc
     if not applied:
-        await state.storage.release(claims.company_id, size)
+        await state.storage.release(claims.company_id, size, item)
         raise HTTPException(409, "task already finished; result not stored")
     log.info("task_result_stored", task_id=claims.task_id, size_bytes=size)
     return ResultOut(stored=True, size_bytes=size, storage_used_bytes=decision.used_bytes)

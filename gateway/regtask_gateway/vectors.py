@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException
 from regtask import registry_ops
 from regtask.gateway_api import VECTORS_UPSERT_PATH, VectorUpsertIn, VectorUpsertOut
 from regtask.naming import derived_name
+from regtask.storage import vectors_item
 from regtask_gateway.auth import ClaimsDep
 from regtask_gateway.state import StateDep, company_quotas, json_size
 
@@ -35,7 +36,8 @@ async def vectors_upsert(
     )
     size = 4 * body.dimension * len(body.ids) + json_size(body.documents or [])
     quotas = await company_quotas(state, claims.company_id)
-    decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb)
+    item = vectors_item(name)
+    decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb, item)
     if not decision.allowed:
         raise HTTPException(507, "company storage quota exhausted")
     try:
@@ -57,12 +59,12 @@ async def vectors_upsert(
         )
         total = await collection.count()
     except (httpx.TransportError, ConnectionError) as exc:
-        await state.storage.release(claims.company_id, size)
+        await state.storage.release(claims.company_id, size, item)
         log.error("gateway_chroma_unreachable", error=str(exc))
         raise HTTPException(502, "vector store unreachable") from exc
     except Exception as exc:
         # Chroma reports a dimension mismatch and similar client errors as plain exceptions.
-        await state.storage.release(claims.company_id, size)
+        await state.storage.release(claims.company_id, size, item)
         log.warning("gateway_chroma_refused", collection=name, error=str(exc))
         raise HTTPException(422, f"vector store refused the upsert: {exc}") from exc
     if state.settings.unified_registry_enabled:

@@ -36,11 +36,12 @@ targets=("$@")
 ((${#targets[@]})) || targets=(operator shim runner)
 
 # packages_of TARGET: the project packages the target's image carries, one per line (the shim
-# image serves two processes: the RPC shim and the runner gateway).
+# image serves two processes: the RPC shim and the runner gateway; the console reads the
+# CLI's ETA module).
 packages_of() {
     case "$1" in
         operator) echo operator/regtask_operator ;;
-        shim) printf '%s\n' shim/regtask_shim gateway/regtask_gateway ;;
+        shim) printf '%s\n' shim/regtask_shim gateway/regtask_gateway cli/regtask_cli ;;
         runner) echo runners/regtask_runners ;;
         *) kind_die "unknown target $1 (operator, shim, runner)" ;;
     esac

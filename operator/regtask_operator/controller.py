@@ -138,6 +138,7 @@ class Controller:
             max_tasks_per_user=quota.max_tasks_per_user,
             max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
             storage_limit_mb=quota.storage_limit_mb,
+            allowed_models=list(quota.allowed_models),
         )
         tracker = self.tracker
         tracker.quota_objects[quota.company_id] = key
@@ -147,12 +148,20 @@ class Controller:
         if await self.mirror.publish_limits(quota.company_id, quotas, quota.company_name):
             tracker.limits_in_registry.add(quota.company_id)
 
-    def quota_deleted(self, key: TaskKey, company_id: str | None) -> None:
-        """Its company falls back to the defaults, unless another CompanyQuota now holds it."""
+    async def quota_deleted(self, key: TaskKey, company_id: str | None) -> None:
+        """Its company falls back to the defaults, unless another CompanyQuota now holds it;
+        the gateway's limits follow at once (maintenance repeats it if Redis failed now)."""
         tracker = self.tracker
         if company_id and tracker.quota_objects.get(company_id) == key:
             tracker.drop_limits(company_id)
             tracker.quota_objects.pop(company_id, None)
+            await self.mirror.drop_limits(company_id, tracker.company_limits(company_id)[0])
+
+    def known_limits(self) -> tuple[dict[str, Quotas], Quotas]:
+        """Every CompanyQuota's limits and the configured defaults (maintenance re-asserts them)."""
+        tracker = self.tracker
+        own = {company: tracker.company_limits(company)[0] for company in tracker.quota_objects}
+        return own, tracker.default_quotas()
 
     # ------------------------------------------------------------------ the runtime's loops
 
@@ -182,6 +191,7 @@ class Controller:
                     continue
                 await self.quota_seen(key, quota)
                 quotas += 1
+        await self.mirror.publish_defaults(self.tracker.default_quotas())
         ended: list[TaskSnapshot] = []
         async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{TASK_PLURAL}"):
             for item in page:

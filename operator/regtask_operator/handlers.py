@@ -196,7 +196,7 @@ async def quota_event(
     controller = _runtime(memo).controller
     key = TaskKey(namespace or "", name)
     if type == "DELETED" or meta.get("deletionTimestamp"):
-        controller.quota_deleted(key, spec.get("companyId"))
+        await controller.quota_deleted(key, spec.get("companyId"))
         return
     try:
         quota = CompanyQuotaSpec.model_validate(dict(spec))

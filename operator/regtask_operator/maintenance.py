@@ -2,7 +2,10 @@
 
 A round retries the mirror writes kept while Redis was down, prunes registry references whose
 keys expired, sweeps users whose heartbeat outlived its TTL offline (and writes them to the
-Firestore presence collection), deletes the finished RegistryTasks kept past their TTL,
+Firestore presence collection), re-asserts every company's limits (its CompanyQuota, else the
+configured defaults) in the keys the gateway and shim enforce and in the contract's company
+document, reconciles every company's storage counter with the blobs and results it still holds,
+deletes the finished RegistryTasks kept past their TTL,
 removes idle tenant namespaces, and, at most every
 ``REGTASK_NAMESPACE_REPAIR_INTERVAL_S``, re-applies every tenant namespace's fences so drift is
 repaired without waiting for the next admission of that tenant (the namespaces' life:
@@ -15,7 +18,7 @@ the tenants, the busy namespaces, the expired tasks' deletion), never the whole 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -23,9 +26,10 @@ from redis.exceptions import RedisError
 
 from regtask import keys
 from regtask.docstore import DocumentError
-from regtask.documents import UnifiedUserDoc
+from regtask.documents import Quotas, UnifiedUserDoc
 from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
+from regtask.storage import StorageAccounting
 from regtask_operator.mirror import Mirror
 from regtask_operator.tenants import Tenants
 
@@ -58,11 +62,20 @@ class Maintenance:
     # Deletes the finished tasks kept past their TTL (Controller.delete_expired).
     delete_expired: Callable[[], Awaitable[int]]
     repair_interval_s: float
+    # Every CompanyQuota's limits and the configured defaults (Controller.known_limits).
+    known_limits: Callable[[], tuple[Mapping[str, Quotas], Quotas]] | None = None
+    # The companies' storage counters (Mirror.storage), reconciled every round.
+    storage: StorageAccounting | None = None
     clock: RepairClock = field(default_factory=RepairClock)
 
     async def run_once(self) -> None:
         await retry_mirrors(self.mirror)
+        if self.known_limits is not None:
+            own, defaults = self.known_limits()
+            await reassert_limits(self.registry, own, defaults)
         await sweep_registry(self.registry, self.firestore)
+        if self.storage is not None:
+            await reconcile_storage(self.storage)
         await self.delete_expired()
         removed = await self.tenants.remove_idle(self.busy_namespaces)
         if self.clock.due(self.repair_interval_s):
@@ -73,6 +86,48 @@ async def retry_mirrors(mirror: Mirror) -> None:
     pending = await mirror.retry_pending()
     if pending:
         log.warning("registry_mirror_pending", tasks=pending)
+
+
+async def reassert_limits(registry: Registry, own: Mapping[str, Quotas], defaults: Quotas) -> int:
+    """Write every company's limits again: the enforced keys (no TTL) and the contract's
+    ``registry:company:{id}.quotas`` (24 h TTL, so it is renewed here) for each CompanyQuota, the
+    configured defaults for every other company with a document. Nothing is deleted here (a
+    deleted CompanyQuota drops its key in its handler): operators with different
+    ``REGTASK_TASK_NAMESPACES`` may share one Redis. Returns the documents written; Redis down:
+    logged, the next round tries again."""
+    written = 0
+    try:
+        await registry.set_default_quotas(defaults)
+        for company_id, quotas in own.items():
+            await registry.set_company_quotas(company_id, quotas)
+            written += 1
+        held = set(own) | set(await registry.company_limit_ids())
+        for company_id in await registry.company_ids():
+            if company_id in held:
+                continue  # its CompanyQuota's (maybe another operator's): not ours to reset
+            try:
+                doc = await registry.get_company(company_id)
+            except DocumentError:
+                continue
+            if doc is not None and doc.quotas != defaults:
+                await registry.show_company_quotas(company_id, defaults)
+                written += 1
+    except RedisError as exc:
+        log.warning("company_limits_reassert_skipped", error=str(exc))
+        return written
+    log.info("company_limits_reasserted", companies=written)
+    return written
+
+
+async def reconcile_storage(storage: StorageAccounting) -> None:
+    """Every company's storage counter set to what it still holds (expired blobs and task
+    documents dropped): a release lost to a crash cannot keep a company full for ever."""
+    try:
+        for company_id in await storage.companies():
+            used = await storage.reconcile(company_id)
+            log.debug("storage_reconciled", company_id=company_id, used_bytes=used)
+    except RedisError as exc:
+        log.warning("storage_reconcile_skipped", error=str(exc))
 
 
 async def sweep_registry(registry: Registry, firestore: FirestoreWriter | None) -> None:

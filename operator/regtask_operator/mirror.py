@@ -24,6 +24,7 @@ from regtask.docstore import DocumentError, DocumentMissing
 from regtask.documents import Quotas, TaskDoc, TaskInfo, TaskIsolation
 from regtask.firestore_writer import FirestoreWriter
 from regtask.registry import Registry
+from regtask.storage import StorageAccounting
 from regtask.timeutil import now_iso
 from regtask_operator import metrics
 
@@ -48,6 +49,9 @@ class TaskSnapshot:
     reason: str = ""
     message: str = ""
     queue_position: int | None = None
+    # A waiting task's ETA (regtask.eta), ISO-8601; None when unknown.
+    estimated_start: str | None = None
+    estimated_completion: str | None = None
     result: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +83,8 @@ class TaskSnapshot:
             "reason": self.reason,
             "message": self.message,
             "queue_position": self.queue_position,
+            "estimated_start": self.estimated_start,
+            "estimated_completion": self.estimated_completion,
             "updated_at": now_iso(),
         }
 
@@ -87,6 +93,7 @@ class Mirror:
     def __init__(self, registry: Registry, firestore: FirestoreWriter | None) -> None:
         self.registry = registry
         self.firestore = firestore
+        self.storage = StorageAccounting(registry.client)
         self._pending: dict[str, TaskSnapshot] = {}
         self.failures = 0
 
@@ -113,7 +120,22 @@ class Mirror:
             log.error("registry_mirror_refused", task_id=snapshot.task_id, error=str(exc))
             return False
         self._pending.pop(snapshot.task_id, None)
+        if snapshot.phase in TERMINAL_PHASES:
+            await self.release_inputs(snapshot)
         return True
+
+    async def release_inputs(self, snapshot: TaskSnapshot) -> None:
+        """An ended task's input blobs deleted and their bytes given back (issue 16, item 4).
+        Redis failing here is logged: maintenance reconciles the counter once the blobs expire."""
+        try:
+            freed = await self.storage.release_task_blobs(
+                snapshot.company_id, snapshot.user_id, snapshot.task_id
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("task_blobs_release_failed", task_id=snapshot.task_id, error=str(exc))
+            return
+        if freed:
+            log.info("task_blobs_released", task_id=snapshot.task_id, bytes=freed)
 
     def _keep(self, snapshot: TaskSnapshot) -> None:
         previous = self._pending.get(snapshot.task_id)
@@ -140,6 +162,26 @@ class Mirror:
         (the next event of its CompanyQuota, at the latest the next re-list, writes them)."""
         try:
             await self.registry.set_company_quotas(company_id, quotas, company_name)
+        except RedisError as exc:
+            log.warning("quota_mirror_failed", company_id=company_id, error=str(exc))
+            return False
+        return True
+
+    async def publish_defaults(self, defaults: Quotas) -> bool:
+        """The configured defaults, enforced for every company without a CompanyQuota."""
+        try:
+            await self.registry.set_default_quotas(defaults)
+        except RedisError as exc:
+            log.warning("quota_mirror_failed", company_id="", error=str(exc))
+            return False
+        return True
+
+    async def drop_limits(self, company_id: str, defaults: Quotas) -> bool:
+        """A deleted CompanyQuota: the company's enforced limits become the configured
+        defaults, and so does the contract's copy. False when Redis failed (maintenance
+        re-asserts every company's limits)."""
+        try:
+            await self.registry.drop_company_quotas(company_id, defaults)
         except RedisError as exc:
             log.warning("quota_mirror_failed", company_id=company_id, error=str(exc))
             return False
@@ -193,6 +235,8 @@ class Mirror:
         data = dict(snapshot.data)
         if snapshot.queue_position is not None:
             data["queue_position"] = snapshot.queue_position
+            data["estimated_start"] = snapshot.estimated_start
+            data["estimated_completion"] = snapshot.estimated_completion
         if snapshot.reason:
             data["reason"] = snapshot.reason
         await self.registry.update_task_progress(
@@ -203,4 +247,7 @@ class Mirror:
             snapshot.current_step or status.value,
             snapshot.max_duration_s,
             data=data,
+            estimated_completion=snapshot.estimated_completion,
+            queue_position=snapshot.queue_position,
+            estimated_start=snapshot.estimated_start,
         )

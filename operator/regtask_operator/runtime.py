@@ -80,6 +80,8 @@ class Runtime:
             busy_namespaces=controller.busy_namespaces,
             delete_expired=controller.delete_expired,
             repair_interval_s=settings.namespace_repair_interval_s,
+            known_limits=controller.known_limits,
+            storage=mirror.storage,
         )
         leadership = Leadership(
             None if settings.standalone else kube,

@@ -27,6 +27,7 @@ from regtask.crmodels import (
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
+from regtask.eta import RunHistory
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import parse_iso
 from regtask_operator.admission import AdmissionState, Candidate, TaskKey
@@ -181,6 +182,8 @@ class TaskTracker:
     # company_id -> times (time.time()) of its LLM tasks admitted lately, not yet assumed to be
     # in the gateway's window counter (see recent_llm_admissions)
     llm_admissions: dict[str, list[float]] = field(default_factory=dict)
+    # Recent run times per task type: the ETA model's medians (regtask.eta)
+    runs: RunHistory = field(default_factory=RunHistory)
     # False until the CompanyQuotas and the live Jobs were listed (start-up, and each time this
     # replica becomes the active one): no decision before, or the defaults (10 per user, Wait)
     # would admit while the companies' own limits are still on their way.
@@ -200,6 +203,7 @@ class TaskTracker:
         self.quota_objects.clear()
         self.limits_in_registry.clear()
         self.llm_admissions.clear()
+        self.runs = RunHistory()
 
     # ------------------------------------------------------------------ company limits
 
@@ -220,6 +224,10 @@ class TaskTracker:
             ),
             self.settings.rate_limit_policy,
         )
+
+    def default_quotas(self) -> Quotas:
+        """The configured defaults (chart ``operator.quotas.*``): companies without a quota."""
+        return self._default_limits.quotas
 
     def max_tasks_per_user(self, company_id: str) -> int:
         """The company's maxTasksPerUser: what its tenants' ResourceQuotas are sized for."""
@@ -282,8 +290,12 @@ class TaskTracker:
                 int(status.get("progress") or 0),
                 str(status.get("currentStep") or ""),
             )
+            task.admitted_at = _timestamp(status.get("admittedAt"))
             if phase in TERMINAL_PHASES:
                 task.finished_at = _timestamp(status.get("completionTime")) or time.time()
+                began = task.admitted_at or _timestamp(status.get("startTime"))
+                if phase is Phase.SUCCEEDED and began is not None:
+                    self.runs.record(task.task_type.value, task.finished_at - began)
             self.tasks[key] = task
         if task.phase in TERMINAL_PHASES or not is_new:
             return task, is_new
@@ -307,6 +319,8 @@ class TaskTracker:
         task.phase = phase
         if phase in TERMINAL_PHASES:
             task.finished_at = time.time()
+            if phase is Phase.SUCCEEDED and task.admitted_at is not None:
+                self.runs.record(task.task_type.value, task.finished_at - task.admitted_at)
             if hold_slot and self.state.is_running(task.key):
                 self.draining.add(task.key)
             else:

@@ -24,6 +24,13 @@ from regtask.gateway_api import ResolvedInput
 from regtask_runners.errors import PermanentError
 
 WORDS_PER_PAGE = 500
+# Parsing is bounded before it starts (issue 16, item 11): a DOCX is a zip, and a small upload
+# can declare gigabytes of XML (a zip bomb) that python-docx would parse into memory; a PDF can
+# carry thousands of pages. Each XML part's declared size is checked (zipfile never reads past
+# it), and the PDF's page count, before any text is extracted.
+MAX_DOCX_PART_BYTES = 16 * 1024 * 1024
+MAX_DOCX_TOTAL_BYTES = 64 * 1024 * 1024
+MAX_PDF_PAGES = 500
 
 PDF = "pdf"
 DOCX = "docx"
@@ -85,11 +92,16 @@ def _estimate_pages(text: str) -> int:
     return max(1, math.ceil(len(text.split()) / WORDS_PER_PAGE))
 
 
-def pdf_text(name: str, data: bytes) -> ExtractedText:
+def pdf_text(name: str, data: bytes, max_pages: int = MAX_PDF_PAGES) -> ExtractedText:
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise PermanentError(f"input {name!r} is an encrypted PDF")
+        count = len(reader.pages)
+        if count > max_pages:
+            raise PermanentError(
+                f"input {name!r}: the PDF has {count} pages, over the limit of {max_pages}"
+            )
         pages: list[str] = []
         for page in reader.pages:
             # Layout mode keeps table columns apart ("1     800,00 EUR" is a quantity and an
@@ -108,7 +120,34 @@ def pdf_text(name: str, data: bytes) -> ExtractedText:
     return ExtractedText(name, PDF, text, len(reader.pages), False)
 
 
+def check_docx_size(
+    name: str,
+    data: bytes,
+    max_part: int = MAX_DOCX_PART_BYTES,
+    max_total: int = MAX_DOCX_TOTAL_BYTES,
+) -> None:
+    """Refuse a DOCX whose parts declare more than the limits, before any XML is parsed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile as exc:
+        raise PermanentError(f"input {name!r} is not a readable DOCX: {exc}") from exc
+    total = 0
+    for member in members:
+        total += member.file_size
+        if member.file_size > max_part:
+            raise PermanentError(
+                f"input {name!r}: DOCX part {member.filename[:80]!r} is "
+                f"{member.file_size} bytes uncompressed, over the limit of {max_part}"
+            )
+    if total > max_total:
+        raise PermanentError(
+            f"input {name!r}: the DOCX is {total} bytes uncompressed, over the limit of {max_total}"
+        )
+
+
 def docx_text(name: str, data: bytes) -> ExtractedText:
+    check_docx_size(name, data)
     try:
         document = docx.Document(io.BytesIO(data))
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:

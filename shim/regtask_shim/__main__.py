@@ -3,7 +3,8 @@
 Builds the real collaborators only: Redis from ``REDIS_URL``, RegistryTasks through the pod's
 service account (or ``KUBECONFIG``), Firebase ID tokens through firebase-admin when
 ``FIREBASE_PROJECT_ID`` is set, and the service tokens from ``SHIM_SERVICE_TOKEN`` /
-``SHIM_SERVICE_TOKEN_FILE``. See :mod:`regtask_shim.settings` for every variable.
+``SHIM_SERVICE_TOKEN_FILE``, and the presence registry reader when ``FIRESTORE_PROJECT_ID`` is
+set. See :mod:`regtask_shim.settings` for every variable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from regtask_shim.auth import (
     TokenVerifier,
     refuse_auth_emulator_unless_allowed,
 )
+from regtask_shim.presence import FirestorePresenceReader
 from regtask_shim.settings import ShimSettings
 from regtask_shim.taskstore import KubeTaskStore
 
@@ -50,11 +52,19 @@ def build_app(settings: ShimSettings) -> FastAPI:
     tokens = settings.service_tokens()
     if verifier is None and not tokens:
         log.warning("shim_no_credentials", detail="neither FIREBASE_PROJECT_ID nor service token")
+    presence = None
+    if settings.firestore_project_id:
+        presence = FirestorePresenceReader(
+            settings.firestore_project_id,
+            settings.firestore_presence_collection,
+            settings.presence_timeout_s,
+        )
     return create_app(
         settings,
         registry=Registry(client, settings),
         task_store=KubeTaskStore(settings.namespace, settings.kubeconfig, settings.kube_timeout_s),
         authenticator=Authenticator(verifier, tokens),
+        presence=presence,
         owns_resources=True,
     )
 

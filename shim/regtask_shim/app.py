@@ -22,6 +22,8 @@ from regtask.registry import Registry
 from regtask.servicemetrics import CONTENT_TYPE_LATEST, ShimMetrics
 from regtask_shim import rpc
 from regtask_shim.auth import Authenticator, Principal
+from regtask_shim.console.routes import install_console
+from regtask_shim.console.source import ConsoleSource
 from regtask_shim.errors import ErrorAnswer, answer_for, error_response, install_error_handlers
 from regtask_shim.models import (
     CancelAnswer,
@@ -51,9 +53,10 @@ from regtask_shim.models import (
     UserRegistryAnswer,
     VectorComputationArgs,
 )
+from regtask_shim.presence import PresenceReader
 from regtask_shim.service import ShimService
 from regtask_shim.settings import ShimSettings
-from regtask_shim.taskstore import TaskStore
+from regtask_shim.taskstore import KubeTaskStore, TaskStore
 
 log = structlog.get_logger(__name__)
 
@@ -164,10 +167,15 @@ def create_app(
     registry: Registry,
     task_store: TaskStore,
     authenticator: Authenticator,
+    presence: PresenceReader | None = None,
     owns_resources: bool = False,
 ) -> FastAPI:
-    """The ASGI app; with ``owns_resources`` it closes the Redis and Kubernetes clients on exit."""
-    service = ShimService(settings, registry, task_store)
+    """The ASGI app; with ``owns_resources`` it closes the Redis and Kubernetes clients on exit.
+
+    ``presence``: the Firestore presence registry, read to pick a company for a call that names
+    none (None: that rung is skipped).
+    """
+    service = ShimService(settings, registry, task_store, presence)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,11 +184,14 @@ def create_app(
             namespace=settings.namespace,
             unified_registry_enabled=settings.unified_registry_enabled,
             firebase=authenticator.verifier is not None,
+            presence_registry=presence is not None,
         )
         yield
         if owns_resources:
             await task_store.close()
             await registry.client.aclose()
+            if presence is not None:
+                presence.close()
 
     app = FastAPI(
         title="regtask RPC shim",
@@ -313,6 +324,12 @@ def create_app(
     async def get_company_active_users(company_id: IdPath, who: Caller) -> Any:
         args = CompanyIdArgs(company_id=company_id)
         return await service.get_company_active_users(who, args)
+
+    # ---------------------------------------------------------------- web console
+
+    if settings.console_enabled and isinstance(task_store, KubeTaskStore):
+        source = ConsoleSource(task_store, registry, settings.kube_timeout_s)
+        install_console(app, service, authenticator, source)
 
     # ---------------------------------------------------------------- health
 

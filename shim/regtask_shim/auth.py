@@ -18,11 +18,11 @@ emulator's tokens are unsigned), so the shim refuses to start with it set unless
 (:func:`refuse_auth_emulator_unless_allowed`).
 
 A Firebase caller acts only as itself (``user_id`` must equal the token's uid) and only for the
-companies it is authorised for. Those come from the token's custom claim
-``authorized_companies_ids`` when present (signed by Firebase, set with the Admin SDK's
-``set_custom_user_claims``); otherwise from ``companies.authorized_companies_ids`` of the user's
-unified registry document (written by the microservice through ``REGISTRY.register_user`` with
-the service token). With neither, a Firebase caller is authorised for no company.
+companies of the token's custom claim ``authorized_companies_ids`` (signed by Firebase, set with
+the Admin SDK's ``set_custom_user_claims``) plus its own default tenant: the claim, or its
+absence, is the truth; the registry's copy is never consulted (it is refreshed by the user's own
+``register_user``). That rule and the company resolution ladder live in
+:mod:`regtask_shim.companies`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 
 from regtask.identifiers import Identifier
-from regtask.registry import Registry
 from regtask_shim.errors import Forbidden, Unauthenticated, Unavailable, echo
 
 log = structlog.get_logger(__name__)
@@ -49,9 +48,13 @@ log = structlog.get_logger(__name__)
 FIREBASE_ISSUER_PREFIX = "https://securetoken.google.com/"
 # Custom claim listing the companies a Firebase user may act for.
 COMPANIES_CLAIM = "authorized_companies_ids"
+# Custom claim {company_id: role}; role "admin" opens the web console for that company.
+ROLES_CLAIM = "company_roles"
+ADMIN_ROLE = "admin"
 AUTH_EMULATOR_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
 _UID = TypeAdapter(Identifier)
 _COMPANIES = TypeAdapter(list[Identifier])
+_ROLES = TypeAdapter(dict[Identifier, str])
 
 
 class Principal(BaseModel):
@@ -64,6 +67,8 @@ class Principal(BaseModel):
     uid: str | None = None
     # The token's ``authorized_companies_ids`` claim; None when the token has none.
     token_companies: tuple[str, ...] | None = None
+    # The token's ``company_roles`` claim as (company, role) pairs; None when it has none.
+    token_roles: tuple[tuple[str, str], ...] | None = None
 
     @property
     def is_service(self) -> bool:
@@ -80,6 +85,7 @@ class FirebaseClaims(BaseModel):
 
     uid: str
     companies: tuple[str, ...] | None = None
+    roles: tuple[tuple[str, str], ...] | None = None
     expires_at: int = Field(description="epoch seconds")
 
 
@@ -102,9 +108,19 @@ def claims_from_payload(payload: Mapping[str, Any]) -> FirebaseClaims:
             companies = tuple(_COMPANIES.validate_python(raw_companies))
         except ValidationError:
             raise Unauthenticated(f"token claim '{COMPANIES_CLAIM}' is not a list of ids") from None
+    raw_roles = payload.get(ROLES_CLAIM)
+    roles: tuple[tuple[str, str], ...] | None = None
+    if raw_roles is not None:
+        try:
+            roles = tuple(sorted(_ROLES.validate_python(raw_roles).items()))
+        except ValidationError:
+            raise Unauthenticated(f"token claim '{ROLES_CLAIM}' is not a map of ids") from None
     exp = payload.get("exp")
     return FirebaseClaims(
-        uid=uid, companies=companies, expires_at=int(exp) if isinstance(exp, int | float) else 0
+        uid=uid,
+        companies=companies,
+        roles=roles,
+        expires_at=int(exp) if isinstance(exp, int | float) else 0,
     )
 
 
@@ -127,7 +143,7 @@ class FirebaseTokenVerifier:
         project_id: str,
         *,
         credentials_file: Path | None = None,
-        check_revoked: bool = False,
+        check_revoked: bool = True,
         clock_skew_s: int = 5,
         allow_emulator: bool = False,
     ) -> None:
@@ -284,14 +300,16 @@ class Authenticator:
         if self.verifier is None:
             raise Unauthenticated("invalid token (Firebase sign-in is not configured here)")
         claims = await self.verifier.verify(token)
-        return Principal(kind="firebase", uid=claims.uid, token_companies=claims.companies)
+        return Principal(
+            kind="firebase",
+            uid=claims.uid,
+            token_companies=claims.companies,
+            token_roles=claims.roles,
+        )
 
 
 class Access:
-    """Authorisation rules, one place: self only, authorised companies only."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    """Authorisation rules about users (companies: :mod:`regtask_shim.companies`)."""
 
     @staticmethod
     def require_self(principal: Principal, user_id: str) -> None:
@@ -299,23 +317,14 @@ class Access:
             raise Forbidden(f"not authorized: user_id {echo(user_id)} is not the signed-in user")
 
     @staticmethod
+    def owns(principal: Principal, owner_id: str) -> bool:
+        """The service acts for everyone; a user only for itself."""
+        return principal.is_service or principal.uid == owner_id
+
+    @staticmethod
     def require_owner(principal: Principal, owner_id: str, what: str) -> None:
-        if not principal.is_service and principal.uid != owner_id:
+        if not Access.owns(principal, owner_id):
             raise Forbidden(f"not authorized: this {what} belongs to another user")
-
-    async def companies_of(self, principal: Principal) -> tuple[str, ...]:
-        if principal.token_companies is not None:
-            return principal.token_companies
-        if principal.uid is None:
-            return ()
-        doc = await self.registry.get_user_registry(principal.uid)
-        return tuple(doc.companies.authorized_companies_ids) if doc else ()
-
-    async def require_company(self, principal: Principal, company_id: str) -> None:
-        if principal.is_service:
-            return
-        if company_id not in await self.companies_of(principal):
-            raise Forbidden(f"not authorized for company {echo(company_id)}")
 
     @staticmethod
     def require_service(principal: Principal, what: str) -> None:

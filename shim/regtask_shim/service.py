@@ -43,12 +43,21 @@ from regtask.documents import (
     TaskProgress,
 )
 from regtask.identifiers import Identifier
-from regtask.registry import Registry
+from regtask.registry import Registry, SessionTaken
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import now_iso
 from regtask_shim import payloads
 from regtask_shim.auth import Access, Principal
-from regtask_shim.errors import BadArguments, Conflict, NotFound, QuotaExceeded, Unavailable, echo
+from regtask_shim.companies import CompanyResolver, require_company
+from regtask_shim.errors import (
+    BadArguments,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    ShimError,
+    Unavailable,
+    echo,
+)
 from regtask_shim.models import (
     CONVERSATION_PREFIX,
     LLM_TASK_PREFIX,
@@ -76,6 +85,7 @@ from regtask_shim.models import (
     UserRegistryAnswer,
     VectorComputationArgs,
 )
+from regtask_shim.presence import PresenceReader
 from regtask_shim.settings import ShimSettings
 from regtask_shim.taskstore import StoredTask, TaskStore
 
@@ -85,7 +95,7 @@ log = structlog.get_logger(__name__)
 START_RATE_PREFIX = "quota:shim:starts:"
 START_RATE_TTL_S = 120
 # Large inputs wait in Redis for the runner: long enough for the longest task after a long
-# queue. The operator/gateway delete them (and release storage) when a task ends.
+# queue. The operator deletes them (and releases their storage) when the task ends.
 BLOB_TTL_S = 2 * MAX_DURATION_LIMIT_S
 _FINISHED = frozenset({RegistryStatus.COMPLETED, RegistryStatus.FAILED})
 _ID = TypeAdapter(Identifier)
@@ -110,6 +120,8 @@ class TaskStatusView:
     estimated_completion: str | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    queue_position: int | None = None
+    estimated_start: str | None = None
 
     @classmethod
     def from_doc(cls, doc: TaskDoc) -> TaskStatusView:
@@ -126,6 +138,8 @@ class TaskStatusView:
             estimated_completion=doc.progress.estimated_completion,
             error=doc.error,
             result=doc.result,
+            queue_position=doc.progress.queue_position,
+            estimated_start=doc.progress.estimated_start,
         )
 
     @classmethod
@@ -148,6 +162,7 @@ class TaskStatusView:
             created_at=task.created,
             error=(status.message or None) if status is not None and failed else None,
             result=status.result if status else None,
+            queue_position=status.queue_position if status else None,
         )
 
     def conversation_id(self) -> str | None:
@@ -168,15 +183,25 @@ class TaskStatusView:
             conversation_id=self.conversation_id(),
             error=self.error,
             result=self.result,
+            queue_position=self.queue_position,
+            estimated_start=self.estimated_start,
+            estimated_completion=self.estimated_completion,
         )
 
 
 class ShimService:
-    def __init__(self, settings: ShimSettings, registry: Registry, task_store: TaskStore) -> None:
+    def __init__(
+        self,
+        settings: ShimSettings,
+        registry: Registry,
+        task_store: TaskStore,
+        presence: PresenceReader | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.tasks = task_store
-        self.access = Access(registry)
+        self.access = Access()
+        self.companies = CompanyResolver(registry, presence)
         self.storage = storage.StorageAccounting(registry.client)
 
     # ------------------------------------------------------------------ REGISTRY.*
@@ -189,14 +214,20 @@ class ShimService:
         authorized = args.authorized_companies_ids
         if authorized is None and who.token_companies is not None:
             authorized = list(who.token_companies)
-        await self.registry.register_user(
-            args.user_id,
-            args.session_id,
-            args.backend_route,
-            company_id=args.company_id,
-            authorized_companies=authorized,
-            company_roles=args.company_roles,
-        )
+        try:
+            await self.registry.register_user(
+                args.user_id,
+                args.session_id,
+                args.backend_route,
+                company_id=args.company_id,
+                authorized_companies=authorized,
+                company_roles=args.company_roles,
+            )
+        except SessionTaken:
+            raise Conflict(
+                "session id is registered by another user: a session belongs to the user who "
+                "registered it until it is unregistered or expires"
+            ) from None
         return RegisterUserAnswer(user_id=args.user_id, session_id=args.session_id)
 
     async def unregister_session(
@@ -235,8 +266,7 @@ class ShimService:
         self, who: Principal, args: DocumentAnalysisArgs
     ) -> TaskStartedAnswer:
         self.access.require_self(who, args.user_id)
-        company_id = await self._document_company(args)
-        await self.access.require_company(who, company_id)
+        company_id = await self._document_company(who, args)
         task_type = TaskType.DOCUMENT_ANALYSIS
         task_id = f"{TASK_TYPES[task_type].id_prefix}{args.job_id}"
         inputs, parameters = payloads.document_inputs(args.document_data)
@@ -250,29 +280,25 @@ class ShimService:
         )
         return TaskStartedAnswer(task_id=task_id, status=status)
 
-    async def _document_company(self, args: DocumentAnalysisArgs) -> str:
+    async def _document_company(self, who: Principal, args: DocumentAnalysisArgs) -> str:
+        """The company named in ``document_data`` (authorised), else the resolution ladder."""
         given = args.document_data.get("company_id")
-        if given is not None:
-            try:
-                return _ID.validate_python(given)
-            except ValidationError:
-                raise BadArguments(
-                    "bad argument 'document_data.company_id': not a valid company id"
-                ) from None
-        user = await self.registry.get_user_registry(args.user_id)
-        current = user.companies.current_company_id if user else None
-        if current is None:
+        if given is None:
+            return (await self.companies.resolve(who, args.user_id)).company_id
+        try:
+            company_id = _ID.validate_python(given)
+        except ValidationError:
             raise BadArguments(
-                "company_id unknown: put it in document_data['company_id'], or register the "
-                "user with a current company first"
-            )
-        return current
+                "bad argument 'document_data.company_id': not a valid company id"
+            ) from None
+        require_company(who, company_id)
+        return company_id
 
     async def start_vector_computation(
         self, who: Principal, args: VectorComputationArgs
     ) -> TaskStartedAnswer:
         self.access.require_self(who, args.user_id)
-        await self.access.require_company(who, args.company_id)
+        require_company(who, args.company_id)
         task_type = TaskType.VECTOR_COMPUTATION
         suffix = args.job_id or secrets.token_hex(8)
         task_id = f"{TASK_TYPES[task_type].id_prefix}{suffix}"
@@ -320,7 +346,7 @@ class ShimService:
         conversation_id: str | None,
     ) -> TaskStartedAnswer:
         self.access.require_self(who, user_id)
-        await self.access.require_company(who, company_id)
+        require_company(who, company_id)
         parameters: dict[str, str] = {}
         if model is not None:
             parameters["model"] = model
@@ -374,23 +400,31 @@ class ShimService:
             log.info("task_start_replayed", task_id=task_id, user_id=user_id)
             return info.status
         await self._count_start(user_id)
-        spec = RegistryTaskSpec(
-            task_id=task_id,
-            task_type=task_type,
-            user_id=user_id,
-            company_id=company_id,
-            inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
-            parameters=parameters,
-            conversation_id=conversation_id,
-        )
-        outcome = await self.tasks.create(spec)
-        existing = outcome.task.spec
-        if not outcome.created:
-            self._same_task(
-                task_id,
-                (existing.user_id, existing.company_id, existing.task_type.value),
-                (user_id, company_id, task_type.value),
+        try:
+            spec = RegistryTaskSpec(
+                task_id=task_id,
+                task_type=task_type,
+                user_id=user_id,
+                company_id=company_id,
+                inputs=[await self._input(raw, task_id, user_id, company_id) for raw in inputs],
+                parameters=parameters,
+                conversation_id=conversation_id,
             )
+            outcome = await self.tasks.create(spec)
+            existing = outcome.task.spec
+            if not outcome.created:
+                self._same_task(
+                    task_id,
+                    (existing.user_id, existing.company_id, existing.task_type.value),
+                    (user_id, company_id, task_type.value),
+                )
+        except (ShimError, RedisError, ValidationError):
+            # A refused creation gives back the blobs stored for it (issue 16, item 4); a
+            # replay of an existing task of the same user never reaches here.
+            freed = await self.storage.release_task_blobs(company_id, user_id, task_id)
+            if freed:
+                log.info("task_refused_blobs_released", task_id=task_id, bytes=freed)
+            raise
         view = TaskStatusView.from_resource(outcome.task)
         namespace = naming.tenant_namespace(user_id, company_id)
         await self.registry.register_task(
@@ -466,7 +500,7 @@ class ShimService:
         key = storage.blob_key(company_id, user_id, blob_name)
         if await self.registry.client.set(key, raw, nx=True, ex=BLOB_TTL_S):
             limit_mb = (await self._quotas(company_id)).storage_limit_mb
-            decision = await self.storage.reserve(company_id, len(raw), limit_mb)
+            decision = await self.storage.reserve(company_id, len(raw), limit_mb, key)
             if not decision.allowed:
                 await self.registry.client.delete(key)
                 raise QuotaExceeded(
@@ -480,11 +514,7 @@ class ShimService:
         )
 
     async def _quotas(self, company_id: str) -> Quotas:
-        try:
-            company = await self.registry.get_company(company_id)
-        except DocumentError:
-            company = None
-        return company.quotas if company is not None else Quotas()
+        return await self.registry.effective_quotas(company_id)
 
     # ------------------------------------------------------------------ TASK.* reads
 
@@ -508,10 +538,10 @@ class ShimService:
         return None
 
     async def _owned_view(self, who: Principal, task_id: str, what: str = "task") -> TaskStatusView:
+        """The caller's own task; "not yours" answers exactly as "not there" (no oracle)."""
         view = await self._view(task_id)
-        if view is None:
+        if view is None or not self.access.owns(who, view.user_id):
             raise NotFound(f"unknown {what} {echo(task_id)}")
-        self.access.require_owner(who, view.user_id, what)
         return view
 
     async def get_task_status(self, who: Principal, args: TaskIdArgs) -> TaskStatusAnswer:
@@ -519,13 +549,24 @@ class ShimService:
 
     async def cancel_task(self, who: Principal, args: TaskIdArgs) -> CancelAnswer:
         view = await self._owned_view(who, args.task_id)
+        return await self.cancel_viewed(view, who)
+
+    async def task_view(self, task_id: str) -> TaskStatusView | None:
+        """A task as ``get_task_status`` sees it, without authorisation (the caller checks)."""
+        return await self._view(task_id)
+
+    async def cancel_viewed(self, view: TaskStatusView, who: Principal) -> CancelAnswer:
+        """The cancel rules of ``TASK.cancel_task`` once the caller is authorised (also the
+        web console's cancel button): a finished task is a 409, a vanished resource a 404."""
         if view.status in _FINISHED:
             raise Conflict(f"task already finished with status '{view.status.value}'")
-        stored = await self.tasks.request_cancel(args.task_id)
+        stored = await self.tasks.request_cancel(view.task_id)
         if stored is None and view.status is not RegistryStatus.CANCELLED:
-            raise NotFound(f"unknown task {echo(args.task_id)}: its resource is gone")
-        log.info("task_cancel_requested", task_id=args.task_id, user_id=view.user_id)
-        return CancelAnswer(task_id=args.task_id, status=view.status)
+            raise NotFound(f"unknown task {echo(view.task_id)}: its resource is gone")
+        log.info(
+            "task_cancel_requested", task_id=view.task_id, user_id=view.user_id, by=who.describe()
+        )
+        return CancelAnswer(task_id=view.task_id, status=view.status)
 
     async def list_user_tasks(self, who: Principal, args: UserIdArgs) -> TaskListAnswer:
         self.access.require_self(who, args.user_id)
@@ -549,9 +590,12 @@ class ShimService:
     ) -> ConversationStatusAnswer:
         task_id = f"{LLM_TASK_PREFIX}{args.conversation_id}"
         view = await self._view(task_id)
-        if view is None or view.task_type != TaskType.LLM_CONVERSATION.value:
+        if (
+            view is None
+            or view.task_type != TaskType.LLM_CONVERSATION.value
+            or not self.access.owns(who, view.user_id)
+        ):
             raise NotFound(f"unknown conversation {echo(args.conversation_id)}")
-        self.access.require_owner(who, view.user_id, "conversation")
         try:
             conversation = await self.registry.get_conversation(
                 view.company_id, view.user_id, args.conversation_id
@@ -586,7 +630,7 @@ class ShimService:
     async def get_company_active_users(
         self, who: Principal, args: CompanyIdArgs
     ) -> CompanyUsersAnswer:
-        await self.access.require_company(who, args.company_id)
+        require_company(who, args.company_id)
         users = await self.registry.get_company_active_users(args.company_id)
         return CompanyUsersAnswer(company_id=args.company_id, active_users=users, count=len(users))
 

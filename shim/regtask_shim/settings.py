@@ -36,7 +36,9 @@ class ShimSettings(Settings):
     # Service-account JSON for firebase-admin; unset = Application Default Credentials.
     firebase_credentials_file: Path | None = Field(default=None, alias="FIREBASE_CREDENTIALS_FILE")
     # One Auth API call per request: off by default, tokens expire within the hour anyway.
-    firebase_check_revoked: bool = Field(default=False, alias="FIREBASE_CHECK_REVOKED")
+    # On by default (issue 16, item 11): a revoked token, a disabled or deleted account is
+    # refused at once. Cost: one Firebase Auth lookup per call (make bench-revocation).
+    firebase_check_revoked: bool = Field(default=True, alias="FIREBASE_CHECK_REVOKED")
     firebase_clock_skew_s: int = Field(default=5, ge=0, le=60, alias="FIREBASE_CLOCK_SKEW_SECONDS")
     # FIREBASE_AUTH_EMULATOR_HOST makes firebase-admin accept unsigned tokens: refused unless
     # this is explicitly set (local runs against the Auth emulator only).
@@ -53,6 +55,13 @@ class ShimSettings(Settings):
     # New tasks one user may start per minute (0 = unlimited); the operator's admission queue
     # handles concurrency, this only stops a runaway client from flooding the control plane.
     task_starts_per_minute: int = Field(default=120, ge=0, alias="SHIM_TASK_STARTS_PER_MINUTE")
+    # The web console under /console (same credentials; see regtask_shim.console).
+    console_enabled: bool = Field(default=True, alias="SHIM_CONSOLE_ENABLED")
+    # Reading listeners_registry/{uid} (Firestore, when FIRESTORE_PROJECT_ID is set) to pick the
+    # company of a call that names none: past this, that rung is skipped, the call goes on.
+    presence_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, alias="SHIM_PRESENCE_TIMEOUT_SECONDS"
+    )
     list_tasks_limit: int = Field(default=200, ge=1, le=1000, alias="SHIM_LIST_TASKS_LIMIT")
 
     def auth_project_id(self) -> str | None:

@@ -227,6 +227,12 @@ class KubeTaskStore:
         mine.sort(key=lambda t: t.created or "", reverse=True)
         return mine[:limit]
 
+    async def api_client(self) -> client.ApiClient:
+        """The shared API client (the web console's reads of quotas and Events use it)."""
+        await self._objects()
+        assert self._api is not None
+        return self._api
+
     async def ping(self) -> None:
         try:
             await self._call("ping", "list_namespaced_custom_object", limit=1)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from regtask_cli.quota import (
-    NEVER,
+from regtask.eta import NEVER
+from regtask.queueplan import (
     RunTimes,
     TaskRecord,
     estimate_user_queue,

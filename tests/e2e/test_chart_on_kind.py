@@ -26,7 +26,7 @@ from kubernetes import client, watch
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask.timeutil import parse_iso
-from regtask_dev import images, install
+from regtask_dev import design_calls, images, install
 from regtask_dev.kind import ClusterError, KindCluster
 from regtask_dev.stack import wait_until
 
@@ -57,6 +57,16 @@ class Installed:
         answer: dict[str, Any] = httpx.post(
             f"{self.shim}/rpc",
             json={"method": method, "args": list(args), "kwargs": kwargs},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        ).json()
+        return answer
+
+    def call(self, method: str, args: list[Any]) -> dict[str, Any]:
+        """Exactly the web app's ``rpc_call(method, args=[...])``: no kwargs at all."""
+        answer: dict[str, Any] = httpx.post(
+            f"{self.shim}/rpc",
+            json={"method": method, "args": args},
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=30,
         ).json()
@@ -163,6 +173,42 @@ def test_the_web_apps_calls_run_on_the_installed_chart(
     tenant = naming.tenant_namespace("chart_user", "chart_co")
     [pod] = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
     assert pod.spec.containers[0].image.startswith("localhost/regtask/runner:")
+    assert pod.status.phase == "Succeeded"
+
+
+def test_the_designs_call_sequence_as_written_runs_on_the_installed_chart(
+    kube_api: client.ApiClient, installed: Installed
+) -> None:
+    """Registry, Chroma, task and unified-registry calls of the design, unchanged (issue 17).
+
+    Before: ``TASK.start_document_analysis`` answered 400 "company_id unknown".
+    """
+    tasks = design_calls.run(
+        installed.call,
+        user_id="design_user",
+        session_id="design-session",
+        backend_route="/design",
+        company_id="design_co",
+        job_id="design1",
+        collection_name="design_docs",
+        with_llm=False,  # no LLM server in this test; make demo runs the LLM call too
+    )
+    task_id = tasks.document_task_id
+    wait_until(
+        lambda: (
+            installed.call("TASK.get_task_status", [task_id]).get("status")
+            in ("completed", "failed")
+        ),
+        180,
+        "the design's task ended",
+        2.0,
+    )
+    status = installed.call("TASK.get_task_status", [task_id])
+    assert status["status"] == "completed", status
+    assert "billing@acme.example" in str(status.get("result"))
+    # No company anywhere: the user's default tenant, a namespace of its own.
+    tenant = naming.tenant_namespace("design_user", "default.design_user")
+    [pod] = client.CoreV1Api(kube_api).list_namespaced_pod(tenant).items
     assert pod.status.phase == "Succeeded"
 
 

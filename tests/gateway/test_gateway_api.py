@@ -252,7 +252,10 @@ async def test_llm_passthrough_holds_the_key_and_forces_the_user(
     make_gateway: GatewayFactory, fake_llm: FakeLlm
 ) -> None:
     gateway = make_gateway(
-        llm_base_url=fake_llm.base_url, llm_api_key=PROVIDER_KEY, llm_default_model="default-m"
+        llm_base_url=fake_llm.base_url,
+        llm_api_key=PROVIDER_KEY,
+        llm_default_model="default-m",
+        llm_embedding_model="embed-m",  # a model the company may use (issue 16, item 6)
     )
     spec = make_spec("llm_p", TaskType.LLM_CONVERSATION, conversation_id="conv_p")
     token = await gateway.add_task(spec)
@@ -331,7 +334,9 @@ async def test_streaming_passthrough_with_the_real_model(
     make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
 ) -> None:
     gateway = make_gateway(
-        llm_base_url=llm_server.base_url, llm_embeddings_base_url=llm_server.embeddings_base_url
+        llm_base_url=llm_server.base_url,
+        llm_embeddings_base_url=llm_server.embeddings_base_url,
+        llm_embedding_model=llm_server.embedding_model,
     )
     token = await gateway.add_task(make_spec("llm_real", TaskType.LLM_CONVERSATION))
     body = {
@@ -362,7 +367,7 @@ async def test_streaming_passthrough_with_the_real_model(
     async with client(gateway.url, token, timeout=120) as http:
         emb = await http.post("/v1/llm/embeddings", json={"input": ["hello", "world"]})
     vectors = [item["embedding"] for item in emb.json()["data"]]
-    assert len(vectors) == 2 and len(vectors[0]) == 640
+    assert len(vectors) == 2 and len(vectors[0]) == 384  # all-MiniLM-L6-v2
     assert isinstance(vectors[0][0], float)
     counted = await redis_async.get(gateway.app.state.gateway.limiter.key("acme"))
     assert int(counted or 0) == 2

@@ -247,3 +247,35 @@ async def test_events_and_conversations_only_for_the_tokens_conversation(
     assert mine.status_code == 200
     stored = await redis_async.keys("conversation:*")
     assert stored == [keys.conversation("acme", "user123", "conv_mine").encode()]
+
+
+async def test_refused_tokens_are_rate_limited_per_source(make_gateway: GatewayFactory) -> None:
+    """Issue 16 item 11: a source sending bad tokens gets 429 without a review, over real HTTP;
+    a token already accepted from the same address still passes."""
+    gateway = make_gateway(token_failures_per_minute=5)
+    good = await gateway.add_task(make_spec("doc_limit_1"))
+    async with client(gateway.url, good) as http:
+        assert (await http.get("/v1/task")).status_code == 200
+        answers = [await http.get("/v1/task", headers=bearer(f"forged-{i}")) for i in range(7)]
+        assert [a.status_code for a in answers] == [401] * 5 + [429] * 2
+        assert 1 <= int(answers[5].headers["retry-after"]) <= 60
+        assert (await http.get("/v1/task")).status_code == 200  # the known token passes
+
+
+@pytest.mark.unit
+def test_failure_limiter_window() -> None:
+    from regtask_gateway.runnerauth import FailureLimiter
+
+    now = [0.0]
+    limiter = FailureLimiter(2, window_s=60, clock=lambda: now[0])
+    assert limiter.blocked("10.0.0.1") is None
+    limiter.failed("10.0.0.1")
+    limiter.failed("10.0.0.1")
+    assert limiter.blocked("10.0.0.1") == 60
+    assert limiter.blocked("10.0.0.2") is None  # per source
+    now[0] = 59.5
+    assert limiter.blocked("10.0.0.1") == 0.5
+    now[0] = 60.0
+    assert limiter.blocked("10.0.0.1") is None  # a new window
+    limiter.failed("10.0.0.1")
+    assert limiter.blocked("10.0.0.1") is None

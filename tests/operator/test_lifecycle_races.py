@@ -135,6 +135,9 @@ class FakeMirror:
     async def publish_limits(self, *args: Any) -> bool:
         return True
 
+    async def publish_defaults(self, *args: Any) -> bool:
+        return True
+
     async def resync(self, ended: list[Any]) -> int:
         return 0
 

@@ -67,6 +67,30 @@ def quota_refusals(api: client.ApiClient, tenant: str) -> list[str]:
     ]
 
 
+class PodFollower(threading.Thread):
+    """One pod followed by a watch (from the moment it is made) until it is deleted: its last
+    state and when it went."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, pod: Any) -> None:
+        super().__init__(daemon=True)
+        self.api, self.namespace, self.pod = api, namespace, pod
+        self.deleted_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        for event in watch.Watch().stream(
+            client.CoreV1Api(self.api).list_namespaced_pod,
+            self.namespace,
+            field_selector=f"metadata.name={self.pod.metadata.name}",
+            resource_version=self.pod.metadata.resource_version,
+            timeout_seconds=120,
+        ):
+            self.pod = event["object"]
+            if event["type"] == "DELETED":
+                self.deleted_at = time.time()
+                return
+
+
 def test_thirty_tasks_for_one_tenant_within_the_job_ttl_all_succeed(
     kube_api: client.ApiClient,
     control_namespace: str,
@@ -191,22 +215,7 @@ def test_an_evicted_runner_is_retried_not_failed(
 
     pod = wait_until(answering, 180, "the runner streaming its answer", 0.5)
     # The evicted pod's last state, seen by a watch (the Job controller lets it go once counted).
-    last: dict[str, Any] = {}
-
-    def follow() -> None:
-        for event in watch.Watch().stream(
-            client.CoreV1Api(kube_api).list_namespaced_pod,
-            tenant,
-            field_selector=f"metadata.name={pod.metadata.name}",
-            resource_version=pod.metadata.resource_version,
-            timeout_seconds=120,
-        ):
-            last["pod"] = event["object"]
-            if event["type"] == "DELETED":
-                return
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    last = PodFollower(kube_api, tenant, pod)
     client.CoreV1Api(kube_api).create_namespaced_pod_eviction(
         pod.metadata.name,
         tenant,
@@ -218,10 +227,10 @@ def test_an_evicted_runner_is_retried_not_failed(
         "the task ended",
         2.0,
     )
-    follower.join(timeout=130)
+    last.join(timeout=130)
     status = get_task(kube_api, control_namespace, name)["status"]
     assert status["phase"] == "Succeeded", status
-    evicted = last["pod"]
+    evicted = last.pod
     assert any(c.type == "DisruptionTarget" for c in evicted.status.conditions or [])
     [terminated] = [s.state.terminated for s in evicted.status.container_statuses]
     assert terminated.exit_code == 143  # the runner's own exit after SIGTERM
@@ -477,22 +486,7 @@ def test_a_cancelled_tasks_slot_waits_for_its_pod_to_be_gone(
     wait_until(
         lambda: phase_of(kube_api, control_namespace, second) == "Waiting", 60, "second waits"
     )
-    gone: dict[str, Any] = {}
-
-    def follow() -> None:
-        for event in watch.Watch().stream(
-            client.CoreV1Api(kube_api).list_namespaced_pod,
-            tenant,
-            field_selector=f"metadata.name={pod.metadata.name}",
-            resource_version=pod.metadata.resource_version,
-            timeout_seconds=120,
-        ):
-            if event["type"] == "DELETED":
-                gone["at"] = time.time()
-                return
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    gone = PodFollower(kube_api, tenant, pod)
     client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
         API_GROUP,
         API_VERSION,
@@ -504,10 +498,10 @@ def test_a_cancelled_tasks_slot_waits_for_its_pod_to_be_gone(
     wait_until(
         lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 180, "second ran"
     )
-    follower.join(timeout=130)
+    gone.join(timeout=130)
     assert phase_of(kube_api, control_namespace, first) == "Cancelled"
     second_job = client.BatchV1Api(kube_api).read_namespaced_job(naming.job_name(second_id), tenant)
     created = second_job.metadata.creation_timestamp.timestamp()
-    assert "at" in gone, "the first pod was never deleted"
+    assert gone.deleted_at is not None, "the first pod was never deleted"
     # Whole seconds: creationTimestamp has no fraction.
-    assert created >= int(gone["at"]), (created, gone["at"])
+    assert created >= int(gone.deleted_at), (created, gone.deleted_at)

@@ -27,6 +27,21 @@ def registry_status(client_: redis.Redis, task_id: str) -> str | None:
     return json.loads(raw)["task_info"]["status"] if raw else None
 
 
+def own_gateway(
+    cluster: KindCluster, own_redis: RedisServer, namespace: str, tmp_path: Path
+) -> GatewayProcess:
+    """A gateway on this test's own Redis (which the test stops and starts)."""
+    return GatewayProcess(
+        {
+            "REDIS_URL": own_redis.url,
+            "REGTASK_NAMESPACE": namespace,
+            "KUBECONFIG": str(cluster.kubeconfig_path),
+        },
+        tmp_path / "gateway",
+        host=cluster.host_address,
+    ).start()
+
+
 @pytest.mark.firestore
 def test_redis_and_firestore_outage(
     cluster: KindCluster,
@@ -37,15 +52,7 @@ def test_redis_and_firestore_outage(
     tmp_path: Path,
 ) -> None:
     with RedisServer() as own_redis, FirestoreEmulator() as firestore:
-        gateway = GatewayProcess(
-            {
-                "REDIS_URL": own_redis.url,
-                "REGTASK_NAMESPACE": control_namespace,
-                "KUBECONFIG": str(cluster.kubeconfig_path),
-            },
-            tmp_path / "gateway",
-            host=cluster.host_address,
-        ).start()
+        gateway = own_gateway(cluster, own_redis, control_namespace, tmp_path)
         operator = OperatorProcess(
             operator_kubeconfig,
             operator_env(
@@ -141,15 +148,7 @@ def test_an_end_not_mirrored_before_a_restart_is_mirrored_after_it(
     the CR status with the registry and writes the missing one. Before: the registry showed
     the task unfinished for ever."""
     with RedisServer() as own_redis:
-        gateway = GatewayProcess(
-            {
-                "REDIS_URL": own_redis.url,
-                "REGTASK_NAMESPACE": control_namespace,
-                "KUBECONFIG": str(cluster.kubeconfig_path),
-            },
-            tmp_path / "gateway",
-            host=cluster.host_address,
-        ).start()
+        gateway = own_gateway(cluster, own_redis, control_namespace, tmp_path)
         env = operator_env(own_redis.url, control_namespace, runner_image, **gateway_env(gateway))
         store = redis.Redis.from_url(own_redis.url)
         first = OperatorProcess(operator_kubeconfig, env, tmp_path / "operator-1").start()

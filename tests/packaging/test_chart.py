@@ -299,7 +299,10 @@ def test_shim_and_gateway_roles_are_least_privilege() -> None:
             "apiGroups": ["regtask.io"],
             "resources": ["registrytasks"],
             "verbs": ["create", "get", "list", "patch"],
-        }
+        },
+        # the web console: quotas against usage, a task's history (read only)
+        {"apiGroups": ["regtask.io"], "resources": ["companyquotas"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     ]
     assert rules(objects, "Role", "gateway") == [
         {"apiGroups": ["regtask.io"], "resources": ["registrytasks"], "verbs": ["get"]}

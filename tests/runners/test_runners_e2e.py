@@ -28,6 +28,7 @@ from regtask.registry import Registry
 from regtask.runner_contract import ExitCode
 from regtask.storage import blob_key, blob_ref
 from regtask.tasktypes import TaskType
+from regtask_dev import design_calls
 from regtask_dev.chroma_server import ChromaServer
 from regtask_dev.llm_server import LlamaServer
 from regtask_dev.procs import free_port
@@ -66,6 +67,7 @@ def _real_llm(llm_server: LlamaServer, **extra: Any) -> dict[str, Any]:
     return {
         "llm_base_url": llm_server.base_url,
         "llm_embeddings_base_url": llm_server.embeddings_base_url,
+        "llm_embedding_model": llm_server.embedding_model,
         **extra,
     }
 
@@ -251,7 +253,7 @@ async def test_vector_computation_stores_embeddings_in_chroma(
     assert doc.result is not None
     result = doc.result
     assert result["count"] == expected > 8
-    assert result["dimension"] == 640
+    assert result["dimension"] == 384  # all-MiniLM-L6-v2
     assert result["requested_collection"] == "kb"
 
     chroma = chromadb.HttpClient(
@@ -264,7 +266,7 @@ async def test_vector_computation_stores_embeddings_in_chroma(
     stored = collection.get(
         ids=["vector_job1:report.md:0"], include=["embeddings", "documents", "metadatas"]
     )
-    assert stored["embeddings"] is not None and len(stored["embeddings"][0]) == 640
+    assert stored["embeddings"] is not None and len(stored["embeddings"][0]) == 384
     assert stored["documents"] is not None and stored["documents"][0].startswith(
         "Quarterly Operations"
     )
@@ -333,6 +335,33 @@ async def test_llm_conversation_streams_publishes_and_stores(
     assert payload(complete)["tokens_used"] == doc.result["tokens_used"] > 0
     assert {e.uid for e in run.events} == {"user123"}
     assert await _llm_count(redis_async, "acme") == 1
+
+
+@pytest.mark.llm
+async def test_the_demos_llm_answer_invents_no_dialogue_turns(
+    make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
+) -> None:
+    """The demo's question with the shim's parameters (none: temperature 0.7, 256 tokens).
+
+    Before (``--chat_format vicuna``): the answer went on with "USER: ..." turns (issue 17).
+    """
+    gateway = make_gateway(**_real_llm(llm_server))
+    spec = make_spec(
+        "llm_conv_demo1",
+        TaskType.LLM_CONVERSATION,
+        conversation_id="conv_demo1",
+        inputs=[TaskInput(name="prompt", value=design_calls.PROMPT)],
+    )
+    token = await gateway.add_task(spec)
+    async with watch_events(redis_async, spec.user_id) as events:
+        run = await run_runner(gateway, spec, token, events)
+    assert run.returncode == ExitCode.SUCCESS, run.output
+    doc = await _task_doc(redis_async, spec.task_id)
+    assert doc.result is not None
+    response = doc.result["response"]
+    assert response.strip()
+    for marker in ("USER:", "ASSISTANT:", "<start_of_turn>", "<end_of_turn>"):
+        assert marker not in response, (marker, response)
 
 
 async def _cancel_when_streaming(
@@ -423,6 +452,19 @@ async def test_max_duration_stops_the_runner_as_deadline(
 # ------------------------------------------------------------ the LLM window (issue 15, item 8)
 
 
+def window_keys(limiter: LlmRateLimiter, company_id: str) -> list[str]:
+    """This hour's counter and the next one's: a test running across the turn of an hour
+    meets the same full window."""
+    now = time.time()
+    return [limiter.key(company_id, now), limiter.key(company_id, now + 3600)]
+
+
+async def fill_llm_window(client: aioredis.Redis, company_id: str) -> None:
+    """The company's one request per hour used up, now and in the next hour."""
+    for key in window_keys(LlmRateLimiter(client), company_id):
+        await client.set(key, 1, ex=3 * 3600)
+
+
 @pytest.mark.llm
 async def test_a_full_llm_window_is_waited_for_not_failed(
     make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
@@ -433,7 +475,7 @@ async def test_a_full_llm_window_is_waited_for_not_failed(
     gateway = make_gateway(**_real_llm(llm_server))
     await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
     limiter = LlmRateLimiter(redis_async)
-    assert (await limiter.hit("acme", 1)).allowed  # another task used the hour's only request
+    await fill_llm_window(redis_async, "acme")  # another task used the hour's only request
     spec = make_spec(
         "llm_conv_wait01",
         TaskType.LLM_CONVERSATION,
@@ -457,7 +499,7 @@ async def test_a_full_llm_window_is_waited_for_not_failed(
         assert proc.returncode is None  # waiting, not failed
         await asyncio.sleep(1.5)  # a few refused polls: they cost nothing
         assert await _llm_count(redis_async, "acme") == 1
-        await redis_async.delete(limiter.key("acme"))  # the next hour begins
+        await redis_async.delete(*window_keys(limiter, "acme"))  # the next hour begins
 
     async with watch_events(redis_async, spec.user_id) as events:
         run = await run_runner(
@@ -483,7 +525,7 @@ async def test_a_window_that_reopens_after_the_deadline_fails_with_that_reason(
     once, permanently (no Job retry would help), saying why."""
     gateway = make_gateway(**_real_llm(llm_server))
     await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
-    assert (await LlmRateLimiter(redis_async).hit("acme", 1)).allowed
+    await fill_llm_window(redis_async, "acme")
     spec = make_spec(
         "llm_conv_late01",
         TaskType.LLM_CONVERSATION,

@@ -88,7 +88,7 @@ class ProdShim:
 
 class ProdShimFactory(Protocol):
     async def __call__(
-        self, *, check_revoked: bool = False, project_id: str | None = None
+        self, *, check_revoked: bool | None = False, project_id: str | None = None
     ) -> ProdShim: ...
 
 
@@ -103,18 +103,22 @@ async def make_prod_shim(
     """``build_app`` as ``python -m regtask_shim`` calls it, with the emulator allowed."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def make(*, check_revoked: bool = False, project_id: str | None = None) -> ProdShim:
+        async def make(
+            *, check_revoked: bool | None = False, project_id: str | None = None
+        ) -> ProdShim:
+            """``check_revoked=None``: FIREBASE_CHECK_REVOKED unset (the default)."""
             values: dict[str, Any] = {
                 "REDIS_URL": redis_server.url,
                 "REGTASK_NAMESPACE": shim_namespace,
                 "KUBECONFIG": cluster.kubeconfig_path,
                 "SHIM_SERVICE_TOKEN": SERVICE_TOKEN,
                 "FIREBASE_PROJECT_ID": project_id or auth_emulator.project_id,
-                "FIREBASE_CHECK_REVOKED": check_revoked,
                 "SHIM_ALLOW_AUTH_EMULATOR": True,
                 "UNIFIED_REGISTRY_ENABLED": False,
                 "SHIM_TASK_STARTS_PER_MINUTE": 0,
             }
+            if check_revoked is not None:
+                values["FIREBASE_CHECK_REVOKED"] = check_revoked
             settings = ShimSettings(**values)
             app = build_app(settings)
             # The lifespan closes the Redis and Kubernetes clients build_app made.
@@ -318,15 +322,16 @@ async def test_check_revoked_refuses_revoked_disabled_and_deleted_users(
     from firebase_admin import auth
 
     app = admin_app(auth_emulator.project_id)
-    strict = await make_prod_shim(check_revoked=True)  # FIREBASE_CHECK_REVOKED=true
-    lenient = await make_prod_shim()  # the default
+    strict = await make_prod_shim(check_revoked=None)  # the default: on (issue 16, item 11)
+    lenient = await make_prod_shim(check_revoked=False)  # FIREBASE_CHECK_REVOKED=false
     alice = sign_up(auth_emulator, "alice", companies=[ACME])
     bob = sign_up(auth_emulator, "bob", companies=[ACME])
     carol = sign_up(auth_emulator, "carol", companies=[ACME])
 
     async def answer(shim: ProdShim, user: SignedIn, token: str | None = None) -> httpx.Response:
+        # One session per user: a session id belongs to the user who registered it.
         return await shim.rpc(
-            "REGISTRY.register_user", [user.uid, "s1", "/"], token=token or user.id_token
+            "REGISTRY.register_user", [user.uid, f"s-{user.uid}", "/"], token=token or user.id_token
         )
 
     for user in (alice, bob, carol):
@@ -337,7 +342,7 @@ async def test_check_revoked_refuses_revoked_disabled_and_deleted_users(
     await asyncio.sleep(max(0.0, issued_at + 1.05 - time.time()))
     auth.revoke_refresh_tokens(alice.uid, app=app)
     refused(await answer(strict, alice), 401, "token revoked")
-    # Without FIREBASE_CHECK_REVOKED the old token stays good until it expires (documented).
+    # With FIREBASE_CHECK_REVOKED=false the old token stays good until it expires (documented).
     ok(await answer(lenient, alice))
     # Signing in again gives a token the strict shim accepts.
     again = auth_emulator.sign_in("alice@example.com", "pw-alice-123456")

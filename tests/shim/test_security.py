@@ -137,22 +137,26 @@ async def test_a_user_acts_only_as_itself(
         ("TASK.start_llm_conversation", [BOB, ACME, "p"]),
         ("TASK.start_vector_computation", [BOB, ACME, ["d"], "c"]),
         ("LLM.start_conversation", [BOB, ACME, "p", "m", 0.1]),
-        ("TASK.get_task_status", ["doc_analysis_bobjob"]),
-        ("TASK.cancel_task", ["doc_analysis_bobjob"]),
         ("TASK.list_user_tasks", [BOB]),
-        ("LLM.get_conversation_status", [conv["conversation_id"]]),
         ("UNIFIED_REGISTRY.get_user_registry", [BOB]),
     ]
     for method, args in attempts:
         response = await shim.rpc(method, args, token=alice)
         refused(response, 403, "not authorized")
+    # Another user's task or conversation is "unknown", exactly as one that does not exist.
+    for method, args in [
+        ("TASK.get_task_status", ["doc_analysis_bobjob"]),
+        ("TASK.cancel_task", ["doc_analysis_bobjob"]),
+        ("LLM.get_conversation_status", [conv["conversation_id"]]),
+    ]:
+        refused(await shim.rpc(method, args, token=alice), 404, "unknown")
     legacy = await redis_async.hget(keys.legacy_user(BOB), keys.DATA_FIELD)
     assert legacy is not None and b"bob-session" in legacy
     cr = read_task_cr(kube_api, shim_namespace, "doc_analysis_bobjob")
     assert cr is not None and not cr["spec"].get("cancel", False)
     assert task_crs(kube_api, shim_namespace, "doc_analysis_as_bob") == []
     # REST too.
-    refused(await shim.http.get("/v1/tasks/doc_analysis_bobjob", headers=shim.auth(alice)), 403)
+    refused(await shim.http.get("/v1/tasks/doc_analysis_bobjob", headers=shim.auth(alice)), 404)
     refused(await shim.http.get(f"/v1/users/{BOB}/registry", headers=shim.auth(alice)), 403)
 
 
@@ -184,11 +188,12 @@ async def test_a_user_acts_only_for_authorized_companies(
     assert task_crs(kube_api, shim_namespace, "doc_analysis_evil1") == []
 
 
-async def test_without_a_claim_the_registry_lists_the_companies(make_shim: ShimFactory) -> None:
+async def test_without_a_claim_the_registry_grants_no_company(make_shim: ShimFactory) -> None:
+    """The token's claim, or its absence, is the truth (issue 16 item 8; before: 200)."""
     shim = await make_shim(unified=True)
     no_claim = shim.user_token(ALICE)
     refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim), 403)
-    # The microservice (service token) records Alice's companies in her registry.
+    # The microservice (service token) records Alice's companies in her registry: still no.
     ok(
         await shim.rpc(
             "REGISTRY.register_user",
@@ -196,8 +201,10 @@ async def test_without_a_claim_the_registry_lists_the_companies(make_shim: ShimF
             {"company_id": ACME, "authorized_companies_ids": [ACME]},
         )
     )
-    ok(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim))
+    refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=no_claim), 403)
     refused(await shim.rpc("TASK.start_llm_conversation", [ALICE, EVIL, "p"], token=no_claim), 403)
+    with_claim = shim.user_token(ALICE, companies=[ACME])
+    ok(await shim.rpc("TASK.start_llm_conversation", [ALICE, ACME, "p"], token=with_claim))
 
 
 async def test_a_user_cannot_grant_itself_companies(make_shim: ShimFactory) -> None:
@@ -248,3 +255,57 @@ async def test_error_messages_do_not_echo_huge_values(make_shim: ShimFactory) ->
     shim = await make_shim()
     response = await shim.rpc("X" * 190, [])
     assert len(refused(response, 404, "unknown method")) < 200
+
+
+async def test_a_session_id_belongs_to_the_user_who_registered_it(
+    make_shim: ShimFactory, redis_async: aioredis.Redis
+) -> None:
+    """Issue 16 item 9: Alice cannot re-point Bob's session to herself (and so block his logout)."""
+    shim, alice = await alice_shim(make_shim, unified=True)
+    bob = shim.user_token(BOB, companies=[ACME])
+    ok(await shim.rpc("REGISTRY.register_user", [BOB, "bob-session", "/"], token=bob))
+    refused(
+        await shim.rpc("REGISTRY.register_user", [ALICE, "bob-session", "/"], token=alice),
+        409,
+        "registered by another user",
+    )
+    index = await redis_async.hget(keys.session("bob-session"), keys.DATA_FIELD)
+    assert index is not None and json.loads(index)["user_id"] == BOB
+    # Nothing of Alice's registration was written.
+    assert not await redis_async.exists(keys.legacy_user(ALICE))
+    assert not await redis_async.exists(keys.unified_user(ALICE))
+    # Not even the service credential re-points it.
+    refused(await shim.rpc("REGISTRY.register_user", [ALICE, "bob-session", "/"]), 409)
+    # Bob re-registers his own session and logs out; then the id is free again.
+    ok(await shim.rpc("REGISTRY.register_user", [BOB, "bob-session", "/b"], token=bob))
+    answer = ok(await shim.rpc("REGISTRY.unregister_session", ["bob-session"], token=bob))
+    assert answer["unregistered"] is True
+    ok(await shim.rpc("REGISTRY.register_user", [ALICE, "bob-session", "/"], token=alice))
+    index = await redis_async.hget(keys.session("bob-session"), keys.DATA_FIELD)
+    assert index is not None and json.loads(index)["user_id"] == ALICE
+
+
+async def test_not_yours_answers_exactly_as_not_there(make_shim: ShimFactory) -> None:
+    """Issue 16 item 10: no 403-vs-404 oracle on another user's task or conversation ids."""
+    shim, alice = await alice_shim(make_shim)
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [BOB, {"company_id": ACME, "content": "x"}, "bobjob"]
+        )
+    )
+    conv = ok(await shim.rpc("TASK.start_llm_conversation", [BOB, ACME, "secret"]))
+    pairs = [
+        ("TASK.get_task_status", "doc_analysis_bobjob", "doc_analysis_nobody"),
+        ("TASK.cancel_task", "doc_analysis_bobjob", "doc_analysis_nobody"),
+        ("LLM.get_conversation_status", conv["conversation_id"], "conv_000000000000"),
+    ]
+    for method, bobs, absent in pairs:
+        theirs = await shim.rpc(method, [bobs], token=alice)
+        missing = await shim.rpc(method, [absent], token=alice)
+        assert theirs.status_code == missing.status_code == 404, (method, theirs.text)
+        assert theirs.json()["error"].replace(bobs, "ID") == missing.json()["error"].replace(
+            absent, "ID"
+        ), method
+    rest_theirs = await shim.http.get("/v1/tasks/doc_analysis_bobjob", headers=shim.auth(alice))
+    rest_missing = await shim.http.get("/v1/tasks/doc_analysis_nobody", headers=shim.auth(alice))
+    assert rest_theirs.status_code == rest_missing.status_code == 404
