@@ -22,6 +22,7 @@ OVERRIDES=(
 MAPPING=(
     "namespace.yaml=namespace.yaml"
     "rbac/operator.yaml=operator/rbac.yaml"
+    "rbac/operator-confinement.yaml=operator/confinement.yaml"
     "rbac/shim.yaml=shim/rbac.yaml"
     "rbac/gateway.yaml=gateway/rbac.yaml"
     "operator.yaml=operator/deployment.yaml operator/service.yaml"
@@ -98,6 +99,7 @@ done < <(find "$templates" -type f | sort)
         echo "  - crds/$(basename "$crd")"
     done
     echo "  - rbac/operator.yaml"
+    echo "  - rbac/operator-confinement.yaml"
     echo "  - rbac/shim.yaml"
     echo "  - rbac/gateway.yaml"
     echo "  - operator.yaml"

@@ -50,6 +50,14 @@ app.kubernetes.io/name: regtask-{{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+CEL: the Namespace in the given expression is a tenant namespace of the operator (name prefix
+regtask.naming.TENANT_NAMESPACE_PREFIX + "-", label managed-by=regtask.naming.MANAGED_BY).
+*/}}
+{{- define "regtask.tenantNamespaceCel" -}}
+{{ . }} != null && {{ . }}.metadata.name.startsWith('rt-') && {{ . }}.metadata.?labels[?'app.kubernetes.io/managed-by'].orValue('') == 'regtask-operator'
+{{- end -}}
+
 {{/* Images ------------------------------------------------------------------------------ */}}
 
 {{/* (dict "root" $ "image" .Values.images.shim) -> repository:tag or repository@digest */}}
@@ -218,6 +226,9 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.firestore.enabled (not .Values.firestore.projectId) -}}
 {{- fail "firestore.enabled=true needs firestore.projectId" -}}
+{{- end -}}
+{{- if eq (int .Values.gateway.metricsPort) (int .Values.gateway.port) -}}
+{{- fail "gateway.metricsPort must differ from gateway.port: runners reach gateway.port, and must not read the metrics" -}}
 {{- end -}}
 {{- if and .Values.llm.apiKey.existingSecret .Values.llm.apiKey.value -}}
 {{- fail "set llm.apiKey.existingSecret or llm.apiKey.value, not both" -}}
