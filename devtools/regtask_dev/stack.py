@@ -127,26 +127,27 @@ def apply_operator_confinement(
         if not body:
             continue
         name = body["metadata"]["name"]
-        if body["kind"] == "ValidatingAdmissionPolicy":
+        is_policy = body["kind"] == "ValidatingAdmissionPolicy"
+        if is_policy:
             policies.append(name)
-            create, read, replace = (
-                admission.create_validating_admission_policy,
-                admission.read_validating_admission_policy,
-                admission.replace_validating_admission_policy,
-            )
-        else:
-            create, read, replace = (
-                admission.create_validating_admission_policy_binding,
-                admission.read_validating_admission_policy_binding,
-                admission.replace_validating_admission_policy_binding,
-            )
         try:
-            create(body)
+            if is_policy:
+                admission.create_validating_admission_policy(body)
+            else:
+                admission.create_validating_admission_policy_binding(body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            body["metadata"]["resourceVersion"] = read(name).metadata.resource_version
-            replace(name, body)
+            current: Any = (
+                admission.read_validating_admission_policy(name)
+                if is_policy
+                else admission.read_validating_admission_policy_binding(name)
+            )
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            if is_policy:
+                admission.replace_validating_admission_policy(name, body)
+            else:
+                admission.replace_validating_admission_policy_binding(name, body)
     wait_for(lambda: confinement_enforced(api), timeout_s, "operator confinement enforced", 0.2)
     return policies
 
@@ -198,7 +199,7 @@ def confinement_enforced(api: client.ApiClient) -> bool:
             },
             body=body,
         )
-        response.read()
+        response.read()  # type: ignore[no-untyped-call]
         if response.status != 403 or b"ValidatingAdmissionPolicy" not in (response.data or b""):
             return False
     return True

@@ -404,7 +404,7 @@ def test_the_policies_type_check_without_warnings(
         for p in admission.list_validating_admission_policy().items
         if p.metadata.name.startswith("regtask-operator-")
     ]
-    assert sorted(p.metadata.name for p in policies) == [
+    assert sorted(str(p.metadata.name) for p in policies) == [
         "regtask-operator-fences",
         "regtask-operator-jobs",
         "regtask-operator-namespaces",
