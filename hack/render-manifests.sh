@@ -28,6 +28,7 @@ MAPPING=(
     "operator.yaml=operator/deployment.yaml operator/service.yaml"
     "shim.yaml=shim/deployment.yaml shim/service.yaml"
     "gateway.yaml=gateway/deployment.yaml gateway/service.yaml"
+    "networkpolicy.yaml=networkpolicy.yaml"
 )
 
 log() { echo "render-manifests: $*" >&2; }
@@ -105,6 +106,7 @@ done < <(find "$templates" -type f | sort)
     echo "  - operator.yaml"
     echo "  - shim.yaml"
     echo "  - gateway.yaml"
+    echo "  - networkpolicy.yaml"
 } >"$out/kustomization.yaml"
 
 if $check; then

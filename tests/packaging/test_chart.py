@@ -493,3 +493,38 @@ def test_operator_confinement_holds_the_operator_as_the_code_names_it() -> None:
         *(["ValidatingAdmissionPolicy"] * 3),
         *(["ValidatingAdmissionPolicyBinding"] * 3),
     ]
+
+
+def test_control_namespace_network_policies_fence_each_port() -> None:
+    """Tenant namespaces (the operator's label) reach the gateway's API port and nothing else;
+    every other namespace reaches the shim and the metrics ports (issue 16, item 11)."""
+    objects = rendered(None)
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+        for p in find(objects, "NetworkPolicy")
+    }
+    assert set(policies) == {"shim", "gateway", "operator"}
+    tenant = {"namespaceSelector": {"matchLabels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}}}
+    not_tenant = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": naming.LABEL_MANAGED_BY, "operator": "NotIn", "values": [naming.MANAGED_BY]}
+            ]
+        }
+    }
+
+    def allowed(component: str) -> list[tuple[list[Obj], list[int]]]:
+        spec = policies[component]
+        assert spec["policyTypes"] == ["Ingress"]
+        return [(r["from"], [p["port"] for p in r["ports"]]) for r in spec["ingress"]]
+
+    assert allowed("gateway") == [([tenant], [8081]), ([not_tenant], [9092])]
+    assert allowed("shim") == [([not_tenant], [8080])]
+    assert allowed("operator") == [([not_tenant], [9090])]
+    narrowed = render(
+        None,
+        extra=("--set-json", 'networkPolicy.shimFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]'),
+    )
+    [shim] = [p for p in find(narrowed, "NetworkPolicy", "shim")]
+    assert shim["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    assert not find(render(None, extra=("--set", "networkPolicy.enabled=false")), "NetworkPolicy")
