@@ -34,6 +34,8 @@ SESSION_PREFIX = "registry:session:"
 LLM_RATE_PREFIX = "quota:llm:"
 # Ours: real-time events, one pub/sub channel per user.
 EVENTS_PREFIX = "events:user:"
+# Ours: the shim's per-user count of task starts in one clock minute.
+SHIM_START_RATE_PREFIX = "quota:shim:starts:"
 
 
 def unified_user(user_id: str) -> str:

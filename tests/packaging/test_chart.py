@@ -528,3 +528,29 @@ def test_control_namespace_network_policies_fence_each_port() -> None:
     [shim] = [p for p in find(narrowed, "NetworkPolicy", "shim")]
     assert shim["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
     assert not find(render(None, extra=("--set", "networkPolicy.enabled=false")), "NetworkPolicy")
+
+
+def test_each_component_may_connect_as_its_own_redis_user() -> None:
+    """redis.components.<component>: that component's REDIS_URL from its own Secret (its Redis
+    ACL user, regtask.redis_acl); the others keep the shared one (issue 16, item 11)."""
+    objects = render(
+        None,
+        extra=(
+            "--set",
+            "redis.existingSecret=shared,redis.components.shim.existingSecret=shim-redis",
+            "--set",
+            "redis.components.gateway.existingSecret=gw-redis,"
+            "redis.components.gateway.existingSecretKey=url",
+        ),
+    )
+    refs = {
+        component: container_env(one(objects, "Deployment", component))["REDIS_URL"]["valueFrom"][
+            "secretKeyRef"
+        ]
+        for component in ("operator", "shim", "gateway")
+    }
+    assert refs == {
+        "operator": {"name": "shared", "key": "redis-url"},
+        "shim": {"name": "shim-redis", "key": "redis-url"},
+        "gateway": {"name": "gw-redis", "key": "url"},
+    }

@@ -148,25 +148,36 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Environment every process reads (common/regtask/settings.py). */}}
+{{/*
+Environment every process reads (common/regtask/settings.py): (dict "root" $ "component" "shim").
+REDIS_URL is the component's own (its Redis ACL user, redis.components.<component>) when set,
+else the shared one.
+*/}}
 {{- define "regtask.sharedEnv" -}}
+{{- $root := .root -}}
+{{- $own := get $root.Values.redis.components .component -}}
 - name: REDIS_URL
-{{- if .Values.redis.existingSecret }}
+{{- if $own.existingSecret }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.existingSecretKey }}
+      name: {{ $own.existingSecret }}
+      key: {{ $own.existingSecretKey }}
+{{- else if $root.Values.redis.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.redis.existingSecret }}
+      key: {{ $root.Values.redis.existingSecretKey }}
 {{- else }}
-  value: {{ .Values.redis.url | quote }}
+  value: {{ $root.Values.redis.url | quote }}
 {{- end }}
 - name: UNIFIED_REGISTRY_ENABLED
-  value: {{ .Values.config.unifiedRegistryEnabled | quote }}
+  value: {{ $root.Values.config.unifiedRegistryEnabled | quote }}
 - name: REGISTRY_DEBUG
-  value: {{ .Values.config.registryDebug | quote }}
+  value: {{ $root.Values.config.registryDebug | quote }}
 - name: TASK_HISTORY_LIMIT
-  value: {{ .Values.config.taskHistoryLimit | int64 | quote }}
+  value: {{ $root.Values.config.taskHistoryLimit | int64 | quote }}
 - name: REGTASK_NAMESPACE
-  value: {{ .Release.Namespace | quote }}
+  value: {{ $root.Release.Namespace | quote }}
 {{- end -}}
 
 {{/* Firestore mirror and Firebase settings (operator and shim; the gateway has no use for them). */}}
