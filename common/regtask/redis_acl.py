@@ -116,8 +116,8 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             commands=("scan", "incrby", "set", "ttl", "strlen", "hgetall"),
         )
     if component == SHIM:
-        # Sessions and collections (legacy, and unified when on), task registration, large
-        # inputs as blobs with their storage reservation, its per-user start counter; reads
+        # Sessions and collections (legacy, and unified when on), task and conversation
+        # registration, large inputs as blobs with their storage reservation, its per-user start counter; reads
         # the company's quotas, never writes them (unless unified: see the module's doc).
         write = [
             unified_user,
@@ -125,11 +125,12 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             _all(keys.LEGACY_CHROMA_PREFIX),
             _all(keys.SESSION_PREFIX),
             task,
+            conversation,
             blob,
             storage_used,
             _all(keys.SHIM_START_RATE_PREFIX),
         ]
-        read = [conversation]
+        read = []
         (write if unified else read).append(company)
         return AclUser(
             SHIM,
