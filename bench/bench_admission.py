@@ -8,7 +8,8 @@ from each create call's return to the moment its Job appears in a watch, follows
 Succeeded, and reads the apiserver's own request counters to count the operator's writes per
 task.
 Then it creates KNOWN more tasks (never admitted: limit 0) to measure the operator's memory with
-that many tasks known.
+that many tasks known. Meanwhile it reads the users' events: the first ETA (``estimated_start``)
+the operator published for each waiting task, against the moment its Job appeared.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import redis
 from kubernetes import client, config, watch
 
 from bench.common import emit
-from regtask import naming
+from regtask import keys, naming
 from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec, TaskInput
 from regtask.tasktypes import TaskType
+from regtask.timeutil import parse_iso
 from regtask_dev import images
 from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
@@ -135,6 +138,52 @@ def task_body(task_id: str, user: str, company: str = COMPANY) -> dict[str, Any]
     return task_manifest(spec, NAMESPACE)
 
 
+class EtaLedger(threading.Thread):
+    """The first ETA each waiting task got in its events (what its user saw first), and when."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe(keys.events_channel("*"))
+        self.first: dict[str, tuple[float, float]] = {}  # task -> (estimated start, seen at)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            message = self.pubsub.get_message(timeout=0.5)
+            if message is None:
+                continue
+            event = json.loads(message["data"])
+            payload = event.get("payload") or {}
+            start = (payload.get("data") or {}).get("estimated_start")
+            task_id = payload.get("task_id")
+            if start and task_id and task_id not in self.first:
+                self.first[task_id] = (parse_iso(start).timestamp(), time.time())
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+    def errors(self, started: dict[str, float]) -> dict[str, Any]:
+        """Median absolute error of the first ETA against the real start, and the wait it
+        predicted over (from the estimate to the start), in seconds."""
+        pairs = [
+            (abs(started[t] - eta), started[t] - seen)
+            for t, (eta, seen) in self.first.items()
+            if t in started
+        ]
+        if not pairs:
+            return {"eta_tasks_estimated": 0}
+        return {
+            "eta_tasks_estimated": len(pairs),
+            "eta_median_abs_error_s": round(statistics.median(e for e, _ in pairs), 1),
+            "eta_median_wait_s": round(statistics.median(w for _, w in pairs), 1),
+            "eta_median_relative_error": round(
+                statistics.median(e / w for e, w in pairs if w > 0), 2
+            ),
+        }
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="regtask-bench-admission-"))
     with KindCluster("regtask-bench", work / "kind") as plane:
@@ -185,6 +234,9 @@ def main() -> None:
         selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
         rv = batch.list_job_for_all_namespaces(label_selector=selector).metadata.resource_version
         job_seen: dict[str, float] = {}
+        job_seen_wall: dict[str, float] = {}
+        eta_ledger = EtaLedger(redis_srv.url)
+        eta_ledger.start()
         unfinished: set[str] = set()
         max_per_user: dict[str, int] = {}
         running_per_user: dict[str, int] = {}
@@ -209,6 +261,7 @@ def main() -> None:
                     )
                     if event["type"] == "ADDED" and task_id not in job_seen:
                         job_seen[task_id] = time.monotonic()
+                        job_seen_wall[task_id] = time.time()
                         if not done:
                             unfinished.add(task_id)
                             running_per_user[user] = running_per_user.get(user, 0) + 1
@@ -250,6 +303,8 @@ def main() -> None:
 
         wait_until(all_succeeded, 3600, "all tasks Succeeded", 2.0)
         finished = time.monotonic()
+        eta_ledger.stop()
+        eta = eta_ledger.errors(job_seen_wall)
         time.sleep(SETTLE_S)  # let the last status, quota and cleanup writes land
         after = request_counts(plane)
 
@@ -370,6 +425,7 @@ def main() -> None:
                 "operator_rss_mb": round(rss, 1),
                 "operator_rss_peak_mb": round(rss_peak, 1),
                 "tasks_known_for_rss": TASKS + KNOWN,
+                **eta,
             },
         )
 

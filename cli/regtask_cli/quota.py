@@ -1,21 +1,10 @@
-"""How long a waiting task will wait, from how long recent tasks of its type ran. Pure: no I/O.
+"""How long a waiting task will wait: the listed RegistryTasks put through the operator's own
+model (:mod:`regtask.eta`: a user's slots, the median run time of recent Succeeded tasks per
+type). Pure: no I/O.
 
-The operator admits a company's tasks in queue order, and the limit is per user
-(``maxTasksPerUser``): a user at the limit never blocks another user. So the estimate of a
-waiting task only looks at its own user's tasks:
-
-* ``median(type)``: the median run time ``completionTime - admittedAt`` (``startTime`` when
-  ``admittedAt`` is missing) of the last N ``Succeeded`` tasks of that type in the control
-  namespace (all companies: a type's run time depends on the work, not on who asked).
-* The user has ``L = maxTasksPerUser`` slots. A running task frees its slot after
-  ``max(median(type) - elapsed, 0)``. The user's waiting tasks ahead of this one (queue order)
-  each take the earliest moment a slot is free and hold it for one ``median(type)``.
-* This task starts at the earliest moment one of the L slots is free after them (``start``,
-  never before its ``retryAfter`` when it waits for the hourly LLM quota), and ends one
-  ``median(type)`` later (``done``). With equal medians and a long queue this is the queue's
-  work divided across the L slots: ``start ~ median x (running + ahead) / L``.
-
-Unknown when a needed type has no Succeeded history; never while ``L`` is 0.
+The medians here come from the last N ``Succeeded`` tasks of each type in the control namespace
+(``completionTime - admittedAt``, ``startTime`` when ``admittedAt`` is missing; all companies: a
+type's run time depends on the work, not on who asked).
 """
 
 from __future__ import annotations
@@ -29,10 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from regtask.crmodels import Phase, RegistryTaskStatus
+from regtask.eta import Busy, Eta, Queued, schedule
 from regtask.timeutil import parse_iso
 
 DEFAULT_HISTORY = 20
-NEVER = "never while maxTasksPerUser is 0"
 _LAST = float("inf")
 
 
@@ -128,15 +117,6 @@ def typical_run_times(records: Iterable[TaskRecord], last_n: int) -> dict[str, R
 
 
 @dataclass(frozen=True)
-class Eta:
-    """Seconds from now until the task starts and until it is done (None: unknown)."""
-
-    start_in_s: float | None
-    done_in_s: float | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
 class WaitingRow:
     record: TaskRecord
     eta: Eta
@@ -184,36 +164,19 @@ def estimate_user_queue(
     limit: int,
     now: datetime,
 ) -> list[Eta]:
-    """ETAs of one user's waiting tasks (given in queue order) over ``limit`` slots."""
-    if limit <= 0:
-        return [Eta(None, None, NEVER) for _ in waiting]
-    # Moments (seconds from now) at which the user's occupied slots free up.
-    ends: list[float] = []
-    for record in running:
-        remaining = _remaining(record, run_times, now)
-        if remaining is None:
-            note = f"no run history of {record.task_type}"
-            return [Eta(None, None, note) for _ in waiting]
-        ends.append(remaining)
-    etas: list[Eta] = []
-    previous_start = 0.0
-    for index, record in enumerate(waiting):
-        ends.sort()
-        # A slot is free once fewer than `limit` tasks still run.
-        free_at = ends[len(ends) - limit] if len(ends) >= limit else 0.0
-        start = max(previous_start, free_at)
-        if record.retry_after is not None:
-            start = max(start, (record.retry_after - now).total_seconds())
-        median = _median(run_times, record.task_type)
-        if median is None:
-            etas.append(Eta(start, None, f"no run history of {record.task_type}"))
-            note = f"waits behind {record.task_id} (no run history of {record.task_type})"
-            etas.extend(Eta(None, None, note) for _ in waiting[index + 1 :])
-            return etas
-        etas.append(Eta(start, start + median))
-        ends = [end for end in ends if end > start] + [start + median]
-        previous_start = start
-    return etas
+    """ETAs of one user's waiting tasks (given in queue order) over ``limit`` slots: the
+    operator's own model (:func:`regtask.eta.schedule`) over the listed tasks."""
+    medians = {t: r.median_s for t, r in run_times.items()}
+    busy = [Busy(r.task_type, _elapsed(r, now) or 0.0) for r in running]
+    queued = [
+        Queued(
+            r.task_id,
+            r.task_type,
+            (r.retry_after - now).total_seconds() if r.retry_after is not None else None,
+        )
+        for r in waiting
+    ]
+    return schedule(queued, busy, medians, limit)
 
 
 def plan_company(

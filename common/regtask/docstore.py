@@ -135,6 +135,9 @@ class ProgressUpdate:
     message: str
     terminal: tuple[str, ...]
     estimated_completion: str = ""
+    # A waiting task's place, JSON {"queue_position": n, "estimated_start": iso|null}; "" when
+    # the task is not waiting (the script then removes both).
+    place: str = ""
 
     def script_args(self) -> list[str | int]:
         return [
@@ -146,6 +149,7 @@ class ProgressUpdate:
             self.message,
             self.estimated_completion,
             -(10**12 + secrets.randbelow(9 * 10**12)),
+            self.place,
             *self.terminal,
         ]
 
@@ -235,3 +239,19 @@ class AsyncDocStore:
 
     async def read(self, key: str, model: type[Model]) -> Model | None:
         return parse_document(key, await self.client.hget(key, DATA_FIELD), model)
+
+    async def read_many(self, keys: list[str], model: type[Model]) -> list[Model | None]:
+        """Many documents in one round trip (a pipeline of HGETs, no transaction). A malformed
+        one is logged (:func:`parse_document`) and given as None: one bad document must not
+        hide the others."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, DATA_FIELD)
+        raws = await pipe.execute()
+        found: list[Model | None] = []
+        for key, raw in zip(keys, raws, strict=True):
+            try:
+                found.append(parse_document(key, raw, model))
+            except DocumentError:
+                found.append(None)
+        return found

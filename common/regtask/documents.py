@@ -116,6 +116,19 @@ class TaskProgress(Document):
     progress_percent: int = Field(default=0, ge=0, le=100)
     estimated_completion: str | None = None
 
+    # Ours (additive), written by the progress script only while the task waits for a slot
+    # (absent otherwise, so a new document holds exactly the contract's fields): its place in
+    # the company's queue and when it is expected to start (regtask.eta).
+    @property
+    def queue_position(self) -> int | None:
+        value = (self.model_extra or {}).get("queue_position")
+        return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def estimated_start(self) -> str | None:
+        value = (self.model_extra or {}).get("estimated_start")
+        return str(value) if value else None
+
 
 class TaskResources(Document):
     worker_id: str | None = None

@@ -53,6 +53,8 @@ class _Pending:
     doc_id: str
     fields: dict[str, Any]
     attempts: int = 0
+    # A task's end: what its user must eventually see; trimmed only when nothing else is left.
+    final: bool = False
 
 
 def _copy_value(value: Any) -> Any:
@@ -205,11 +207,14 @@ class FirestoreWriter:
             },
         )
 
-    def write_task(self, task_id: str, fields: dict[str, Any]) -> None:
-        """Queue a merge write of the task status document (fields chosen by the caller)."""
-        self._enqueue(self.tasks_collection, task_id, fields)
+    def write_task(self, task_id: str, fields: dict[str, Any], final: bool = False) -> None:
+        """Queue a merge write of the task status document (fields chosen by the caller).
+        ``final``: the task's end, kept over every other kind of write when the queue is full."""
+        self._enqueue(self.tasks_collection, task_id, fields, final)
 
-    def _enqueue(self, collection: str, doc_id: str, fields: Mapping[str, Any]) -> None:
+    def _enqueue(
+        self, collection: str, doc_id: str, fields: Mapping[str, Any], final: bool = False
+    ) -> None:
         try:
             if not _valid_doc_id(doc_id):
                 with self._cond:
@@ -228,8 +233,11 @@ class FirestoreWriter:
                     entry = self._pending.get(path)
                     if entry is not None:
                         _merge_into(entry.fields, fields)  # keeps its queue position
+                        entry.final = entry.final or final
                     else:
-                        self._pending[path] = _Pending(collection, doc_id, _merge_into({}, fields))
+                        self._pending[path] = _Pending(
+                            collection, doc_id, _merge_into({}, fields), final=final
+                        )
                         dropped.extend((p, "queue_full") for p in self._trim())
                     self._cond.notify_all()
             for dropped_path, reason in dropped:
@@ -238,12 +246,20 @@ class FirestoreWriter:
             log.exception("firestore_mirror_enqueue_failed", doc_id=doc_id, error=repr(exc))
 
     def _trim(self) -> list[str]:
-        """Drop the oldest documents beyond ``queue_size`` (caller holds the lock)."""
+        """Drop documents beyond ``queue_size`` (caller holds the lock): the oldest that is not
+        a task's end first (a progress or presence update is superseded anyway; an end is
+        never written again), then the oldest ends when only ends are left."""
         dropped: list[str] = []
+        excess = len(self._pending) - self.queue_size
+        if excess <= 0:
+            return dropped
+        for path in [p for p, entry in self._pending.items() if not entry.final][:excess]:
+            del self._pending[path]
+            dropped.append(path)
         while len(self._pending) > self.queue_size:
             path, _ = self._pending.popitem(last=False)
-            self._dropped += 1
             dropped.append(path)
+        self._dropped += len(dropped)
         return dropped
 
     # -- observation ------------------------------------------------------------------------

@@ -117,8 +117,9 @@ def user(component: str, *, unified: bool = False) -> AclUser:
         )
     if component == SHIM:
         # Sessions and collections (legacy, and unified when on), task and conversation
-        # registration, large inputs as blobs with their storage reservation, its per-user start counter; reads
-        # the company's quotas, never writes them (unless unified: see the module's doc).
+        # registration, large inputs as blobs with their storage reservation, its per-user
+        # start counter; reads the company's quotas, never writes them (unless unified: see
+        # the module's doc).
         write = [
             unified_user,
             _all(keys.LEGACY_USER_PREFIX),
@@ -130,7 +131,7 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             storage_used,
             _all(keys.SHIM_START_RATE_PREFIX),
         ]
-        read = []
+        read: list[str] = []
         (write if unified else read).append(company)
         return AclUser(
             SHIM,

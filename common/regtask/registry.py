@@ -154,8 +154,12 @@ class Registry:
         max_duration_s: int,
         data: dict[str, Any] | None = None,
         estimated_completion: str | None = None,
+        queue_position: int | None = None,
+        estimated_start: str | None = None,
     ) -> bool:
-        """True when applied; False when the task had already finished (a late update)."""
+        """True when applied; False when the task had already finished (a late update).
+        ``queue_position`` (and ``estimated_start``) only for a waiting task: an update
+        without them removes both."""
         return await self.store.progress(
             registry_ops.task_progress(
                 task_id,
@@ -166,6 +170,8 @@ class Registry:
                 max_duration_s,
                 data,
                 estimated_completion,
+                queue_position,
+                estimated_start,
             )
         )
 
@@ -197,6 +203,10 @@ class Registry:
 
     async def get_task(self, task_id: str) -> TaskDoc | None:
         return await self.store.read(keys.task(task_id), TaskDoc)
+
+    async def get_tasks(self, task_ids: list[str]) -> list[TaskDoc | None]:
+        """Many tasks' documents in one round trip, in the order asked."""
+        return await self.store.read_many([keys.task(t) for t in task_ids], TaskDoc)
 
     # -------------------------------------------------------------- companies, conversations
 

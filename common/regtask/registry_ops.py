@@ -291,6 +291,8 @@ def task_progress(
     max_duration_s: int,
     data: dict[str, Any] | None = None,
     estimated_completion: str | None = None,
+    queue_position: int | None = None,
+    estimated_start: str | None = None,
 ) -> ProgressUpdate:
     """One round trip: update a live task and publish its event; a finished task is left alone.
 
@@ -324,6 +326,11 @@ def task_progress(
         message=message,
         terminal=_TERMINAL,
         estimated_completion=estimated_completion or "",
+        place=(
+            json.dumps({"queue_position": queue_position, "estimated_start": estimated_start})
+            if queue_position is not None
+            else ""
+        ),
     )
 
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     memory.tune()  # before the imports below allocate: see regtask_operator.memory
     import kopf
+    from kopf._core.engines.peering import Identity  # a NewType of str; not re-exported
 
     from regtask.logconfig import configure_logging
     from regtask.settings import get_settings
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         clusterwide=True,
         standalone=config.standalone,
         peering_name=None if config.standalone else config.peering_name,
+        # One identity and one priority of its own per replica, read by Kopf and by the
+        # operator's own loops alike (see regtask_operator.peering).
+        identity=Identity(config.peering_identity),
+        priority=config.effective_peering_priority,
         liveness_endpoint=args.liveness,
     )
 

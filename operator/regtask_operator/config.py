@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from regtask.crmodels import RateLimitPolicy
 from regtask.tasktypes import TaskType
+from regtask_operator.peering import own_identity, priority_of
 
 
 class OperatorSettings(BaseSettings):
@@ -24,6 +25,13 @@ class OperatorSettings(BaseSettings):
     operator_name: str = "regtask.io"
     peering_name: str = "regtask-operator"
     standalone: bool = Field(default=False, description="no peering (tests, single dev run)")
+    # This replica's Kopf identity (default: POD_ID, which the chart sets to the pod name) and
+    # priority (default: derived from the identity, distinct per replica: Kopf pauses every
+    # peer when two share the highest priority). See regtask_operator.peering.
+    peering_identity: str = Field(default_factory=own_identity)
+    peering_priority: int | None = Field(default=None, ge=0)
+    # How often the operator's own loops check whether this replica is still the active one.
+    peering_poll_s: float = Field(default=1.0, gt=0)
 
     runner_image: str = "ghcr.io/regtask/runner:0.1.0"
     # Optional image per task type, e.g. REGTASK_RUNNER_IMAGES='{"llm_conversation": "..."}'.
@@ -64,6 +72,9 @@ class OperatorSettings(BaseSettings):
     default_max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     default_storage_limit_mb: int = Field(default=5000, ge=0)
     rate_limit_policy: RateLimitPolicy = RateLimitPolicy.WAIT
+    # An LLM task admitted this long ago is assumed to have made its first request (it is then
+    # in the gateway's window counter); until then admission counts it on top of the counter.
+    llm_admission_grace_s: float = Field(default=120.0, ge=0)
 
     # Cadences
     status_sync_interval_s: float = Field(default=2.0, gt=0)
@@ -84,6 +95,12 @@ class OperatorSettings(BaseSettings):
     # Prometheus metrics on this port (0 = off); bound to metrics_host.
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
+
+    @property
+    def effective_peering_priority(self) -> int:
+        if self.peering_priority is not None:
+            return self.peering_priority
+        return priority_of(self.peering_identity)
 
     def handles_namespace(self, namespace: str | None) -> bool:
         scope = {n.strip() for n in self.task_namespaces.split(",") if n.strip()}

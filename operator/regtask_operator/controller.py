@@ -18,6 +18,7 @@ guards), so a handler retried after a crash converges to the same state.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -29,17 +30,20 @@ from pydantic import ValidationError
 from regtask.crmodels import (
     API_GROUP,
     API_VERSION,
+    QUOTA_PLURAL,
     TASK_KIND,
+    TASK_PLURAL,
     TERMINAL_PHASES,
     CompanyQuotaSpec,
     Phase,
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
+from regtask.timeutil import now_iso
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, KubeError
-from regtask_operator.mirror import Mirror
+from regtask_operator.mirror import Mirror, TaskSnapshot
 from regtask_operator.reconcile import Reconciler
 from regtask_operator.scheduler import LlmWindow, Scheduler
 from regtask_operator.status import StatusWriter
@@ -58,7 +62,9 @@ class Controller:
         self.mirror = mirror
         self.tracker = TaskTracker(settings)
         self.status = StatusWriter(kube, self.tracker, mirror)
-        self.tenants = Tenants(kube, settings, self.tracker.max_tasks_per_user)
+        self.tenants = Tenants(
+            kube, settings, self.tracker.max_tasks_per_user, self.tracker.active_namespaces
+        )
         self.scheduler = Scheduler(
             settings, kube, self.tracker, self.status, mirror, self.tenants, llm_window
         )
@@ -120,6 +126,10 @@ class Controller:
         """A watch event of one of the operator's Jobs (see :meth:`Reconciler.job_seen`)."""
         await self.reconciler.job_seen(job)
 
+    def job_gone(self, job: dict[str, Any]) -> None:
+        """A Job's deletion completed (see :meth:`Reconciler.job_gone`)."""
+        self.reconciler.job_gone(job)
+
     # ------------------------------------------------------------------ quotas (handlers)
 
     async def quota_seen(self, key: TaskKey, quota: CompanyQuotaSpec) -> None:
@@ -145,6 +155,66 @@ class Controller:
             tracker.quota_objects.pop(company_id, None)
 
     # ------------------------------------------------------------------ the runtime's loops
+
+    async def prime(self) -> None:
+        """What must be known before the first decision: every CompanyQuota's limits, every
+        task as the API server has it now, and the slots the live Jobs hold. Called at start-up
+        and each time this replica becomes the active one (its memory is dropped first: what
+        another replica did meanwhile is not in it). Until it returns the scheduler decides
+        nothing (``tracker.ready``); an API error propagates, the caller retries.
+
+        Kopf's own listing of the same tasks may arrive before, during or after: tracking is
+        idempotent, so the order does not matter.
+        """
+        self.tracker.clear()
+        self.status.pending_final.clear()
+        self.reconciler.forget_shown()
+        quotas = 0
+        async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{QUOTA_PLURAL}"):
+            for item in page:
+                key, spec = self._listed(item)
+                if key is None:
+                    continue
+                try:
+                    quota = CompanyQuotaSpec.model_validate(spec)
+                except ValidationError as exc:
+                    log.error("company_quota_invalid", quota=str(key), error=str(exc))
+                    continue
+                await self.quota_seen(key, quota)
+                quotas += 1
+        ended: list[TaskSnapshot] = []
+        async for page in self.kube.pages(f"/apis/{API_GROUP}/{API_VERSION}/{TASK_PLURAL}"):
+            for item in page:
+                key, spec = self._listed(item)
+                if key is None:
+                    continue
+                meta = item["metadata"]
+                created = meta.get("creationTimestamp") or now_iso()
+                status = item.get("status") or {}
+                await self.task_seen(key, meta.get("uid") or "", spec, status, created)
+                task = self.tracker.tasks.get(key)
+                if task is not None and task.phase in TERMINAL_PHASES:
+                    ended.append(
+                        task.snapshot(
+                            task.phase,
+                            reason=str(status.get("reason") or ""),
+                            message=str(status.get("message") or ""),
+                        )
+                    )
+        await self.reconcile()
+        # The ends a failed registry write of an earlier life (kept in its memory) never wrote.
+        await self.mirror.resync(ended)
+        self.tracker.ready = True
+        self.tracker.kick()
+        log.info("operator_primed", company_quotas=quotas, tasks=len(self.tracker.tasks))
+
+    def _listed(self, item: Mapping[str, Any]) -> tuple[TaskKey | None, dict[str, Any]]:
+        """A listed object's key when this operator handles it (in scope, not being deleted)."""
+        meta = item.get("metadata") or {}
+        namespace = meta.get("namespace") or ""
+        if meta.get("deletionTimestamp") or not self.settings.handles_namespace(namespace):
+            return None, {}
+        return TaskKey(sys.intern(namespace), meta.get("name") or ""), dict(item.get("spec") or {})
 
     async def reconcile(self) -> None:
         """The admission counters rebuilt from the live Jobs, listed now."""

@@ -159,11 +159,13 @@ async def task_deleted(
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_JOBS, when=_job_in_scope)
 async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    job = {"metadata": dict(body.get("metadata") or {}), "status": dict(body.get("status") or {})}
     if type == "DELETED":
-        return  # an unexpected deletion is caught by the reconcile loop (JobLost)
-    await _runtime(memo).controller.job_seen(
-        {"metadata": dict(body.get("metadata") or {}), "status": dict(body.get("status") or {})}
-    )
+        # A cancelled task's slot comes back now; an unexpected deletion of a running task's
+        # Job is caught by the reconcile loop (JobLost).
+        _runtime(memo).controller.job_gone(job)
+        return
+    await _runtime(memo).controller.job_seen(job)
 
 
 @kopf.on.event(*QUOTAS, when=_in_scope)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,10 @@ _PLURALS = {
 }
 
 Login = Callable[[], kopf.ConnectionInfo | None]
+
+
+# One page of a collection's items (an alias: inside Kube, `list` names the method).
+Page = list[dict[str, Any]]
 
 
 class KubeError(Exception):
@@ -185,14 +189,25 @@ class Kube:
             raise
         return True
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete with background propagation; False when it was already gone."""
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        resource_version: str | None = None,
+        propagation: str = "Background",
+    ) -> bool:
+        """Delete (background propagation unless told); False when it was already gone.
+
+        With ``resource_version`` the API server deletes only the object as it was read (else
+        409 Conflict: it changed since, e.g. a new admission marked it used). ``Foreground``
+        keeps the object, marked for deletion, until its dependents (a Job's pods) are gone."""
+        options: dict[str, Any] = {"propagationPolicy": propagation}
+        if resource_version:
+            options["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request(
-                "DELETE",
-                object_path(api_version, kind, namespace, name),
-                {"propagationPolicy": "Background"},
-            )
+            await self.request("DELETE", object_path(api_version, kind, namespace, name), options)
         except KubeError as exc:
             if exc.status == 404:
                 return False
@@ -233,17 +248,24 @@ class Kube:
             raise
 
     async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = [("labelSelector", label_selector)] if label_selector else []
         items: list[dict[str, Any]] = []
+        async for page in self.pages(path, label_selector):
+            items.extend(page)
+        return items
+
+    async def pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Page]:
+        """A collection 500 objects at a time: a caller that handles each page as it comes
+        never holds the whole list (10,000 tasks are tens of MB of JSON)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
         token = ""
         while True:
             page = await self.request(
                 "GET", path, query=[*query, ("limit", "500"), ("continue", token)]
             )
-            items.extend(page.get("items") or [])
+            yield page.get("items") or []
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                return items
+                return
 
     async def patch_merge(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch; None when the object is gone."""

@@ -5,8 +5,10 @@ the registry. ("Mirror" means this copy and nothing else in the code.)
 
 The CR status is the source of truth. A mirror write that fails (Redis down) is kept as the
 task's latest desired state and retried by the maintenance loop, so every mirror converges once
-the service returns; the operator itself never blocks on it. Firestore writes only enqueue
-(:class:`regtask.firestore_writer.FirestoreWriter` retries in its own thread).
+the service returns; the operator itself never blocks on it. What was kept is in memory only:
+after a restart or a takeover the ends are compared again with the CR status (:meth:`resync`).
+Firestore writes only enqueue (:class:`regtask.firestore_writer.FirestoreWriter` retries in its
+own thread).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class TaskSnapshot:
     reason: str = ""
     message: str = ""
     queue_position: int | None = None
+    # A waiting task's ETA (regtask.eta), ISO-8601; None when unknown.
+    estimated_start: str | None = None
+    estimated_completion: str | None = None
     result: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +82,8 @@ class TaskSnapshot:
             "reason": self.reason,
             "message": self.message,
             "queue_position": self.queue_position,
+            "estimated_start": self.estimated_start,
+            "estimated_completion": self.estimated_completion,
             "updated_at": now_iso(),
         }
 
@@ -91,7 +98,11 @@ class Mirror:
     async def publish(self, snapshot: TaskSnapshot) -> bool:
         """Mirror one state; False when Redis failed and the state was kept for a retry."""
         if self.firestore is not None:
-            self.firestore.write_task(snapshot.task_id, snapshot.firestore_fields())
+            self.firestore.write_task(
+                snapshot.task_id,
+                snapshot.firestore_fields(),
+                final=snapshot.phase in TERMINAL_PHASES,
+            )
         try:
             await self._write_registry(snapshot)
         except (RedisError, OSError) as exc:
@@ -139,6 +150,30 @@ class Mirror:
             return False
         return True
 
+    async def resync(self, ended: list[TaskSnapshot], batch: int = 500) -> int:
+        """Write the end of each finished task whose registry document does not show it: a
+        failed write kept by an earlier life of the operator (or another replica) died with
+        it. One pipelined read per ``batch`` tasks; returns how many were written again.
+        Redis down: kept for :meth:`retry_pending`, as any failed write."""
+        rewritten = 0
+        for start in range(0, len(ended), batch):
+            chunk = ended[start : start + batch]
+            try:
+                docs = await self.registry.get_tasks([s.task_id for s in chunk])
+            except (RedisError, OSError) as exc:
+                log.warning("registry_resync_failed", error=str(exc))
+                for snapshot in chunk:
+                    self._keep(snapshot)
+                continue
+            for snapshot, doc in zip(chunk, docs, strict=True):
+                if doc is not None and doc.task_info.status is PHASE_TO_STATUS[snapshot.phase]:
+                    continue
+                await self.publish(snapshot)
+                rewritten += 1
+        if rewritten:
+            log.warning("registry_resynced", tasks=rewritten)
+        return rewritten
+
     async def retry_pending(self) -> int:
         """Write the kept states again; returns how many are still pending."""
         for snapshot in list(self._pending.values()):
@@ -163,6 +198,8 @@ class Mirror:
         data = dict(snapshot.data)
         if snapshot.queue_position is not None:
             data["queue_position"] = snapshot.queue_position
+            data["estimated_start"] = snapshot.estimated_start
+            data["estimated_completion"] = snapshot.estimated_completion
         if snapshot.reason:
             data["reason"] = snapshot.reason
         await self.registry.update_task_progress(
@@ -173,4 +210,7 @@ class Mirror:
             snapshot.current_step or status.value,
             snapshot.max_duration_s,
             data=data,
+            estimated_completion=snapshot.estimated_completion,
+            queue_position=snapshot.queue_position,
+            estimated_start=snapshot.estimated_start,
         )

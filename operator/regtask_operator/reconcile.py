@@ -4,7 +4,8 @@
   every ``REGTASK_RECONCILE_INTERVAL_S`` (and once at start-up, before any handler runs) the
   admission counters are rebuilt from the live Jobs (:meth:`Reconciler.reconcile`): a Job of a
   task not yet seen takes its slot, a Job that finished while the operator was down finishes its
-  task, a live Job of a finished task is deleted, a running task whose Job vanished ends
+  task, a live Job of a finished task is deleted (and holds its slot until it is gone: a
+  cancelled task's pods may still be terminating), a running task whose Job vanished ends
   ``Failed`` (``JobLost``). Only a task's own Job (:func:`owns`: its namespace, its derived
   name, the task's UID) counts for it.
 - Progress: the runners' progress, written by the gateway in the registry, is copied into the
@@ -71,6 +72,10 @@ class Reconciler:
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    def forget_shown(self) -> None:
+        """What the CompanyQuotas' status shows is unknown again (another replica wrote it)."""
+        self._quota_shown.clear()
+
     async def live_jobs(self) -> list[dict[str, Any]]:
         """Every Job of this operator, in every namespace."""
         return await self.kube.list("/apis/batch/v1/jobs", label_selector=MANAGED_JOBS)
@@ -93,6 +98,14 @@ class Reconciler:
         if outcome.phase is not None:
             await self.status.finish_as_job(task, outcome)
 
+    def job_gone(self, job: dict[str, Any]) -> None:
+        """A Job's DELETED event: a task that ended while it ran gets its slot back now (a
+        foreground deletion sends it once the pods are gone)."""
+        key = job_task_key(job, self.settings)
+        task = self.tracker.tasks.get(key) if key is not None else None
+        if task is not None and key is not None and owns(task, job):
+            self.tracker.drained(key)
+
     async def reconcile(self, live_jobs: list[dict[str, Any]], listed_at: float) -> None:
         """Make the admission counters equal to the live Jobs; settle what they contradict.
 
@@ -107,6 +120,7 @@ class Reconciler:
         finished: list[tuple[TrackedTask, jobs.JobOutcome]] = []
         orphans: list[TrackedTask] = []
         with_job: set[TaskKey] = set()
+        draining: set[TaskKey] = set()
         for job in live_jobs:
             key = job_task_key(job, self.settings)
             if key is None:
@@ -122,12 +136,16 @@ class Reconciler:
                     if task.phase not in TERMINAL_PHASES:
                         finished.append((task, outcome))
                 elif task.phase in TERMINAL_PHASES:
+                    # Its pods may still run (or terminate): the slot stays taken until the
+                    # Job is gone, and a Job nobody is deleting is deleted now.
+                    running.append(task.candidate())
+                    draining.add(key)
                     if not meta.get("deletionTimestamp"):
                         orphans.append(task)
                 elif not meta.get("deletionTimestamp"):
                     running.append(task.candidate())
                 continue
-            if outcome.phase is not None or meta.get("deletionTimestamp"):
+            if outcome.phase is not None:
                 continue
             # A Job whose task has not been seen yet (start-up): its slot counts all the same.
             annotations = meta.get("annotations") or {}
@@ -161,6 +179,8 @@ class Reconciler:
                 and all(c.key != k for c in running)
             ]
             added, dropped = tracker.state.rebuild(truth)
+            # Ended tasks whose Job is gone: nothing left to wait for.
+            tracker.draining = draining | (tracker.draining & recent)
             for task in tracker.tasks.values():
                 if task.phase in TERMINAL_PHASES or task.key in with_job or task.key in recent:
                     continue

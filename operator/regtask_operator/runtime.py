@@ -1,7 +1,10 @@
 """Everything one operator process shares: settings, one API session, Redis, the mirror, loops.
 
 Built once by the Kopf start-up handler; the handlers reach the controller through it. The loops:
-the scheduler, reconcile, status sync, maintenance and memory trim, each on its own cadence.
+the scheduler, reconcile, status sync, maintenance and memory trim, each on its own cadence;
+all but the memory trim run only while this replica is the active one
+(:class:`~regtask_operator.peering.Leadership`), which primes the controller each time it
+becomes so.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from regtask_operator.controller import Controller
 from regtask_operator.kube import Kube, Login
 from regtask_operator.maintenance import Maintenance
 from regtask_operator.mirror import Mirror
+from regtask_operator.peering import Leadership
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +43,7 @@ class Runtime:
     firestore: FirestoreWriter | None
     controller: Controller
     maintenance: Maintenance
+    leadership: Leadership
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -76,24 +81,40 @@ class Runtime:
             delete_expired=controller.delete_expired,
             repair_interval_s=settings.namespace_repair_interval_s,
         )
-        runtime = cls(settings, shared, kube, client, registry, firestore, controller, maintenance)
+        leadership = Leadership(
+            None if settings.standalone else kube,
+            settings.peering_name,
+            settings.peering_identity,
+            settings.effective_peering_priority,
+            settings.peering_poll_s,
+            controller.prime,
+        )
+        runtime = cls(
+            settings, shared, kube, client, registry, firestore, controller, maintenance, leadership
+        )
         metrics.REGISTRY.register(metrics.OperatorCollector(controller.tracker, mirror))
         if settings.metrics_port:
             start_http_server(settings.metrics_port, settings.metrics_host, metrics.REGISTRY)
-        # Seed the admission counters from the live Jobs before any task is admitted, so a
-        # restart never admits over quota while resume handlers are still arriving.
-        await controller.reconcile()
+        # Standalone: the companies' limits and the live Jobs' slots before any task is
+        # admitted (a restart never admits over quota, or under the defaults, while the resume
+        # handlers are still arriving). With peering, the first poll that finds this replica
+        # active does the same (a paused replica must not write).
+        if settings.standalone:
+            await leadership.check()
+        active = leadership.active
         runtime.loops = [
-            asyncio.create_task(controller.scheduler.run(runtime.stop), name="scheduler"),
+            asyncio.create_task(leadership.run(runtime.stop), name="peering"),
+            asyncio.create_task(controller.scheduler.run(runtime.stop, active), name="scheduler"),
             asyncio.create_task(
-                runtime._every(settings.reconcile_interval_s, runtime.reconcile), name="reconcile"
+                runtime._every(settings.reconcile_interval_s, runtime.reconcile, active),
+                name="reconcile",
             ),
             asyncio.create_task(
-                runtime._every(settings.status_sync_interval_s, runtime.sync_status),
+                runtime._every(settings.status_sync_interval_s, runtime.sync_status, active),
                 name="status-sync",
             ),
             asyncio.create_task(
-                runtime._every(settings.maintenance_interval_s, runtime.maintain),
+                runtime._every(settings.maintenance_interval_s, runtime.maintain, active),
                 name="maintenance",
             ),
             asyncio.create_task(
@@ -123,12 +144,20 @@ class Runtime:
                     "memory_trimmed", resident_mb=round(after, 1), freed_mb=round(before - after, 1)
                 )
 
-    async def _every(self, interval_s: float, action: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self,
+        interval_s: float,
+        action: Callable[[], Awaitable[None]],
+        active: asyncio.Event | None = None,
+    ) -> None:
+        """``action`` every ``interval_s``; only while ``active`` is set, when given."""
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=interval_s)
             if self.stop.is_set():
                 return
+            if active is not None and not active.is_set():
+                continue  # paused: another replica acts
             try:
                 await action()
             except Exception:

@@ -4,6 +4,8 @@ wait. "Why is my task Waiting?" is answered here and in :mod:`regtask_operator.a
 A step, in order:
 
 1. read the hourly LLM windows of the companies with queued LLM tasks (Redis; before the lock);
+   the LLM tasks admitted in the last ``REGTASK_LLM_ADMISSION_GRACE_S`` of the window count on
+   top of the counter (their runners have not made their first request yet);
 2. decide, under the one lock, with :meth:`~regtask_operator.admission.AdmissionState.decide`:
    admitted tasks move to the running set and are marked launching in the same critical
    section, so a concurrent reconcile counts their slots before their Jobs exist;
@@ -23,14 +25,24 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
 from regtask.crmodels import TERMINAL_PHASES, Phase
+from regtask.eta import Busy, Eta, Queued, schedule
+from regtask.ratelimit import WINDOW_S
 from regtask.tasktypes import TASK_TYPES
-from regtask.timeutil import now_iso, parse_iso
+from regtask.timeutil import iso_z, now_iso, parse_iso
 from regtask_operator import jobs, metrics
-from regtask_operator.admission import Candidate, Decisions, RateVerdict, Waiting
+from regtask_operator.admission import (
+    Candidate,
+    Decisions,
+    RateVerdict,
+    TaskKey,
+    Waiting,
+    WaitReason,
+)
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, KubeError, object_path
 from regtask_operator.mirror import Mirror
@@ -59,13 +71,16 @@ class Scheduler:
     tenants: Tenants
     llm_window: LlmWindow
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """The single decision loop: wakes on every kick, and at least every few seconds."""
+    async def run(self, stop: asyncio.Event, active: asyncio.Event) -> None:
+        """The single decision loop: wakes on every kick, and at least every few seconds; steps
+        only while this replica is the active one (``active``, see regtask_operator.peering)."""
         wake = self.tracker.wake
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.settings.status_sync_interval_s)
             wake.clear()
+            if not active.is_set():
+                continue
             try:
                 await self.step()
             except Exception:
@@ -73,18 +88,30 @@ class Scheduler:
 
     async def step(self) -> Decisions:
         tracker = self.tracker
+        if not tracker.ready:
+            return Decisions()  # limits and Jobs not listed yet (Controller.prime)
         windows = await self._llm_windows()
+
+        now = time.time()
+        grace = self.settings.llm_admission_grace_s
 
         def rate(company_id: str, pending: int) -> RateVerdict:
             used, reset_in = windows.get(company_id, (0, 0))
             limit = tracker.company_limits(company_id)[0].max_llm_requests_per_hour
-            return RateVerdict(used + pending < limit, reset_in)
+            # Admitted in this window lately and maybe not in the counter yet (each task makes
+            # at least one request): they take room too.
+            window_start = now + reset_in - WINDOW_S
+            recent = tracker.recent_llm_admissions(company_id, max(window_start, now - grace))
+            return RateVerdict(used + recent + pending < limit, reset_in)
 
         async with tracker.lock:
             decisions = tracker.state.decide(tracker.company_limits, rate)
             # Marked in the same critical section: a reconcile that lists Jobs meanwhile must
             # count these slots as taken even though their Jobs do not exist yet.
             tracker.launching.update(c.key for c in decisions.admitted)
+            for admitted in decisions.admitted:
+                if admitted.uses_llm:
+                    tracker.admitted_llm(admitted.company_id, now)
         # Launches first: under a burst, hundreds of waiting reports would otherwise queue in
         # front of the Job creations on the shared connection pool.
         await asyncio.gather(
@@ -94,8 +121,50 @@ class Scheduler:
         # Most waiting tasks are where they were at the last step: only the moved ones cost a
         # coroutine (with 10,000 tasks waiting, a step would otherwise build 10,000 of them).
         moved = [w for w in decisions.waiting if self._wait_changed(w)]
-        await asyncio.gather(*(self._report_waiting(w) for w in moved))
+        if moved:
+            etas = self._etas(decisions.waiting, {_user(w.candidate) for w in moved})
+            await asyncio.gather(
+                *(self._report_waiting(w, etas.get(w.candidate.key)) for w in moved)
+            )
         return decisions
+
+    def _etas(self, waiting: list[Waiting], users: set[tuple[str, str]]) -> dict[TaskKey, Eta]:
+        """When the waiting tasks of these (company, user) pairs should start and end
+        (:func:`regtask.eta.schedule`: the user's slots, the median run time per type)."""
+        tracker = self.tracker
+        now = time.time()
+        medians: dict[str, float | None] = dict(tracker.runs.medians())
+        queues: dict[tuple[str, str], list[Waiting]] = {}
+        for entry in waiting:
+            if _user(entry.candidate) in users:
+                queues.setdefault(_user(entry.candidate), []).append(entry)
+        busy: dict[tuple[str, str], list[Busy]] = {}
+        for candidate in tracker.state.running():
+            task = tracker.tasks.get(candidate.key)
+            if task is not None and _user(candidate) in users:
+                elapsed = now - task.admitted_at if task.admitted_at is not None else 0.0
+                busy.setdefault(_user(candidate), []).append(Busy(task.task_type.value, elapsed))
+        etas: dict[TaskKey, Eta] = {}
+        for pair, entries in queues.items():
+            entries.sort(key=lambda w: w.position)
+            queued = []
+            for entry in entries:
+                task = tracker.tasks.get(entry.candidate.key)
+                task_type = task.task_type.value if task is not None else ""
+                llm_wait = entry.reason is WaitReason.LLM_RATE
+                queued.append(
+                    Queued(
+                        entry.candidate.task_id,
+                        task_type,
+                        entry.retry_after_s if llm_wait else None,
+                    )
+                )
+            limit = tracker.max_tasks_per_user(pair[0])
+            for entry, eta in zip(
+                entries, schedule(queued, busy.get(pair, []), medians, limit), strict=True
+            ):
+                etas[entry.candidate.key] = eta
+        return etas
 
     def _wait_changed(self, waiting: Waiting) -> bool:
         task = self.tracker.tasks.get(waiting.candidate.key)
@@ -184,7 +253,14 @@ class Scheduler:
             await self.status.delete_job(task)  # ended in the meantime
             return
         await self.status.write(task, running_status(namespace, job["metadata"]["name"]))
-        await self.mirror.publish(task.snapshot(Phase.RUNNING, current_step="starting"))
+        median = self.tracker.runs.medians().get(task.task_type.value)
+        await self.mirror.publish(
+            task.snapshot(
+                Phase.RUNNING,
+                current_step="starting",
+                estimated_completion=_iso_in(time.time(), median),
+            )
+        )
         self.status.emit(
             task,
             "Normal",
@@ -210,7 +286,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ waiting
 
-    async def _report_waiting(self, waiting: Waiting) -> None:
+    async def _report_waiting(self, waiting: Waiting, eta: Eta | None = None) -> None:
         task = self.tracker.tasks.get(waiting.candidate.key)
         if task is None:
             return
@@ -224,7 +300,7 @@ class Scheduler:
         ):
             # Every admission shifts every waiting task's position: the CR status follows at
             # most this often per task (the registry and the events get every change, below).
-            await self._publish_waiting(task, waiting)
+            await self._publish_waiting(task, waiting, eta)
             return
         if not self.tracker.transition(task, Phase.WAITING):
             return  # ended after the decision that found it waiting
@@ -232,19 +308,36 @@ class Scheduler:
         task.reported_at = time.monotonic()
         quotas, _ = self.tracker.company_limits(task.company_id)
         await self.status.write(task, waiting_status(waiting, quotas))
-        await self._publish_waiting(task, waiting)
+        await self._publish_waiting(task, waiting, eta)
 
-    async def _publish_waiting(self, task: TrackedTask, waiting: Waiting) -> None:
-        """The registry and the events: every change of position, real time (Redis only)."""
+    async def _publish_waiting(
+        self, task: TrackedTask, waiting: Waiting, eta: Eta | None = None
+    ) -> None:
+        """The registry and the events: every change of position, real time (Redis only),
+        with the task's ETA computed at that moment."""
         marker = (waiting.position, waiting.reason.value)
         if task.published_wait == marker or task.phase in TERMINAL_PHASES:
             return
         task.published_wait = marker
+        now = time.time()
         await self.mirror.publish(
             task.snapshot(
                 Phase.WAITING,
                 queue_position=waiting.position,
                 reason=waiting.reason.value,
                 current_step="waiting_quota",
+                estimated_start=_iso_in(now, eta.start_in_s if eta else None),
+                estimated_completion=_iso_in(now, eta.done_in_s if eta else None),
             )
         )
+
+
+def _user(candidate: Candidate) -> tuple[str, str]:
+    return (candidate.company_id, candidate.user_id)
+
+
+def _iso_in(now: float, seconds: float | None) -> str | None:
+    """``now + seconds`` as ISO-8601 UTC, None when unknown."""
+    if seconds is None:
+        return None
+    return iso_z(datetime.fromtimestamp(now + seconds, UTC))

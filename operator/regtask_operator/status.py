@@ -226,23 +226,31 @@ class StatusWriter:
         )
 
     async def cancel(self, task: TrackedTask, reason: str, message: str) -> None:
-        """End as Cancelled, then stop its Job. A Job the API refuses to delete now is deleted
-        by the next reconcile, which deletes every live Job of a finished task."""
-        if not self.tracker.transition(task, Phase.CANCELLED):
+        """End as Cancelled, then stop its Job. A running task keeps its slot until its Job is
+        gone (deleted in the foreground: the Job stays until its pods have terminated, then its
+        DELETED event or the next reconcile frees the slot). A Job the API refuses to delete now
+        is deleted by the next reconcile, which deletes every live Job of a finished task."""
+        if not self.tracker.transition(task, Phase.CANCELLED, hold_slot=True):
             return
-        await self.delete_job(task)
+        if await self.delete_job(task) is None:
+            self.tracker.drained(task.key)  # no Job (not launched yet): nothing to wait for
         await self._record_end(task, Phase.CANCELLED, reason, message, None, None)
 
-    async def delete_job(self, task: TrackedTask) -> bool:
-        """Delete the task's Job (gone already: fine); False when the API refused (logged)."""
+    async def delete_job(self, task: TrackedTask) -> bool | None:
+        """Delete the task's Job and its pods (foreground). True: deleting; None: there was no
+        Job; False: the API refused (logged; the reconcile loop tries again)."""
         try:
-            await self.kube.delete(
-                "batch/v1", "Job", task.tenant_namespace, naming.job_name(task.task_id)
+            deleted = await self.kube.delete(
+                "batch/v1",
+                "Job",
+                task.tenant_namespace,
+                naming.job_name(task.task_id),
+                propagation="Foreground",
             )
         except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("job_delete_failed", task=str(task.key), error=str(exc))
             return False
-        return True
+        return True if deleted else None
 
     async def _record_end(
         self,

@@ -27,6 +27,7 @@ from regtask.crmodels import (
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
+from regtask.eta import RunHistory
 from regtask.tasktypes import TASK_TYPES, TaskType
 from regtask.timeutil import parse_iso
 from regtask_operator.admission import AdmissionState, Candidate, TaskKey
@@ -171,13 +172,38 @@ class TaskTracker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Admitted by a decision, Job not created yet: a reconcile counts their slots as taken.
     launching: set[TaskKey] = field(default_factory=set)
+    # Ended (cancelled) while their Job's pods are still terminating: they keep their slot until
+    # the Job is gone (see transition's hold_slot), so the user's next task never runs beside it.
+    draining: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
     # companies whose current limits are written in the Redis registry
     limits_in_registry: set[str] = field(default_factory=set)
+    # company_id -> times (time.time()) of its LLM tasks admitted lately, not yet assumed to be
+    # in the gateway's window counter (see recent_llm_admissions)
+    llm_admissions: dict[str, list[float]] = field(default_factory=dict)
+    # Recent run times per task type: the ETA model's medians (regtask.eta)
+    runs: RunHistory = field(default_factory=RunHistory)
+    # False until the CompanyQuotas and the live Jobs were listed (start-up, and each time this
+    # replica becomes the active one): no decision before, or the defaults (10 per user, Wait)
+    # would admit while the companies' own limits are still on their way.
+    ready: bool = False
 
     def kick(self) -> None:
         self.wake.set()
+
+    def clear(self) -> None:
+        """Forget everything (this replica was paused, or is starting): rebuilt by a prime."""
+        self.ready = False
+        self.state = AdmissionState()
+        self.tasks.clear()
+        self.limits.clear()
+        self.launching.clear()
+        self.draining.clear()
+        self.quota_objects.clear()
+        self.limits_in_registry.clear()
+        self.llm_admissions.clear()
+        self.runs = RunHistory()
 
     # ------------------------------------------------------------------ company limits
 
@@ -218,6 +244,26 @@ class TaskTracker:
         self.limits_in_registry.discard(company_id)
         self.kick()
 
+    # ------------------------------------------------------------------ LLM admissions
+
+    def admitted_llm(self, company_id: str, now: float) -> None:
+        self.llm_admissions.setdefault(company_id, []).append(now)
+
+    def recent_llm_admissions(self, company_id: str, since: float) -> int:
+        """LLM tasks of the company admitted at or after ``since``: counted against its window
+        on top of the gateway's counter, which sees a task only once its first request is made
+        (a runner needs a few seconds to start). Without them, every step near the end of a
+        window would admit as many tasks as the counter still has room for."""
+        times = self.llm_admissions.get(company_id)
+        if not times:
+            return 0
+        kept = [t for t in times if t >= since]
+        if kept:
+            self.llm_admissions[company_id] = kept
+        else:
+            del self.llm_admissions[company_id]
+        return len(kept)
+
     # ------------------------------------------------------------------ tasks
 
     def track(
@@ -240,8 +286,12 @@ class TaskTracker:
                 int(status.get("progress") or 0),
                 str(status.get("currentStep") or ""),
             )
+            task.admitted_at = _timestamp(status.get("admittedAt"))
             if phase in TERMINAL_PHASES:
                 task.finished_at = _timestamp(status.get("completionTime")) or time.time()
+                began = task.admitted_at or _timestamp(status.get("startTime"))
+                if phase is Phase.SUCCEEDED and began is not None:
+                    self.runs.record(task.task_type.value, task.finished_at - began)
             self.tasks[key] = task
         if task.phase in TERMINAL_PHASES or not is_new:
             return task, is_new
@@ -250,23 +300,36 @@ class TaskTracker:
         self.kick()
         return task, is_new
 
-    def transition(self, task: TrackedTask, phase: Phase) -> bool:
+    def transition(self, task: TrackedTask, phase: Phase, hold_slot: bool = False) -> bool:
         """The one way a task's phase changes in memory; False when refused.
 
         Nothing leaves a terminal phase: a decision taken before a cancel (a launch, a waiting
         report) that arrives after it is refused here, and its writer must stop. Entering a
-        terminal phase frees the task's slot (or its place in the queue) in the same
-        synchronous step, so no decision taken after this instant can admit it, and no
-        finished task holds a slot while its end is being written.
+        terminal phase takes the task out of the queue in the same synchronous step, so no
+        decision taken after this instant can admit it; its slot is freed at once too, unless
+        ``hold_slot`` and it holds one (a cancelled task whose pods are still terminating: the
+        slot waits for :meth:`drained`).
         """
         if task.phase in TERMINAL_PHASES:
             return False
         task.phase = phase
         if phase in TERMINAL_PHASES:
             task.finished_at = time.time()
-            self.state.release(task.key)
+            if phase is Phase.SUCCEEDED and task.admitted_at is not None:
+                self.runs.record(task.task_type.value, task.finished_at - task.admitted_at)
+            if hold_slot and self.state.is_running(task.key):
+                self.draining.add(task.key)
+            else:
+                self.state.release(task.key)
             self.kick()
         return True
+
+    def drained(self, key: TaskKey) -> None:
+        """The Job of a task ended while running is gone (its pods too): its slot is free."""
+        if key in self.draining:
+            self.draining.discard(key)
+            self.state.release(key)
+            self.kick()
 
     def expired(self, now: float) -> list[TrackedTask]:
         """Finished tasks kept past their TTL (spec, else the operator's default)."""

@@ -121,11 +121,17 @@ class Tenants:
     """
 
     def __init__(
-        self, kube: Kube, settings: OperatorSettings, max_tasks: Callable[[str], int]
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        max_tasks: Callable[[str], int],
+        active: Callable[[], set[str]] = set,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.max_tasks = max_tasks
+        # Namespaces of the running and waiting tasks, now (TaskTracker.active_namespaces)
+        self.active = active
         # tenant namespace -> time.monotonic() of this process's last apply of the namespace,
         # and of its apply of the fences with the maxTasksPerUser their quota was sized for
         self._namespaces_applied: dict[str, float] = {}
@@ -182,9 +188,25 @@ class Tenants:
         namespaces = await self.kube.list("/api/v1/namespaces", label_selector=MANAGED_NAMESPACES)
         kept = await busy()
         cutoff = utc_now() - timedelta(seconds=self.settings.namespace_idle_seconds)
+        versions = {
+            (n.get("metadata") or {}).get("name"): (n.get("metadata") or {}).get("resourceVersion")
+            for n in namespaces
+        }
         removed: list[str] = []
         for name in idle_namespaces(namespaces, kept, cutoff):
-            if await self.kube.delete("v1", "Namespace", None, name):
+            # Checked again at the last instant: a task admitted since `busy` was read (this
+            # process), or a namespace changed since it was listed (another replica's
+            # admission refreshed it), keeps it.
+            if name in self.active():
+                continue
+            try:
+                deleted = await self.kube.delete("v1", "Namespace", None, name, versions.get(name))
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                log.info("tenant_namespace_kept", namespace=name, reason="changed since listed")
+                continue
+            if deleted:
                 self.forget(name)
                 removed.append(name)
                 log.info("tenant_namespace_removed", namespace=name)

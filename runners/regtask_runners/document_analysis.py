@@ -20,7 +20,7 @@ from regtask_runners.entities import (
     words,
 )
 from regtask_runners.errors import PermanentError
-from regtask_runners.framework import TaskContext, param_bool, param_int
+from regtask_runners.framework import TaskContext, param_bool, param_int, with_llm_quota
 from regtask_runners.textextract import ExtractedText, extract_text
 
 # What the summary prompt may carry of a document (the model's context is small).
@@ -63,7 +63,7 @@ async def _summary(ctx: TaskContext, text: str, language: str) -> str:
     }
     if model:
         body["model"] = model
-    answer = await ctx.gateway.chat(body)
+    answer = await with_llm_quota(ctx, lambda: ctx.gateway.chat(body))
     choices = answer.get("choices") or [{}]
     return str((choices[0].get("message") or {}).get("content") or "").strip()
 

@@ -23,3 +23,21 @@ class RetryableError(RunnerError):
     """Worth another attempt: gateway or provider unreachable, 5xx, quota window full."""
 
     exit_code = ExitCode.RETRYABLE
+
+
+class LlmQuotaWait(RetryableError):
+    """The company's LLM request window is full (429 with ``Retry-After``). Not a failure: the
+    runner waits for the window (:func:`regtask_runners.framework.with_llm_quota`); only a
+    caller that does not wait exits retryable."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(value: str | None, default: float = 30.0) -> float:
+    """A ``Retry-After`` header in seconds (HTTP dates are not sent by the gateway)."""
+    try:
+        return max(float(value), 0.0) if value else default
+    except ValueError:
+        return default

@@ -12,7 +12,9 @@ A runner is an ``async def run(ctx: TaskContext) -> dict`` registered in
   reports why (``cancelled``, ``deadline`` or ``terminated`` as the step, with the step it was
   in) within a few seconds and exits 143 (``ExitCode.TERMINATED``);
 - maps failures to exit codes the Job's podFailurePolicy reads: bad input or a refusal by the
-  gateway (4xx) -> 65 ``PERMANENT``; gateway unreachable, 5xx, 429 -> 75 ``RETRYABLE``.
+  gateway (4xx) -> 65 ``PERMANENT``; gateway unreachable, 5xx -> 75 ``RETRYABLE``;
+- waits for the company's LLM window when the gateway answers 429 (:func:`with_llm_quota`):
+  a full window never spends the Job's retries.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -40,7 +43,7 @@ from regtask.runner_contract import (
     ENV_TASK_TYPE,
     ExitCode,
 )
-from regtask_runners.errors import PermanentError, RetryableError, RunnerError
+from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, RunnerError
 from regtask_runners.gateway_client import GatewayClient
 
 log = structlog.get_logger(__name__)
@@ -51,6 +54,13 @@ PROGRESS_MIN_INTERVAL_S = 0.25
 # period (30 s by default), even on a loaded node; each call gets a few seconds.
 STOP_REPORT_BUDGET_S = 8.0
 STOP_CALL_TIMEOUT_S = 3.0
+# A runner waiting for its company's LLM window asks again at least this often (a refused call
+# costs nothing: the quota counts only what it lets through), so a window that reopens early
+# (a raised quota) is seen. Tests set it low.
+ENV_LLM_QUOTA_POLL_S = "REGTASK_LLM_QUOTA_POLL_S"
+DEFAULT_LLM_QUOTA_POLL_S = 30.0
+# The progress step a waiting task shows (registry, events, CR status).
+WAITING_LLM_QUOTA_STEP = "waiting_llm_quota"
 
 
 # ------------------------------------------------------------------ environment
@@ -178,6 +188,46 @@ class TaskContext:
 
 
 Runner = Callable[[TaskContext], Coroutine[Any, Any, dict[str, Any]]]
+T = TypeVar("T")
+
+
+async def with_llm_quota(ctx: TaskContext, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` (an LLM request through the gateway), waiting while the company's window is
+    full instead of failing: the task shows the step ``waiting_llm_quota`` with when it resumes,
+    and resumes where it was. Bounded by the task's own deadline only: a window that reopens
+    after it fails the task with that reason, not a silent timeout."""
+    poll_s = float(os.environ.get(ENV_LLM_QUOTA_POLL_S) or DEFAULT_LLM_QUOTA_POLL_S)
+    resume_progress, resume_step = ctx.progress.progress, ctx.progress.step
+    waited = False
+    while True:
+        try:
+            result = await call()
+        except LlmQuotaWait as wait:
+            left = ctx.task.max_duration_seconds - (time.monotonic() - ctx.started_at)
+            if wait.retry_after_s >= left:
+                raise PermanentError(
+                    f"the company's LLM quota is used up until its window reopens in "
+                    f"{wait.retry_after_s:.0f} s, after this task's deadline ({left:.0f} s left)"
+                ) from wait
+            resume_at = datetime.now(UTC) + timedelta(seconds=wait.retry_after_s)
+            if not waited:
+                ctx.log.info("llm_quota_wait", retry_after_s=wait.retry_after_s)
+            await ctx.progress.report(
+                resume_progress,
+                WAITING_LLM_QUOTA_STEP,
+                {
+                    "retry_after_s": round(wait.retry_after_s),
+                    "resume_at": resume_at.isoformat(timespec="seconds"),
+                },
+                force=not waited,
+            )
+            waited = True
+            await asyncio.sleep(min(wait.retry_after_s, poll_s))
+            continue
+        if waited:
+            ctx.log.info("llm_quota_wait_over")
+            await ctx.progress.report(resume_progress, resume_step, force=True)
+        return result
 
 
 # ------------------------------------------------------------------ running one task

@@ -28,7 +28,7 @@ from regtask.gateway_api import (
     VECTORS_UPSERT_PATH,
     RunnerTask,
 )
-from regtask_runners.errors import PermanentError, RetryableError
+from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, retry_after_s
 
 GATEWAY_ATTEMPTS = 3
 GATEWAY_TIMEOUT_S = 30.0
@@ -126,7 +126,7 @@ class GatewayClient:
             return response
         message = f"gateway refused {path}: HTTP {response.status_code}: {_detail(response)}"
         if response.status_code == 429:
-            raise RetryableError(message)
+            raise LlmQuotaWait(message, retry_after_s(response.headers.get("Retry-After")))
         raise PermanentError(message)
 
     async def get_task(

@@ -19,12 +19,18 @@ import time
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from regtask.events import EventType
 from regtask.gateway_api import LLM_PREFIX
-from regtask_runners.errors import PermanentError, RetryableError
-from regtask_runners.framework import STOP_CALL_TIMEOUT_S, TaskContext, param_float, param_int
+from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, retry_after_s
+from regtask_runners.framework import (
+    STOP_CALL_TIMEOUT_S,
+    TaskContext,
+    param_float,
+    param_int,
+    with_llm_quota,
+)
 from regtask_runners.textextract import input_bytes
 
 EVENT_MIN_INTERVAL_S = 0.5
@@ -57,7 +63,9 @@ def _translate(exc: openai.OpenAIError) -> Exception:
     """SDK errors -> the runner's exit-code classes (quota and outages are worth a retry)."""
     if isinstance(exc, openai.APIStatusError):
         message = f"LLM call refused: HTTP {exc.status_code}: {exc.message}"
-        if exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408:
+        if exc.status_code == 429:
+            return LlmQuotaWait(message, retry_after_s(exc.response.headers.get("Retry-After")))
+        if exc.status_code >= 500 or exc.status_code == 408:
             return RetryableError(message)
         return PermanentError(message)
     return RetryableError(f"LLM call failed: {type(exc).__name__}: {exc}")
@@ -121,15 +129,23 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
     answered_model = model
     finish_reason: str | None = None
     last_event = time.monotonic()
+
+    async def start_stream() -> openai.AsyncStream[ChatCompletionChunk]:
+        try:
+            return await client.chat.completions.create(
+                model=model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+
     try:
-        stream = await client.chat.completions.create(
-            model=model,
-            messages=messages,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        # A full window is waited for before the answer starts (a stream never gets a 429).
+        stream = await with_llm_quota(ctx, start_stream)
         async with stream:
             async for chunk in stream:
                 answered_model = chunk.model or answered_model

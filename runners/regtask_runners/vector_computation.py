@@ -11,10 +11,11 @@ progress is reported per batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from regtask_runners.errors import PermanentError
-from regtask_runners.framework import TaskContext, param_int
+from regtask_runners.framework import TaskContext, param_int, with_llm_quota
 from regtask_runners.textextract import extract_text
 
 DEFAULT_COLLECTION = "documents"
@@ -74,7 +75,8 @@ async def run(ctx: TaskContext) -> dict[str, Any]:
     dimension = 0
     stored_in = ""
     for number, batch in enumerate(batches, start=1):
-        vectors = await ctx.gateway.embeddings([text for _, text, _ in batch], model)
+        texts = [text for _, text, _ in batch]
+        vectors = await with_llm_quota(ctx, functools.partial(ctx.gateway.embeddings, texts, model))
         dimension = len(vectors[0])
         answer = await ctx.gateway.upsert_vectors(
             {

@@ -166,6 +166,11 @@ class TaskStatusAnswer(Answer):
     conversation_id: str | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    # Ours (additive): while waiting, its place in the company's queue and its ETA (ISO-8601,
+    # the operator's estimate from recent run times); estimated_completion also while running.
+    queue_position: int | None = None
+    estimated_start: str | None = None
+    estimated_completion: str | None = None
 
 
 class CancelAnswer(Answer):

@@ -26,7 +26,8 @@ Answers (every one also carries ``"success": true``; refusals are
                            conversation_id=None)  -> same as TASK.start_llm_conversation
     TASK.get_task_status(task_id)
         -> {task_id, task_type, status, progress, current_step, created_at,
-            conversation_id?, error?, result?}
+            conversation_id?, error?, result?, queue_position?, estimated_start?,
+            estimated_completion?}
     TASK.cancel_task(task_id)   -> {task_id, status, cancel_requested: true}; 409 when finished
     TASK.list_user_tasks(user_id)   -> {user_id, tasks: [get_task_status answers], count}
     LLM.get_conversation_status(conversation_id)

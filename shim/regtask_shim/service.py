@@ -110,6 +110,8 @@ class TaskStatusView:
     estimated_completion: str | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    queue_position: int | None = None
+    estimated_start: str | None = None
 
     @classmethod
     def from_doc(cls, doc: TaskDoc) -> TaskStatusView:
@@ -126,6 +128,8 @@ class TaskStatusView:
             estimated_completion=doc.progress.estimated_completion,
             error=doc.error,
             result=doc.result,
+            queue_position=doc.progress.queue_position,
+            estimated_start=doc.progress.estimated_start,
         )
 
     @classmethod
@@ -148,6 +152,7 @@ class TaskStatusView:
             created_at=task.created,
             error=(status.message or None) if status is not None and failed else None,
             result=status.result if status else None,
+            queue_position=status.queue_position if status else None,
         )
 
     def conversation_id(self) -> str | None:
@@ -168,6 +173,9 @@ class TaskStatusView:
             conversation_id=self.conversation_id(),
             error=self.error,
             result=self.result,
+            queue_position=self.queue_position,
+            estimated_start=self.estimated_start,
+            estimated_completion=self.estimated_completion,
         )
 
 

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
-from regtask_cli.quota import NEVER
+from regtask.eta import NEVER
 from regtask_dev.stack import GatewayProcess, wait_until
 from tests.fixtures.cli import RegtaskCli
 from tests.fixtures.platform import create_company_quota, gateway_env

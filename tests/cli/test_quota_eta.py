@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from regtask.eta import NEVER
 from regtask_cli.quota import (
-    NEVER,
     RunTimes,
     TaskRecord,
     estimate_user_queue,

@@ -320,6 +320,34 @@ def test_bounded_queue_drops_oldest_and_survivors_converge(
         spare_emulator.stop()
 
 
+def test_a_full_queue_drops_progress_before_any_tasks_end(
+    spare_emulator: FirestoreEmulator,
+) -> None:
+    """Firestore down, the queue full of progress: the ends queued earlier survive the trim
+    and reach Firestore. Before: the oldest went first, and the oldest were the ends."""
+    assert not spare_emulator.running
+    writer = writer_on(spare_emulator.host, spare_emulator.project_id, queue_size=5)
+    writer.start()
+    try:
+        for i in range(3):
+            writer.write_task(f"ended-{i}", {"phase": "Succeeded"}, final=True)
+        for i in range(20):
+            writer.write_task(f"busy-{i:02d}", {"phase": "Running", "progress": i})
+        wait_for(lambda: writer.stats()["dropped"] == 18, 10, "18 drops")
+        spare_emulator.start()
+        assert writer.wait_idle(60), writer.stats()
+        client = spare_emulator.client()
+        try:
+            stored = docs(client, TASKS)
+        finally:
+            client.close()
+        assert {f"ended-{i}" for i in range(3)} <= set(stored), sorted(stored)
+        assert sorted(stored) == ["busy-18", "busy-19", "ended-0", "ended-1", "ended-2"]
+    finally:
+        writer.stop(drain_timeout_s=1.0)
+        spare_emulator.stop()
+
+
 def test_stop_with_backend_down_returns_within_drain_timeout(
     spare_emulator: FirestoreEmulator,
 ) -> None:

@@ -9,15 +9,17 @@ the shim through ``kubectl port-forward``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -25,6 +27,7 @@ from kubernetes import client, watch
 
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.timeutil import parse_iso
 from regtask_dev import images, install
 from regtask_dev.kind import ClusterError, KindCluster
 from regtask_dev.stack import wait_until
@@ -62,13 +65,13 @@ class Installed:
         return answer
 
 
-@pytest.fixture
-def installed(
+@contextlib.contextmanager
+def install_chart(
     cluster: KindCluster,
     kube_api: client.ApiClient,
-    crds: list[str],
     platform_images: dict[str, str],
     tmp_path: Path,
+    operator: dict[str, Any] | None = None,
 ) -> Iterator[Installed]:
     release = f"e2e{secrets.token_hex(3)}"
     namespace = f"{release}-system"
@@ -88,6 +91,7 @@ def installed(
                 "jobs": {"backoffLimit": 1},
             },
         },
+        {"operator": operator or {}},
     )
     try:
         install.install(cluster, release, namespace, values, workdir=tmp_path)
@@ -100,6 +104,18 @@ def installed(
         install.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
         client.CoreV1Api(kube_api).delete_namespace(namespace)
         services.stop()
+
+
+@pytest.fixture
+def installed(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[Installed]:
+    with install_chart(cluster, kube_api, platform_images, tmp_path) as installed:
+        yield installed
 
 
 def task_phases(api: client.ApiClient, namespace: str) -> dict[str, str]:
@@ -382,3 +398,101 @@ def test_the_control_namespace_admits_each_caller_to_its_port_only(
             "operator_metrics": True,
         },
     }, found
+
+
+PEERING = "regtask-operator-ha"
+PEERING_LIFETIME_S = 60  # Kopf's default, what a standby waits at most for a dead peer
+
+
+def live_peers(api: client.ApiClient) -> dict[str, int]:
+    """Identity -> priority of the live peers in the ClusterKopfPeering object."""
+    try:
+        body = cast(
+            dict[str, Any],
+            client.CustomObjectsApi(api).get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", PEERING
+            ),
+        )
+    except client.ApiException:
+        return {}
+    now = time.time()
+    peers: dict[str, int] = {}
+    for identity, info in (body.get("status") or {}).items():
+        seen = parse_iso(info["lastseen"]).timestamp()
+        if seen + int(info.get("lifetime", PEERING_LIFETIME_S)) > now:
+            peers[identity] = int(info.get("priority", 0))
+    return peers
+
+
+def test_three_operator_replicas_one_acts_and_a_standby_takes_over(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The chart with 3 operator replicas and peering (issue 15, item 4). Before: every replica
+    had priority 0 and Kopf pauses all peers of equal priority: no task ever started. Now each
+    has its own; the active one is deleted mid-run and a standby takes over within the peering
+    lifetime; every task Succeeds with exactly one Job."""
+    operator = {
+        "replicas": 3,
+        "peering": {"enabled": True, "name": PEERING},
+        "intervals": {"statusSyncSeconds": 1, "reconcileSeconds": 5},
+    }
+    with install_chart(cluster, kube_api, platform_images, tmp_path, operator) as installed:
+        wait_until(lambda: len(live_peers(kube_api)) == 3, 120, "three peers announced", 1.0)
+        peers = live_peers(kube_api)
+        assert len(set(peers.values())) == 3, peers  # distinct priorities
+        active = max(peers, key=lambda identity: peers[identity])
+        ledger = JobLedger(kube_api)
+        ledger.start()
+        try:
+            for n in range(12):
+                answer = installed.rpc(
+                    "TASK.start_document_analysis",
+                    "ha_user",
+                    {"company_id": "ha_co", "text": f"Facture {n}, {n},00 EUR."},
+                    f"ha{n:02d}",
+                )
+                assert answer["success"], answer
+            wait_until(
+                lambda: (
+                    sum(
+                        p == "Succeeded"
+                        for p in task_phases(kube_api, installed.namespace).values()
+                    )
+                    >= 3
+                ),
+                240,
+                "the first tasks done by the active replica",
+                1.0,
+            )
+            created_before = sum(ledger.created.values())
+            core = client.CoreV1Api(kube_api)
+            core.delete_namespaced_pod(active, installed.namespace)
+            deleted_at = time.monotonic()
+            wait_until(
+                lambda: sum(ledger.created.values()) > created_before,
+                PEERING_LIFETIME_S + 30,
+                "a Job created by the replica that took over",
+                0.5,
+            )
+            takeover_s = time.monotonic() - deleted_at
+            wait_until(
+                lambda: (
+                    set(task_phases(kube_api, installed.namespace).values()) == {"Succeeded"}
+                    and len(task_phases(kube_api, installed.namespace)) == 12
+                ),
+                600,
+                "all 12 tasks Succeeded",
+                2.0,
+            )
+        finally:
+            ledger.stop()
+        assert takeover_s < PEERING_LIFETIME_S, takeover_s
+        tenant = naming.tenant_namespace("ha_user", "ha_co")
+        ours = {k: c for k, c in ledger.created.items() if k.startswith(f"{tenant}/")}
+        assert len(ours) == 12 and set(ours.values()) == {1}, ours
+        survivors = live_peers(kube_api)
+        assert active not in survivors

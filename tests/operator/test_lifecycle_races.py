@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -30,7 +30,7 @@ from regtask_operator import jobs
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
-from regtask_operator.kube import KubeError
+from regtask_operator.kube import KubeError, Page
 
 pytestmark = pytest.mark.unit
 
@@ -44,6 +44,9 @@ class FakeApi:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.quotas: list[dict[str, Any]] = []  # CompanyQuota objects
+        self.tasks: list[dict[str, Any]] = []  # RegistryTask objects (as listed)
+        self.gone: list[dict[str, Any]] = []  # deleted Jobs whose DELETED event is owed
         self.writes: dict[str, list[dict[str, Any]]] = {}  # task name -> status patches
 
     async def _pause(self) -> None:
@@ -70,9 +73,19 @@ class FakeApi:
         namespace, name = path.split("/namespaces/")[1].split("/jobs/")
         return self.jobs.get((namespace, name))
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        resource_version: str | None = None,
+        propagation: str = "Background",
+    ) -> bool:
         await self._pause()
         found = self.jobs.pop((namespace or "", name), None)
+        if found is not None:
+            self.gone.append(found)  # its DELETED event, for the test to deliver
         await self._pause()
         return found is not None
 
@@ -85,7 +98,14 @@ class FakeApi:
 
     async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         await self._pause()
+        if path.endswith("/companyquotas"):
+            return list(self.quotas)
+        if path.endswith("/registrytasks"):
+            return list(self.tasks)
         return list(self.jobs.values())
+
+    async def pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Page]:
+        yield await self.list(path, label_selector)
 
     async def post_event(self, involved: Mapping[str, str], *args: Any) -> None:
         await self._pause()
@@ -115,14 +135,20 @@ class FakeMirror:
     async def publish_limits(self, *args: Any) -> bool:
         return True
 
+    async def resync(self, ended: list[Any]) -> int:
+        return 0
+
 
 async def no_llm_use(company_id: str) -> tuple[int, int]:
     return 0, 3600
 
 
-def make(api: FakeApi) -> Controller:
+def make(api: FakeApi, primed: bool = True) -> Controller:
+    """The controller as after :meth:`Controller.prime` (or before it: ``primed=False``)."""
     settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
-    return Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+    controller = Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
+    controller.tracker.ready = primed
+    return controller
 
 
 def spec(task_id: str, **extra: Any) -> dict[str, Any]:
@@ -146,6 +172,12 @@ async def see(controller: Controller, task_id: str, **extra: Any) -> TaskKey:
 async def yields(count: int) -> None:
     for _ in range(count):
         await asyncio.sleep(0)
+
+
+def deliver_deletions(controller: Controller, api: FakeApi) -> None:
+    """The Job watch's DELETED events (a foreground deletion: once the pods are gone)."""
+    while api.gone:
+        controller.job_gone(api.gone.pop(0))
 
 
 def phase(task: Any) -> Phase:
@@ -187,6 +219,7 @@ def test_a_cancel_at_any_instant_leaves_no_job_and_no_slot(seed: int, cancel_aft
         await yields(50)  # let every launch and event coroutine finish
         assert phase(task) is Phase.CANCELLED
         assert (task.tenant_namespace, naming.job_name("t1")) not in api.jobs, "live Job left"
+        deliver_deletions(controller, api)  # the Job (and its pods) gone: the slot comes back
         assert not controller.tracker.state.is_running(key)
         assert not controller.tracker.state.is_queued(key)
         assert_terminal_is_final(controller, api)
@@ -249,10 +282,10 @@ async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
     assert phase(task) is Phase.RUNNING
     job = api.jobs[(task.tenant_namespace, naming.job_name("t1"))]
 
-    async def refuse(*args: Any) -> bool:
+    async def refuse(*args: Any, **kwargs: Any) -> bool:
         raise TimeoutError("no answer")
 
-    api.delete = refuse  # type: ignore[method-assign,assignment]
+    api.delete = refuse  # type: ignore[method-assign]
     await controller.status.cancel(task, "CancelRequested", "by request")
     assert api.jobs, "the delete was refused: the Job is still there"
     del api.delete  # the API server answers again
@@ -289,6 +322,7 @@ async def test_a_refused_final_write_still_ends_the_task_and_is_retried_until_it
     mirror = RecordingMirror()
     settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
     controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
+    controller.tracker.ready = True  # as after prime()
     key = await see(controller, "t1")
     await controller.scheduler.step()
     task = controller.tracker.tasks[key]
@@ -367,11 +401,13 @@ async def test_finished_tasks_are_deleted_after_their_ttl() -> None:
     api = FakeApi(random.Random(0))
     deleted: list[str] = []
 
-    async def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    async def delete(
+        api_version: str, kind: str, namespace: str | None, name: str, **_: Any
+    ) -> bool:
         deleted.append(f"{kind}/{name}")
         return True
 
-    api.delete = delete  # type: ignore[method-assign]
+    api.delete = delete  # type: ignore[method-assign,assignment]
     settings = OperatorSettings(namespace=NAMESPACE, task_ttl_seconds_after_finished=3600)
     controller = Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
     quick = await see(controller, "quick", ttlSecondsAfterFinished=0)
@@ -405,3 +441,87 @@ def test_a_task_listed_finished_keeps_its_completion_time() -> None:
 
 def controller_for_listing() -> Controller:
     return make(FakeApi(random.Random(0)))
+
+
+async def test_no_admission_before_the_company_quotas_are_listed() -> None:
+    """Issue 15, item 5: at start-up the tasks arrive before (or with) their CompanyQuota; the
+    defaults must not admit meanwhile. The company allows 3 per user (the default here is 1):
+    nothing is admitted before prime(), then exactly 3."""
+    api = FakeApi(random.Random(5))
+    api.quotas = [
+        {
+            "metadata": {"namespace": NAMESPACE, "name": "c1"},
+            "spec": {"companyId": "c1", "maxTasksPerUser": 3},
+        },
+        {  # another operator's namespace: not this one's business
+            "metadata": {"namespace": "elsewhere", "name": "c1"},
+            "spec": {"companyId": "c1", "maxTasksPerUser": 50},
+        },
+    ]
+    controller = make(api, primed=False)
+    controller.settings = controller.tracker.settings = OperatorSettings(
+        namespace=NAMESPACE, task_namespaces=NAMESPACE, default_max_tasks_per_user=1
+    )
+    for n in range(5):  # the tasks' watch events come first
+        await see(controller, f"t{n}")
+        api.tasks.append(
+            {
+                "metadata": {
+                    "namespace": NAMESPACE,
+                    "name": f"task-t{n}",
+                    "uid": f"uid-t{n}",
+                    "creationTimestamp": "2026-11-28T00:00:00Z",
+                },
+                "spec": spec(f"t{n}"),
+            }
+        )
+    assert (await controller.scheduler.step()).admitted == []
+    assert api.jobs == {}
+    await controller.prime()
+    decisions = await controller.scheduler.step()
+    await yields(50)
+    assert len(decisions.admitted) == 3
+    assert len(api.jobs) == 3
+    assert controller.tracker.company_limits("c1")[0].max_tasks_per_user == 3
+
+
+async def test_a_cancelled_task_keeps_its_slot_until_its_job_is_gone() -> None:
+    """The smaller finding: a cancel freed the slot at once, and the user's next task started
+    beside pods still terminating (up to their grace period). Now the slot comes back with the
+    Job's DELETED event (a foreground deletion: after the pods), or the next reconcile."""
+    api = FakeApi(random.Random(2))
+    controller = make(api)  # one task per user
+    first = await see(controller, "t1")
+    await see(controller, "t2")
+    await controller.scheduler.step()
+    await yields(30)
+    task = controller.tracker.tasks[first]
+    assert phase(task) is Phase.RUNNING
+    await controller.status.cancel(task, "CancelRequested", "cancelled by request")
+    assert phase(task) is Phase.CANCELLED
+    assert (await controller.scheduler.step()).admitted == []  # pods still terminating
+    deliver_deletions(controller, api)
+    [admitted] = (await controller.scheduler.step()).admitted
+    assert admitted.task_id == "t2"
+
+
+async def test_a_reconcile_frees_a_cancelled_tasks_slot_once_its_job_is_gone() -> None:
+    """The DELETED event missed (a watch gap, a restart): the Job list decides."""
+    api = FakeApi(random.Random(3))
+    controller = make(api)
+    first = await see(controller, "t1")
+    await controller.scheduler.step()
+    await yields(30)
+    task = controller.tracker.tasks[first]
+    job = dict(api.jobs[(task.tenant_namespace, naming.job_name("t1"))])
+    await controller.status.cancel(task, "CancelRequested", "cancelled by request")
+    api.jobs[(task.tenant_namespace, naming.job_name("t1"))] = {  # still deleting
+        **job,
+        "metadata": {**job["metadata"], "deletionTimestamp": "2026-11-28T00:00:05Z"},
+    }
+    await controller.reconcile()
+    assert controller.tracker.state.is_running(first)
+    api.jobs.clear()
+    await controller.reconcile()
+    assert not controller.tracker.state.is_running(first)
+    assert first not in controller.tracker.draining

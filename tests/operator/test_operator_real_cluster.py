@@ -18,6 +18,7 @@ import json
 import secrets
 import textwrap
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -65,6 +66,30 @@ def quota_refusals(api: client.ApiClient, tenant: str) -> list[str]:
     return [
         str(e.message) for e in events if e.reason == "FailedCreate" and "quota" in str(e.message)
     ]
+
+
+class PodFollower(threading.Thread):
+    """One pod followed by a watch (from the moment it is made) until it is deleted: its last
+    state and when it went."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, pod: Any) -> None:
+        super().__init__(daemon=True)
+        self.api, self.namespace, self.pod = api, namespace, pod
+        self.deleted_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        for event in watch.Watch().stream(
+            client.CoreV1Api(self.api).list_namespaced_pod,
+            self.namespace,
+            field_selector=f"metadata.name={self.pod.metadata.name}",
+            resource_version=self.pod.metadata.resource_version,
+            timeout_seconds=120,
+        ):
+            self.pod = event["object"]
+            if event["type"] == "DELETED":
+                self.deleted_at = time.time()
+                return
 
 
 def test_thirty_tasks_for_one_tenant_within_the_job_ttl_all_succeed(
@@ -191,22 +216,7 @@ def test_an_evicted_runner_is_retried_not_failed(
 
     pod = wait_until(answering, 180, "the runner streaming its answer", 0.5)
     # The evicted pod's last state, seen by a watch (the Job controller lets it go once counted).
-    last: dict[str, Any] = {}
-
-    def follow() -> None:
-        for event in watch.Watch().stream(
-            client.CoreV1Api(kube_api).list_namespaced_pod,
-            tenant,
-            field_selector=f"metadata.name={pod.metadata.name}",
-            resource_version=pod.metadata.resource_version,
-            timeout_seconds=120,
-        ):
-            last["pod"] = event["object"]
-            if event["type"] == "DELETED":
-                return
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    last = PodFollower(kube_api, tenant, pod)
     client.CoreV1Api(kube_api).create_namespaced_pod_eviction(
         pod.metadata.name,
         tenant,
@@ -218,10 +228,10 @@ def test_an_evicted_runner_is_retried_not_failed(
         "the task ended",
         2.0,
     )
-    follower.join(timeout=130)
+    last.join(timeout=130)
     status = get_task(kube_api, control_namespace, name)["status"]
     assert status["phase"] == "Succeeded", status
-    evicted = last["pod"]
+    evicted = last.pod
     assert any(c.type == "DisruptionTarget" for c in evicted.status.conditions or [])
     [terminated] = [s.state.terminated for s in evicted.status.container_statuses]
     assert terminated.exit_code == 143  # the runner's own exit after SIGTERM
@@ -469,3 +479,66 @@ def test_a_company_quota_change_resizes_its_tenants_quota(
     )
     wait_until(lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 120, "ran")
     assert pods_quota() == "14"
+
+
+def test_a_cancelled_tasks_slot_waits_for_its_pod_to_be_gone(
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_factory: Any,
+    gateway_factory: Any,
+    llm_server: LlamaServer,
+    redis_sync: redis.Redis,
+) -> None:
+    """One task per user: the user's second task waits while the first streams an answer; the
+    first is cancelled. Its pod terminates (SIGTERM, the runner reports why, exits) before the
+    second task's Job is created: the foreground deletion keeps the Job until its pods are gone,
+    and only then is the slot free. Before: the second Job was created at once, beside the
+    terminating pod."""
+    gateway = gateway_factory(LLM_BASE_URL=llm_server.base_url)
+    user, company = f"cancel_{secrets.token_hex(3)}", f"company_cancel_{secrets.token_hex(2)}"
+    create_company_quota(kube_api, control_namespace, company, 1)
+    operator_factory(**gateway_env(gateway))
+    tenant = naming.tenant_namespace(user, company)
+    first_id, second_id = f"llm_first_{user}", f"doc_second_{user}"
+    first = new_task(
+        kube_api,
+        control_namespace,
+        first_id,
+        taskType="llm_conversation",
+        userId=user,
+        companyId=company,
+        conversationId=f"conv_{user}",
+        inputs=[{"name": "prompt", "value": "Tell a long story about a lighthouse keeper."}],
+        parameters={"max_tokens": "400"},
+    )
+
+    def streaming() -> Any:
+        raw = redis_sync.hget(keys.task(first_id), keys.DATA_FIELD)
+        progress = json.loads(raw)["progress"]["progress_percent"] if raw else 0
+        running = [p for p in job_pods(kube_api, tenant, first_id) if p.status.phase == "Running"]
+        return running[0] if running and progress > 10 else None
+
+    pod = wait_until(streaming, 180, "the first runner streaming", 0.5)
+    second = new_task(kube_api, control_namespace, second_id, userId=user, companyId=company)
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, second) == "Waiting", 60, "second waits"
+    )
+    gone = PodFollower(kube_api, tenant, pod)
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        API_GROUP,
+        API_VERSION,
+        control_namespace,
+        "registrytasks",
+        first,
+        {"spec": {"cancel": True}},
+    )
+    wait_until(
+        lambda: phase_of(kube_api, control_namespace, second) == "Succeeded", 180, "second ran"
+    )
+    gone.join(timeout=130)
+    assert phase_of(kube_api, control_namespace, first) == "Cancelled"
+    second_job = client.BatchV1Api(kube_api).read_namespaced_job(naming.job_name(second_id), tenant)
+    created = second_job.metadata.creation_timestamp.timestamp()
+    assert gone.deleted_at is not None, "the first pod was never deleted"
+    # Whole seconds: creationTimestamp has no fraction.
+    assert created >= int(gone.deleted_at), (created, gone.deleted_at)

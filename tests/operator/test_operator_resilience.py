@@ -19,7 +19,7 @@ from regtask_dev.stack import GatewayProcess, OperatorProcess, scrape_metrics, w
 from tests.fixtures.platform import gateway_env, operator_env
 from tests.operator.test_operator_lifecycle import new_task, phase_of
 
-pytestmark = [pytest.mark.kube, pytest.mark.firestore, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def registry_status(client_: redis.Redis, task_id: str) -> str | None:
@@ -27,6 +27,22 @@ def registry_status(client_: redis.Redis, task_id: str) -> str | None:
     return json.loads(raw)["task_info"]["status"] if raw else None
 
 
+def own_gateway(
+    cluster: KindCluster, own_redis: RedisServer, namespace: str, tmp_path: Path
+) -> GatewayProcess:
+    """A gateway on this test's own Redis (which the test stops and starts)."""
+    return GatewayProcess(
+        {
+            "REDIS_URL": own_redis.url,
+            "REGTASK_NAMESPACE": namespace,
+            "KUBECONFIG": str(cluster.kubeconfig_path),
+        },
+        tmp_path / "gateway",
+        host=cluster.host_address,
+    ).start()
+
+
+@pytest.mark.firestore
 def test_redis_and_firestore_outage(
     cluster: KindCluster,
     kube_api: client.ApiClient,
@@ -36,15 +52,7 @@ def test_redis_and_firestore_outage(
     tmp_path: Path,
 ) -> None:
     with RedisServer() as own_redis, FirestoreEmulator() as firestore:
-        gateway = GatewayProcess(
-            {
-                "REDIS_URL": own_redis.url,
-                "REGTASK_NAMESPACE": control_namespace,
-                "KUBECONFIG": str(cluster.kubeconfig_path),
-            },
-            tmp_path / "gateway",
-            host=cluster.host_address,
-        ).start()
+        gateway = own_gateway(cluster, own_redis, control_namespace, tmp_path)
         operator = OperatorProcess(
             operator_kubeconfig,
             operator_env(
@@ -123,5 +131,59 @@ def test_redis_and_firestore_outage(
             assert values["regtask_firestore_mirror_written_total"] >= 2
         finally:
             operator.stop()
+            gateway.stop()
+            store.close()
+
+
+def test_an_end_not_mirrored_before_a_restart_is_mirrored_after_it(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    control_namespace: str,
+    operator_kubeconfig: Path,
+    runner_image: str,
+    tmp_path: Path,
+) -> None:
+    """A task ends while Redis is down; its registry write is kept in the operator's memory,
+    and the operator is restarted before Redis returns. The new operator compares the ends in
+    the CR status with the registry and writes the missing one. Before: the registry showed
+    the task unfinished for ever."""
+    with RedisServer() as own_redis:
+        gateway = own_gateway(cluster, own_redis, control_namespace, tmp_path)
+        env = operator_env(own_redis.url, control_namespace, runner_image, **gateway_env(gateway))
+        store = redis.Redis.from_url(own_redis.url)
+        first = OperatorProcess(operator_kubeconfig, env, tmp_path / "operator-1").start()
+        try:
+            task = new_task(kube_api, control_namespace, "restart_lost")
+            wait_until(
+                lambda: registry_status(store, "restart_lost") in ("running", "queued"),
+                60,
+                "task registered",
+            )
+            own_redis.stop()
+            wait_until(
+                lambda: phase_of(kube_api, control_namespace, task) in ("Failed", "Succeeded"),
+                240,
+                "task ended during the outage",
+            )
+            wait_until(
+                lambda: "registry_mirror_failed" in first.log_text(), 30, "end kept in memory"
+            )
+        finally:
+            first.stop()
+        own_redis.start()  # (without persistence: the document is gone, or never had the end)
+        assert registry_status(store, "restart_lost") not in ("failed", "completed")
+        second = OperatorProcess(operator_kubeconfig, env, tmp_path / "operator-2").start()
+        try:
+            expected = {"Failed": "failed", "Succeeded": "completed"}[
+                phase_of(kube_api, control_namespace, task) or "Failed"
+            ]
+            wait_until(
+                lambda: registry_status(store, "restart_lost") == expected,
+                60,
+                "the registry has the end after the restart",
+            )
+            assert "registry_resynced" in second.log_text()
+        finally:
+            second.stop()
             gateway.stop()
             store.close()

@@ -154,7 +154,14 @@ class FakeKube:
         self.applied.append(manifest)
         return manifest
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        resource_version: str | None = None,
+    ) -> bool:
         assert (api_version, kind, namespace) == ("v1", "Namespace", None)
         self.deleted.append(name)
         return True

@@ -20,10 +20,11 @@ from chromadb.config import Settings as ChromaSettings
 
 from regtask import keys
 from regtask.crmodels import InputRef, TaskInput
-from regtask.documents import ConversationDoc, TaskDoc, UnifiedUserDoc
+from regtask.documents import ConversationDoc, Quotas, TaskDoc, UnifiedUserDoc
 from regtask.events import EventType
 from regtask.gateway_api import ResolvedInput
 from regtask.ratelimit import LlmRateLimiter
+from regtask.registry import Registry
 from regtask.runner_contract import ExitCode
 from regtask.storage import blob_key, blob_ref
 from regtask.tasktypes import TaskType
@@ -417,3 +418,86 @@ async def test_max_duration_stops_the_runner_as_deadline(
     doc = await _task_doc(redis_async, spec.task_id)
     assert doc.progress.current_step == "deadline"
     assert payload(run.of_type(EventType.LLM_CONVERSATION_UPDATE)[-1])["status"] == "deadline"
+
+
+# ------------------------------------------------------------ the LLM window (issue 15, item 8)
+
+
+@pytest.mark.llm
+async def test_a_full_llm_window_is_waited_for_not_failed(
+    make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
+) -> None:
+    """The company's hour is used up when the task starts: the runner shows
+    ``waiting_llm_quota`` with when it resumes, waits, and answers once the window has room.
+    Before: the gateway's 429 made it exit 75 at once, spending the Job's backoffLimit."""
+    gateway = make_gateway(**_real_llm(llm_server))
+    await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
+    limiter = LlmRateLimiter(redis_async)
+    assert (await limiter.hit("acme", 1)).allowed  # another task used the hour's only request
+    spec = make_spec(
+        "llm_conv_wait01",
+        TaskType.LLM_CONVERSATION,
+        conversation_id="conv_wait01",
+        inputs=[TaskInput(name="prompt", value="Say hello.")],
+        parameters={"max_tokens": "16"},
+        max_duration_seconds=2 * 3600,  # room to wait for the next hour
+    )
+    token = await gateway.add_task(spec)
+
+    async def reopen_the_window(proc: asyncio.subprocess.Process) -> None:
+        event = await wait_for_event(
+            events,
+            lambda e: (
+                e.type == EventType.TASK_PROGRESS
+                and payload(e).get("current_step") == "waiting_llm_quota"
+            ),
+            60,
+        )
+        assert int(payload(event)["data"]["retry_after_s"]) > 0
+        assert proc.returncode is None  # waiting, not failed
+        await asyncio.sleep(1.5)  # a few refused polls: they cost nothing
+        assert await _llm_count(redis_async, "acme") == 1
+        await redis_async.delete(limiter.key("acme"))  # the next hour begins
+
+    async with watch_events(redis_async, spec.user_id) as events:
+        run = await run_runner(
+            gateway,
+            spec,
+            token,
+            events,
+            env={"REGTASK_LLM_QUOTA_POLL_S": "0.3"},
+            while_running=reopen_the_window,
+        )
+    assert run.returncode == ExitCode.SUCCESS, run.output
+    steps = run.progress_steps()
+    assert "waiting_llm_quota" in steps and steps[-1] == "completed", steps
+    assert (await _task_doc(redis_async, spec.task_id)).result is not None
+    assert await _llm_count(redis_async, "acme") == 1  # the answer's own request, new window
+
+
+@pytest.mark.llm
+async def test_a_window_that_reopens_after_the_deadline_fails_with_that_reason(
+    make_gateway: GatewayFactory, llm_server: LlamaServer, redis_async: aioredis.Redis
+) -> None:
+    """Waiting past its own deadline would end in a bare DeadlineExceeded: the task fails at
+    once, permanently (no Job retry would help), saying why."""
+    gateway = make_gateway(**_real_llm(llm_server))
+    await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_requests_per_hour=1))
+    assert (await LlmRateLimiter(redis_async).hit("acme", 1)).allowed
+    spec = make_spec(
+        "llm_conv_late01",
+        TaskType.LLM_CONVERSATION,
+        conversation_id="conv_late01",
+        inputs=[TaskInput(name="prompt", value="Say hello.")],
+        max_duration_seconds=60,
+    )
+    token = await gateway.add_task(spec)
+    async with watch_events(redis_async, spec.user_id) as events:
+        run = await run_runner(gateway, spec, token, events)
+    assert run.returncode == ExitCode.PERMANENT, run.output
+    [failed] = [
+        e for e in run.of_type(EventType.TASK_PROGRESS) if payload(e)["current_step"] == "failed"
+    ]
+    error = payload(failed)["data"]["error"]
+    assert "LLM quota" in error and "deadline" in error, error
+    assert payload(failed)["data"]["retryable"] is False

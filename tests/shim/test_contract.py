@@ -141,6 +141,42 @@ async def test_get_task_status_answers_at_once_then_follows_progress(
     assert "error" not in answer and "result" not in answer
 
 
+async def test_get_task_status_shows_a_waiting_tasks_place_and_eta(
+    make_shim: ShimFactory, redis_async: aioredis.Redis
+) -> None:
+    """Issue 17, item 4: the operator's queue position and ETA reach the web app's status call
+    (and its events: the same progress script publishes them in ``data``); they go once the task
+    runs."""
+    shim = await make_shim()
+    ok(
+        await shim.rpc(
+            "TASK.start_document_analysis", [USER, {"text": "x", "company_id": COMPANY}, "eta1"]
+        )
+    )
+    await shim.registry.update_task_progress(
+        "doc_analysis_eta1",
+        USER,
+        RegistryStatus.WAITING_QUOTA,
+        0,
+        "waiting_quota",
+        1800,
+        data={"queue_position": 3},
+        estimated_completion="2026-11-28T10:20:00Z",
+        queue_position=3,
+        estimated_start="2026-11-28T10:15:00Z",
+    )
+    answer = ok(await shim.rpc("TASK.get_task_status", ["doc_analysis_eta1"]))
+    assert (answer["status"], answer["queue_position"]) == ("waiting_quota", 3)
+    assert answer["estimated_start"] == "2026-11-28T10:15:00Z"
+    assert answer["estimated_completion"] == "2026-11-28T10:20:00Z"
+    await shim.registry.update_task_progress(
+        "doc_analysis_eta1", USER, RegistryStatus.PROCESSING, 10, "analysis", 1800
+    )
+    answer = ok(await shim.rpc("TASK.get_task_status", ["doc_analysis_eta1"]))
+    assert "queue_position" not in answer and "estimated_start" not in answer
+    assert answer["estimated_completion"] == "2026-11-28T10:20:00Z"  # kept until replaced
+
+
 async def test_get_task_status_falls_back_to_the_resource_status(
     make_shim: ShimFactory,
     redis_async: aioredis.Redis,

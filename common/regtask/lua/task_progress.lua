@@ -2,7 +2,9 @@
 --
 -- KEYS[1]  registry:task:{task_id}
 -- ARGV     status, progress, current_step, ttl, channel, message, estimated_completion ('' =
---          unchanged), nonce, then the terminal statuses (a finished task is left alone)
+--          unchanged), nonce, the waiting task's place as JSON {queue_position, estimated_start}
+--          ('' = not waiting: both removed), then the terminal statuses (a finished task is
+--          left alone)
 --
 -- Returns 1 applied, 0 left alone (finished), -1 missing, -2 malformed (nothing written).
 -- Same empty-array care as doc_apply.lua, skipped when the document holds no "[]".
@@ -20,13 +22,21 @@ if not ok or type(doc) ~= 'table' or type(doc.task_info) ~= 'table'
   return -2
 end
 local current = doc.task_info.status
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   if current == ARGV[i] then return 0 end
 end
 doc.task_info.status = ARGV[1]
 doc.progress.progress_percent = tonumber(ARGV[2])
 doc.progress.current_step = ARGV[3]
 if ARGV[7] ~= '' then doc.progress.estimated_completion = ARGV[7] end
+if ARGV[9] ~= '' then
+  local place = cjson.decode(ARGV[9])
+  doc.progress.queue_position = place.queue_position
+  doc.progress.estimated_start = place.estimated_start
+else
+  doc.progress.queue_position = nil
+  doc.progress.estimated_start = nil
+end
 local out = cjson.encode(doc)
 if marked then
   out = string.gsub(out, '%[' .. string.gsub(ARGV[8], '%-', '%%-') .. '%]', '[]')
