@@ -22,11 +22,13 @@ OVERRIDES=(
 MAPPING=(
     "namespace.yaml=namespace.yaml"
     "rbac/operator.yaml=operator/rbac.yaml"
+    "rbac/operator-confinement.yaml=operator/confinement.yaml"
     "rbac/shim.yaml=shim/rbac.yaml"
     "rbac/gateway.yaml=gateway/rbac.yaml"
     "operator.yaml=operator/deployment.yaml operator/service.yaml"
     "shim.yaml=shim/deployment.yaml shim/service.yaml"
     "gateway.yaml=gateway/deployment.yaml gateway/service.yaml"
+    "networkpolicy.yaml=networkpolicy.yaml"
 )
 
 log() { echo "render-manifests: $*" >&2; }
@@ -98,11 +100,13 @@ done < <(find "$templates" -type f | sort)
         echo "  - crds/$(basename "$crd")"
     done
     echo "  - rbac/operator.yaml"
+    echo "  - rbac/operator-confinement.yaml"
     echo "  - rbac/shim.yaml"
     echo "  - rbac/gateway.yaml"
     echo "  - operator.yaml"
     echo "  - shim.yaml"
     echo "  - gateway.yaml"
+    echo "  - networkpolicy.yaml"
 } >"$out/kustomization.yaml"
 
 if $check; then

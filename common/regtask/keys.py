@@ -41,6 +41,8 @@ EVENTS_PREFIX = "events:user:"
 # maintenance).
 COMPANY_LIMITS_PREFIX = "quota:limits:"
 DEFAULT_LIMITS_KEY = "quota:defaults"
+# Ours: the shim's per-user count of task starts in one clock minute.
+SHIM_START_RATE_PREFIX = "quota:shim:starts:"
 
 
 def unified_user(user_id: str) -> str:

@@ -18,6 +18,10 @@ HASH_LENGTH = 10
 JOB_NAME_MAX = 57
 # The ServiceAccount every runner pod runs as, in its tenant namespace.
 RUNNER_SERVICE_ACCOUNT = "regtask-runner"
+# Every tenant namespace is named "rt-...": the chart's ValidatingAdmissionPolicy lets the
+# operator touch only namespaces with this prefix and the managed-by label (a test keeps the
+# chart and this constant equal).
+TENANT_NAMESPACE_PREFIX = "rt"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "regtask-operator"
@@ -62,7 +66,7 @@ def derived_name(prefix: str, *raw: str, max_length: int = DNS_LABEL_MAX) -> str
 
 def tenant_namespace(user_id: str, company_id: str) -> str:
     """The isolation namespace of one (user, company) pair."""
-    return derived_name("rt", user_id, company_id)
+    return derived_name(TENANT_NAMESPACE_PREFIX, user_id, company_id)
 
 
 def tenant_label(user_id: str, company_id: str) -> str:

@@ -36,7 +36,7 @@ from regtask.settings import Settings
 from regtask.tokens import PodIdentity
 from regtask_dev.asgi_thread import ThreadedUvicorn
 from regtask_dev.procs import free_port
-from regtask_gateway.app import create_gateway_app
+from regtask_gateway.app import create_gateway_app, create_metrics_app
 from regtask_gateway.runnerauth import StaticAuthenticator
 from regtask_gateway.settings import GatewaySettings
 from regtask_gateway.taskspec import InMemoryTaskSpecSource
@@ -60,17 +60,25 @@ class GatewayHarness:
             authenticator=None if review_tokens else self.authenticator,
         )
         self._server = ThreadedUvicorn(self.app, self.port)
+        # /metrics on a port of its own, as ``python -m regtask_gateway`` serves it.
+        self._metrics = ThreadedUvicorn(create_metrics_app(self.app))
         self._token_dir = Path(tempfile.mkdtemp(prefix="regtask-gw-tokens-"))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{self._metrics.url}/metrics"
+
     def start(self) -> GatewayHarness:
         self._server.start()
+        self._metrics.start()
         return self
 
     def stop(self) -> None:
+        self._metrics.stop()
         self._server.stop()
         shutil.rmtree(self._token_dir, ignore_errors=True)
 

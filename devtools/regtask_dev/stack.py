@@ -20,11 +20,14 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
+from regtask_dev.kind import tool
 from regtask_dev.procs import free_port, start_process, stop_process, tail, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "manifests" / "crds"
 RBAC_DIR = REPO_ROOT / "manifests" / "rbac"
+CHART_DIR = REPO_ROOT / "charts" / "regtask"
+CONFINEMENT_TEMPLATE = "templates/operator/confinement.yaml"
 
 
 def apply_crds(api: client.ApiClient, crd_dir: Path = CRD_DIR, timeout_s: float = 30) -> list[str]:
@@ -77,6 +80,129 @@ def apply_manifests(api: client.ApiClient, path: Path) -> int:
                     raise
         count += 1
     return count
+
+
+def render_operator_confinement(
+    runner_image: str, release_namespace: str = "regtask-system"
+) -> str:
+    """The chart's ValidatingAdmissionPolicies that confine the operator, rendered for this
+    runner image (``repository:tag``) and the ServiceAccount ``regtask-operator`` of
+    ``release_namespace`` (the one the operator's tests run as)."""
+    repository, _, tag = runner_image.rpartition(":")
+    result = subprocess.run(
+        [
+            tool("helm"),
+            "template",
+            "regtask",
+            str(CHART_DIR),
+            "--namespace",
+            release_namespace,
+            "--show-only",
+            CONFINEMENT_TEMPLATE,
+            "--set-string",
+            f"images.runner.repository={repository},images.runner.tag={tag}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"helm template of the confinement failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def apply_operator_confinement(
+    api: client.ApiClient, runner_image: str, timeout_s: float = 30
+) -> list[str]:
+    """Create (or replace) the operator's confinement policies and bindings for this runner
+    image and wait until the API server enforces them; returns the policies' names.
+
+    A new policy takes effect asynchronously: this waits until a dry-run request as the
+    operator (impersonated) outside its tenant namespaces is refused by each policy.
+    """
+    admission = client.AdmissionregistrationV1Api(api)
+    policies: list[str] = []
+    for body in yaml.safe_load_all(render_operator_confinement(runner_image)):
+        if not body:
+            continue
+        name = body["metadata"]["name"]
+        is_policy = body["kind"] == "ValidatingAdmissionPolicy"
+        if is_policy:
+            policies.append(name)
+        try:
+            if is_policy:
+                admission.create_validating_admission_policy(body)
+            else:
+                admission.create_validating_admission_policy_binding(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current: Any = (
+                admission.read_validating_admission_policy(name)
+                if is_policy
+                else admission.read_validating_admission_policy_binding(name)
+            )
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            if is_policy:
+                admission.replace_validating_admission_policy(name, body)
+            else:
+                admission.replace_validating_admission_policy_binding(name, body)
+    wait_for(lambda: confinement_enforced(api), timeout_s, "operator confinement enforced", 0.2)
+    return policies
+
+
+OPERATOR_USER = "system:serviceaccount:regtask-system:regtask-operator"
+
+
+def confinement_enforced(api: client.ApiClient) -> bool:
+    """Whether dry-run writes as the operator outside a tenant namespace are refused by the
+    namespaces, fences and Jobs policies alike."""
+    probes: list[tuple[str, dict[str, Any]]] = [
+        (
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "confinement-probe"}},
+        ),
+        (
+            "/api/v1/namespaces/kube-system/serviceaccounts",
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "confinement-probe"},
+            },
+        ),
+        (
+            "/apis/batch/v1/namespaces/kube-system/jobs",
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "confinement-probe"},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "c", "image": "confinement-probe"}],
+                        }
+                    }
+                },
+            },
+        ),
+    ]
+    for path, body in probes:
+        response = api.call_api(
+            "POST",
+            api.configuration.host + path + "?dryRun=All",
+            header_params={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "Impersonate-User": OPERATOR_USER,
+            },
+            body=body,
+        )
+        response.read()  # type: ignore[no-untyped-call]
+        if response.status != 403 or b"ValidatingAdmissionPolicy" not in (response.data or b""):
+            return False
+    return True
 
 
 def _create_custom(api: client.ApiClient, body: dict[str, Any], namespace: str) -> None:
@@ -217,11 +343,18 @@ class GatewayProcess(ServiceProcess):
 
     def __init__(self, env: dict[str, str], workdir: Path, host: str = "127.0.0.1") -> None:
         super().__init__("gateway", ["regtask_gateway"], env, workdir, host=host)
+        self.metrics_port = free_port()
         self.env = {
             **env,
             "REGTASK_GATEWAY_HOST": host,
             "REGTASK_GATEWAY_PORT": str(self.port),
+            "REGTASK_GATEWAY_METRICS_PORT": str(self.metrics_port),
         }
+
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics``, on its own port (runners may reach :attr:`url` only)."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
 def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

@@ -106,7 +106,16 @@ def create_gateway_app(
                 await api.close()
             await client.aclose()
 
-    app = FastAPI(title="regtask runner gateway", version="1", lifespan=lifespan)
+    # The interactive docs and the schema are off by default: runners reach this port.
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="regtask runner gateway",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     # Authentication and the body limit before any route reads a body.
     app.add_middleware(RequestGuard)
 
@@ -120,10 +129,23 @@ def create_gateway_app(
         await state.redis.ping()
         return {"status": "ok"}
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(state: StateDep) -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
     for router in (task.router, llm.router, vectors.router):
         app.include_router(router)
+    return app
+
+
+def create_metrics_app(gateway_app: FastAPI) -> FastAPI:
+    """``GET /metrics`` of ``gateway_app`` (every company's LLM usage), to be served on its own
+    port (``REGTASK_GATEWAY_METRICS_PORT``), which the tenant NetworkPolicy does not open to
+    runners. It reads the gateway's state once the gateway's lifespan has built it; 503 before.
+    """
+    app = FastAPI(title="regtask gateway metrics", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        state: GatewayState | None = getattr(gateway_app.state, "gateway", None)
+        if state is None:
+            return Response("gateway starting\n", status_code=503, media_type="text/plain")
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     return app

@@ -2,7 +2,8 @@
 
 ``REDIS_URL`` and the contract's switches come from :class:`regtask.settings.Settings`, as in
 every process; the rest is the gateway's own: the LLM provider (its key is held here and never
-handed to a runner), Chroma, where the RegistryTask CRs live, its address and its body limits.
+handed to a runner), Chroma, where the RegistryTask CRs live, its addresses (API and metrics
+apart) and its body limits.
 Settings are frozen: changing one takes a restart.
 """
 
@@ -41,6 +42,12 @@ class GatewaySettings(Settings):
     kubeconfig: str | None = Field(default=None, alias="KUBECONFIG")
     host: str = Field(default="0.0.0.0", alias="REGTASK_GATEWAY_HOST")
     port: int = Field(default=8081, alias="REGTASK_GATEWAY_PORT")
+    # /metrics (every company's LLM usage) is served on this port only, never on ``port``: the
+    # tenant NetworkPolicy lets runners reach ``port`` alone. 0 = no metrics server.
+    metrics_port: int = Field(default=9092, ge=0, le=65535, alias="REGTASK_GATEWAY_METRICS_PORT")
+    # /docs, /redoc and /openapi.json describe the runner surface to whoever asks: off unless
+    # switched on (development).
+    docs_enabled: bool = Field(default=False, alias="REGTASK_GATEWAY_DOCS")
     # One progress write per task per interval (unless the step changes or progress hits 100).
     progress_min_interval_s: float = Field(
         default=0.2, ge=0, alias="REGTASK_PROGRESS_MIN_INTERVAL_S"

@@ -24,7 +24,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
-from regtask import naming, storage
+from regtask import keys, naming, storage
 from regtask.crmodels import (
     MAX_DURATION_LIMIT_S,
     MAX_INLINE_INPUT_BYTES,
@@ -92,7 +92,7 @@ from regtask_shim.taskstore import StoredTask, TaskStore
 log = structlog.get_logger(__name__)
 
 # Ours: per-user count of task starts in one clock minute (SHIM_TASK_STARTS_PER_MINUTE).
-START_RATE_PREFIX = "quota:shim:starts:"
+START_RATE_PREFIX = keys.SHIM_START_RATE_PREFIX
 START_RATE_TTL_S = 120
 # Large inputs wait in Redis for the runner: long enough for the longest task after a long
 # queue. The operator deletes them (and releases their storage) when the task ends.

@@ -10,7 +10,9 @@ the shim through ``kubectl port-forward``.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -301,6 +303,147 @@ def test_the_operator_pod_deleted_mid_burst_loses_nothing(
     assert len(ours) == 20 and set(ours.values()) == {1}, ours
     for task_id in ids:
         assert installed.rpc("TASK.get_task_status", task_id)["status"] == "completed"
+
+
+CONNECT_PROBE = textwrap.dedent(
+    """
+    import json, socket, sys, time
+    targets = json.loads(sys.argv[1])
+
+    def connects(host, port):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    # A new pod joins the policies' address sets about a second after it starts, and until
+    # then is refused: an allowed target is retried for a while, a refused one stays refused.
+    found = {}
+    for name, (host, port) in targets.items():
+        deadline = time.time() + 15
+        ok = connects(host, port)
+        while not ok and time.time() < deadline:
+            time.sleep(0.5)
+            ok = connects(host, port)
+        found[name] = ok
+    print(json.dumps(found))
+    """
+)
+
+PROBE_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def start_connect_probe(
+    api: client.ApiClient, namespace: str, image: str, targets: dict[str, tuple[str, int]]
+) -> str:
+    name = f"probe-{secrets.token_hex(3)}"
+    body: Any = {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", CONNECT_PROBE, json.dumps(targets)],
+                    "securityContext": PROBE_SECURITY,
+                    "resources": {"limits": {"cpu": "200m", "memory": "128Mi"}},
+                }
+            ],
+        },
+    }
+    client.CoreV1Api(api).create_namespaced_pod(namespace, body)
+    return name
+
+
+def probe_result(api: client.ApiClient, namespace: str, name: str) -> Any:
+    core = client.CoreV1Api(api)
+    wait_until(
+        lambda: core.read_namespaced_pod(name, namespace).status.phase in ("Succeeded", "Failed"),
+        180,
+        f"probe {namespace}/{name} finished",
+        1.0,
+    )
+    log = str(core.read_namespaced_pod_log(name, namespace))
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def test_the_control_namespace_admits_each_caller_to_its_port_only(
+    kube_api: client.ApiClient, installed: Installed, platform_images: dict[str, str]
+) -> None:
+    """The chart's control-namespace NetworkPolicies (issue 16, item 11): from a tenant
+    namespace (labelled as the operator labels them) only the gateway's API port answers; from
+    any other namespace the shim and the metrics ports answer, the gateway's API port does not.
+    """
+    core = client.CoreV1Api(kube_api)
+
+    def pod_ip(component: str) -> str:
+        selector = (
+            f"app.kubernetes.io/name=regtask-{component},"
+            f"app.kubernetes.io/instance={installed.release}"
+        )
+        [pod] = core.list_namespaced_pod(installed.namespace, label_selector=selector).items
+        return str(pod.status.pod_ip)
+
+    shim, gateway, operator = pod_ip("shim"), pod_ip("gateway"), pod_ip("operator")
+    targets = {
+        "shim": (shim, 8080),
+        "gateway_api": (gateway, 8081),
+        "gateway_metrics": (gateway, 9092),
+        "operator_metrics": (operator, 9090),
+    }
+    run = secrets.token_hex(3)
+    namespaces = {
+        # Only the label matters to the policies; the operator leaves a namespace whose
+        # annotations name no tenant alone.
+        "tenant": (
+            f"rt-probe-{run}",
+            {**install.RESTRICTED_LABELS, naming.LABEL_MANAGED_BY: naming.MANAGED_BY},
+        ),
+        "outsider": (f"outsider-{run}", dict(install.RESTRICTED_LABELS)),
+    }
+    try:
+        probes = {}
+        for key, (namespace, labels) in namespaces.items():
+            core.create_namespace({"metadata": {"name": namespace, "labels": labels}})  # type: ignore[arg-type]
+            wait_until(
+                lambda ns=namespace: core.list_namespaced_service_account(ns).items,
+                30,
+                "default ServiceAccount",
+            )
+            probes[key] = start_connect_probe(
+                kube_api, namespace, platform_images["runner"], targets
+            )
+        found = {
+            key: probe_result(kube_api, namespaces[key][0], name) for key, name in probes.items()
+        }
+    finally:
+        for namespace, _ in namespaces.values():
+            core.delete_namespace(namespace)
+    assert found == {
+        "tenant": {
+            "shim": False,
+            "gateway_api": True,
+            "gateway_metrics": False,
+            "operator_metrics": False,
+        },
+        "outsider": {
+            "shim": True,
+            "gateway_api": False,
+            "gateway_metrics": True,
+            "operator_metrics": True,
+        },
+    }, found
 
 
 PEERING = "regtask-operator-ha"

@@ -89,8 +89,8 @@ async def test_gateway_refuses_over_a_small_company_quota(
     assert answers[2].headers["x-ratelimit-remaining"] == "0"
     assert answers[0].headers["x-ratelimit-remaining"] == "2"
     assert len(fake_llm.state.requests) == 3  # the refused one never reached the provider
-    async with httpx.AsyncClient(base_url=gateway.url) as plain:
-        scraped = (await plain.get("/metrics")).text
+    async with httpx.AsyncClient() as plain:
+        scraped = (await plain.get(gateway.metrics_url)).text
     assert 'regtask_llm_requests_total{company="acme",kind="embeddings",outcome="allowed"} 3.0' in (
         scraped
     )

@@ -19,6 +19,7 @@ import secrets
 import textwrap
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -242,8 +243,18 @@ def test_an_evicted_runner_is_retried_not_failed(
 
 PROBE = textwrap.dedent(
     """
-    import json, socket, sys, time
+    import json, socket, sys, time, urllib.error, urllib.request
     targets = json.loads(sys.argv[1])
+    urls = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+
+    def status(url):
+        try:
+            with urllib.request.urlopen(url, timeout=3) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
 
     def connects(host, port):
         try:
@@ -261,12 +272,23 @@ PROBE = textwrap.dedent(
         dns = True
     except OSError:
         dns = False
-    print(json.dumps({"dns": dns, **{k: connects(*v) for k, v in targets.items()}}))
+    found = {"dns": dns, **{k: connects(*v) for k, v in targets.items()}}
+    if urls:
+        found["http"] = {k: status(v) for k, v in urls.items()}
+    print(json.dumps(found))
     """
 )
 
 
-def run_probe(api: client.ApiClient, namespace: str, image: str, targets: dict[str, Any]) -> Any:
+def run_probe(
+    api: client.ApiClient,
+    namespace: str,
+    image: str,
+    targets: dict[str, Any],
+    urls: dict[str, str] | None = None,
+) -> Any:
+    """From a pod of ``namespace``: which (host, port) ``targets`` accept a connection, and
+    the HTTP status of each of ``urls`` (None: no answer)."""
     core = client.CoreV1Api(api)
     name = f"probe-{secrets.token_hex(3)}"
     body: Any = {
@@ -280,7 +302,7 @@ def run_probe(api: client.ApiClient, namespace: str, image: str, targets: dict[s
                 {
                     "name": "probe",
                     "image": image,
-                    "command": ["python", "-c", PROBE, json.dumps(targets)],
+                    "command": ["python", "-c", PROBE, json.dumps(targets), json.dumps(urls or {})],
                     "securityContext": RESTRICTED,
                     "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
                 }
@@ -306,9 +328,10 @@ def test_network_policy_lets_a_runner_reach_the_gateway_and_dns_only(
     gateway: GatewayProcess,
     runner_image: str,
 ) -> None:
-    """From a pod of a tenant namespace (its fences as admission builds them): the gateway and
-    cluster DNS answer; Redis on the host, the API server, another tenant's pod and addresses
-    outside the machine do not."""
+    """From a pod of a tenant namespace (its fences as admission builds them): the gateway's API
+    port and cluster DNS answer; the gateway's metrics port (every company's LLM usage), Redis
+    on the host, the API server, another tenant's pod and addresses outside the machine do not,
+    and the API port serves neither metrics nor docs (issue 16, item 7)."""
     operator_factory(**gateway_env(gateway))
     run = secrets.token_hex(3)
     tenants = {"a": (f"neta_{run}", "company_net"), "b": (f"netb_{run}", "company_net")}
@@ -345,6 +368,11 @@ def test_network_policy_lets_a_runner_reach_the_gateway_and_dns_only(
     listener_ip = wait_until(
         lambda: core.read_namespaced_pod("listener", ns_b).status.pod_ip, 60, "listener IP"
     )
+    # The metrics port does serve (from the host): a refusal from the pod is the policy's.
+    assert (
+        "regtask_llm_requests_total"
+        in urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+    )
     with RedisServer(host=cluster.host_address) as host_redis:
         found = run_probe(
             kube_api,
@@ -352,16 +380,25 @@ def test_network_policy_lets_a_runner_reach_the_gateway_and_dns_only(
             runner_image,
             {
                 "gateway": [gateway.host, gateway.port],
+                "gateway_metrics": [gateway.host, gateway.metrics_port],
                 "redis": [host_redis.host, host_redis.port],
                 "apiserver_service": ["10.96.0.1", 443],
                 "apiserver_node": [cluster.node_address, 6443],
                 "other_tenant": [listener_ip, 8080],
                 "outside": ["192.0.2.1", 443],
             },
+            {
+                "healthz": f"{gateway.url}/healthz",
+                "metrics": f"{gateway.url}/metrics",
+                "docs": f"{gateway.url}/docs",
+                "openapi": f"{gateway.url}/openapi.json",
+            },
         )
     assert found == {
         "dns": True,
         "gateway": True,
+        "gateway_metrics": False,
+        "http": {"healthz": 200, "metrics": 404, "docs": 404, "openapi": 404},
         "redis": False,
         "apiserver_service": False,
         "apiserver_node": False,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from regtask import naming
 from regtask.settings import Settings
 from regtask_gateway.settings import GatewaySettings
 from regtask_operator.config import OperatorSettings
@@ -118,20 +119,28 @@ def test_every_platform_pod_meets_restricted_pod_security(values: Path | None) -
 @pytest.mark.parametrize("values", VALUE_SETS, ids=value_set_id)
 def test_tenant_network_policy_reaches_the_gateway(values: Path | None) -> None:
     """The operator fences tenants with a NetworkPolicy naming the gateway's labels and port:
-    they must be the gateway pods' real labels and port, and its URL must point at them."""
+    they must be the gateway pods' real labels and port, and its URL must point at them. The
+    metrics port is another one, behind its own Service (issue 16, item 7)."""
     objects = rendered(values)
     operator = container_env(one(objects, "Deployment", "operator"))
     gateway = one(objects, "Deployment", "gateway")
-    service = one(objects, "Service", "gateway")
+    services = {s["metadata"]["name"]: s for s in find(objects, "Service", "gateway")}
+    [name] = [n for n in services if not n.endswith("-metrics")]
+    service = services.pop(name)
+    [metrics_service] = services.values()
     pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
     selector = json.loads(operator["REGTASK_GATEWAY_POD_LABELS"]["value"])
     assert selector["app.kubernetes.io/name"] == "regtask-gateway"
     assert selector.items() <= pod_labels.items()
     port = int(operator["REGTASK_GATEWAY_PORT"]["value"])
     container = gateway["spec"]["template"]["spec"]["containers"][0]
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == port and ports["metrics"] != port
     assert int(container_env(gateway)["REGTASK_GATEWAY_PORT"]["value"]) == port
+    assert int(container_env(gateway)["REGTASK_GATEWAY_METRICS_PORT"]["value"]) == ports["metrics"]
+    assert container_env(gateway)["REGTASK_GATEWAY_DOCS"]["value"] == "false"
     assert [p["port"] for p in service["spec"]["ports"]] == [port]
+    assert [p["port"] for p in metrics_service["spec"]["ports"]] == [ports["metrics"]]
     url = operator["REGTASK_GATEWAY_URL"]["value"]
     namespace = gateway["metadata"]["namespace"]
     assert url == f"http://{service['metadata']['name']}.{namespace}.svc:{port}"
@@ -354,7 +363,12 @@ def test_operator_metrics_and_service_monitor() -> None:
     assert ports["metrics"] == service["spec"]["ports"][0]["port"] == 9090
     assert container_env(operator)["REGTASK_METRICS_PORT"]["value"] == "9090"
     objects = render(Path(__file__).parent / "values" / "metrics-custom-images.yaml")
-    monitor = one(objects, "ServiceMonitor")
+    gateway_monitor = one(objects, "ServiceMonitor", "gateway")
+    assert gateway_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= (
+        one(objects, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    monitor = one(objects, "ServiceMonitor", "operator")
     assert monitor["metadata"]["name"] == "regtask-operator"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
@@ -438,3 +452,108 @@ def test_grafana_dashboard_ships_the_operator_and_service_metrics() -> None:
     ):
         assert metric in exprs
     assert not [o for o in render(None) if o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_operator_confinement_holds_the_operator_as_the_code_names_it() -> None:
+    """The chart's ValidatingAdmissionPolicies (issue 16, item 1) name the operator's
+    ServiceAccount, the tenant namespaces and the Jobs exactly as the code does: a renamed
+    prefix, label, runner ServiceAccount or image would otherwise refuse the operator's own
+    calls (or let others through)."""
+    llm_image = "ghcr.io/acme/llm-runner:1.2"
+    objects = render(None, extra=("--set", f"images.runnerByTaskType.llm_conversation={llm_image}"))
+    policies = {o["metadata"]["name"]: o for o in find(objects, "ValidatingAdmissionPolicy")}
+    assert set(policies) == {
+        "regtask-operator-namespaces",
+        "regtask-operator-fences",
+        "regtask-operator-jobs",
+    }
+    bindings = find(objects, "ValidatingAdmissionPolicyBinding")
+    assert {b["spec"]["policyName"]: b["spec"]["validationActions"] for b in bindings} == {
+        name: ["Deny"] for name in policies
+    }
+    [subject] = one(objects, "ClusterRoleBinding", "operator")["subjects"]
+    user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+    tenant = (
+        f"startsWith('{naming.TENANT_NAMESPACE_PREFIX}-')",
+        f"'{naming.LABEL_MANAGED_BY}'].orValue('') == '{naming.MANAGED_BY}'",
+    )
+    for policy in policies.values():
+        spec = policy["spec"]
+        assert spec["failurePolicy"] == "Fail"
+        assert spec["matchConditions"] == [
+            {"name": "the-operator-only", "expression": f'request.userInfo.username == "{user}"'}
+        ]
+        text = json.dumps(spec)
+        assert all(part in text for part in tenant), policy["metadata"]["name"]
+        assert all(v["reason"] == "Forbidden" for v in spec["validations"])
+    jobs = policies["regtask-operator-jobs"]["spec"]
+    variables = {v["name"]: v["expression"] for v in jobs["variables"]}
+    assert json.loads(variables["runnerImages"]) == ["ghcr.io/regtask/runner:0.1.0", llm_image]
+    assert f"'{naming.RUNNER_SERVICE_ACCOUNT}'" in json.dumps(jobs["validations"])
+    assert naming.tenant_namespace("u", "c").startswith(f"{naming.TENANT_NAMESPACE_PREFIX}-")
+    shipped = load_docs(MANIFESTS / "rbac" / "operator-confinement.yaml")
+    assert [d["kind"] for d in shipped] == [
+        *(["ValidatingAdmissionPolicy"] * 3),
+        *(["ValidatingAdmissionPolicyBinding"] * 3),
+    ]
+
+
+def test_control_namespace_network_policies_fence_each_port() -> None:
+    """Tenant namespaces (the operator's label) reach the gateway's API port and nothing else;
+    every other namespace reaches the shim and the metrics ports (issue 16, item 11)."""
+    objects = rendered(None)
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+        for p in find(objects, "NetworkPolicy")
+    }
+    assert set(policies) == {"shim", "gateway", "operator"}
+    tenant = {"namespaceSelector": {"matchLabels": {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}}}
+    not_tenant = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": naming.LABEL_MANAGED_BY, "operator": "NotIn", "values": [naming.MANAGED_BY]}
+            ]
+        }
+    }
+
+    def allowed(component: str) -> list[tuple[list[Obj], list[int]]]:
+        spec = policies[component]
+        assert spec["policyTypes"] == ["Ingress"]
+        return [(r["from"], [p["port"] for p in r["ports"]]) for r in spec["ingress"]]
+
+    assert allowed("gateway") == [([tenant], [8081]), ([not_tenant], [9092])]
+    assert allowed("shim") == [([not_tenant], [8080])]
+    assert allowed("operator") == [([not_tenant], [9090])]
+    narrowed = render(
+        None,
+        extra=("--set-json", 'networkPolicy.shimFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]'),
+    )
+    [shim] = [p for p in find(narrowed, "NetworkPolicy", "shim")]
+    assert shim["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    assert not find(render(None, extra=("--set", "networkPolicy.enabled=false")), "NetworkPolicy")
+
+
+def test_each_component_may_connect_as_its_own_redis_user() -> None:
+    """redis.components.<component>: that component's REDIS_URL from its own Secret (its Redis
+    ACL user, regtask.redis_acl); the others keep the shared one (issue 16, item 11)."""
+    objects = render(
+        None,
+        extra=(
+            "--set",
+            "redis.existingSecret=shared,redis.components.shim.existingSecret=shim-redis",
+            "--set",
+            "redis.components.gateway.existingSecret=gw-redis,"
+            "redis.components.gateway.existingSecretKey=url",
+        ),
+    )
+    refs = {
+        component: container_env(one(objects, "Deployment", component))["REDIS_URL"]["valueFrom"][
+            "secretKeyRef"
+        ]
+        for component in ("operator", "shim", "gateway")
+    }
+    assert refs == {
+        "operator": {"name": "shared", "key": "redis-url"},
+        "shim": {"name": "shim-redis", "key": "redis-url"},
+        "gateway": {"name": "gw-redis", "key": "url"},
+    }

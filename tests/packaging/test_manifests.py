@@ -70,6 +70,8 @@ def test_manifests_are_plain_objects_in_the_control_namespace() -> None:
                 "CustomResourceDefinition",
                 "ClusterRole",
                 "ClusterRoleBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
             }:
                 assert obj["metadata"]["namespace"] == "regtask-system", path.name
     namespace = load_docs(MANIFESTS / "namespace.yaml")[0]

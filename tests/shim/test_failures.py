@@ -13,6 +13,7 @@ from kubernetes import client
 
 from regtask import storage
 from regtask.documents import Quotas
+from regtask.registry import Registry
 from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
 from tests.fixtures.shim import ShimFactory, dead_kubeconfig
@@ -120,7 +121,8 @@ async def test_input_blobs_over_the_company_storage_quota_are_429(
     shim_namespace: str,
 ) -> None:
     shim = await make_shim()
-    await shim.registry.set_company_quotas(COMPANY, Quotas(storage_limit_mb=0))
+    # As the operator sets them: the shim's own Redis user may not write quotas.
+    await Registry(redis_async).set_company_quotas(COMPANY, Quotas(storage_limit_mb=0))
     big = "z" * (70 * 1024)
     response = await shim.rpc(
         "TASK.start_llm_conversation", [USER, COMPANY, big], {"conversation_id": "conv_full"}

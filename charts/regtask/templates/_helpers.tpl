@@ -50,6 +50,14 @@ app.kubernetes.io/name: regtask-{{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+CEL: the Namespace in the given expression is a tenant namespace of the operator (name prefix
+regtask.naming.TENANT_NAMESPACE_PREFIX + "-", label managed-by=regtask.naming.MANAGED_BY).
+*/}}
+{{- define "regtask.tenantNamespaceCel" -}}
+{{ . }} != null && {{ . }}.metadata.name.startsWith('rt-') && {{ . }}.metadata.?labels[?'app.kubernetes.io/managed-by'].orValue('') == 'regtask-operator'
+{{- end -}}
+
 {{/* Images ------------------------------------------------------------------------------ */}}
 
 {{/* (dict "root" $ "image" .Values.images.shim) -> repository:tag or repository@digest */}}
@@ -140,25 +148,36 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Environment every process reads (common/regtask/settings.py). */}}
+{{/*
+Environment every process reads (common/regtask/settings.py): (dict "root" $ "component" "shim").
+REDIS_URL is the component's own (its Redis ACL user, redis.components.<component>) when set,
+else the shared one.
+*/}}
 {{- define "regtask.sharedEnv" -}}
+{{- $root := .root -}}
+{{- $own := get $root.Values.redis.components .component -}}
 - name: REDIS_URL
-{{- if .Values.redis.existingSecret }}
+{{- if $own.existingSecret }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.existingSecretKey }}
+      name: {{ $own.existingSecret }}
+      key: {{ $own.existingSecretKey }}
+{{- else if $root.Values.redis.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.redis.existingSecret }}
+      key: {{ $root.Values.redis.existingSecretKey }}
 {{- else }}
-  value: {{ .Values.redis.url | quote }}
+  value: {{ $root.Values.redis.url | quote }}
 {{- end }}
 - name: UNIFIED_REGISTRY_ENABLED
-  value: {{ .Values.config.unifiedRegistryEnabled | quote }}
+  value: {{ $root.Values.config.unifiedRegistryEnabled | quote }}
 - name: REGISTRY_DEBUG
-  value: {{ .Values.config.registryDebug | quote }}
+  value: {{ $root.Values.config.registryDebug | quote }}
 - name: TASK_HISTORY_LIMIT
-  value: {{ .Values.config.taskHistoryLimit | int64 | quote }}
+  value: {{ $root.Values.config.taskHistoryLimit | int64 | quote }}
 - name: REGTASK_NAMESPACE
-  value: {{ .Release.Namespace | quote }}
+  value: {{ $root.Release.Namespace | quote }}
 {{- end -}}
 
 {{/* Firestore mirror and Firebase settings (operator and shim; the gateway has no use for them). */}}
@@ -218,6 +237,9 @@ imagePullSecrets:
 {{- end -}}
 {{- if and .Values.firestore.enabled (not .Values.firestore.projectId) -}}
 {{- fail "firestore.enabled=true needs firestore.projectId" -}}
+{{- end -}}
+{{- if eq (int .Values.gateway.metricsPort) (int .Values.gateway.port) -}}
+{{- fail "gateway.metricsPort must differ from gateway.port: runners reach gateway.port, and must not read the metrics" -}}
 {{- end -}}
 {{- if and .Values.llm.apiKey.existingSecret .Values.llm.apiKey.value -}}
 {{- fail "set llm.apiKey.existingSecret or llm.apiKey.value, not both" -}}
