@@ -1,13 +1,14 @@
 """The cluster's truth fed back into the operator's memory, and its memory into task status.
 
 - Jobs: a Job's end finishes its task (:meth:`Reconciler.job_seen`, from the Job watch), and
-  every ``REGTASK_RECONCILE_INTERVAL_S`` (and once at start-up, before any handler runs) the
-  admission counters are rebuilt from the live Jobs (:meth:`Reconciler.reconcile`): a Job of a
-  task not yet seen takes its slot, a Job that finished while the operator was down finishes its
+  every ``REGTASK_RECONCILE_INTERVAL_S`` (and in each prime, after every task was listed) the
+  admission counters are rebuilt from the live Jobs (:meth:`Reconciler.reconcile`): a Job that
+  finished while the operator was down finishes its
   task, a live Job of a finished task is deleted (and holds its slot until it is gone: a
   cancelled task's pods may still be terminating), a running task whose Job vanished ends
   ``Failed`` (``JobLost``). Only a task's own Job (:func:`owns`: its namespace, its derived
-  name, the task's UID) counts for it.
+  name, the task's UID) counts for it; a Job naming a task it does not belong to is ignored (an
+  Event on the task says so), and a Job naming no known task holds no slot.
 - Progress: the runners' progress, written by the gateway in the registry, is copied into the
   CR status at most every ``REGTASK_PROGRESS_STATUS_INTERVAL_S`` per task.
 - Quota usage: each CompanyQuota's status shows its company's running and waiting counts.
@@ -25,8 +26,7 @@ from typing import Any
 import structlog
 
 from regtask import naming
-from regtask.crmodels import TERMINAL_PHASES, Phase, Priority
-from regtask.timeutil import now_iso, parse_iso
+from regtask.crmodels import TERMINAL_PHASES, Phase
 from regtask_operator import jobs
 from regtask_operator.admission import Candidate, TaskKey
 from regtask_operator.config import OperatorSettings
@@ -69,6 +69,8 @@ class Reconciler:
     tracker: TaskTracker
     status: StatusWriter
     mirror: Mirror
+    # (task, Job namespace/name) pairs already reported as foreign (one Event each)
+    _foreign_reported: set[tuple[TaskKey, str]] = field(default_factory=set)
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -88,7 +90,10 @@ class Reconciler:
         (:func:`owns`) decides nothing."""
         key = job_task_key(job, self.settings)
         task = self.tracker.tasks.get(key) if key is not None else None
-        if task is None or not owns(task, job):
+        if task is None:
+            return
+        if not owns(task, job):
+            self._report_foreign(task, job)
             return
         outcome = jobs.read_job_status(job.get("status"))
         if task.phase in TERMINAL_PHASES:
@@ -97,6 +102,22 @@ class Reconciler:
             return
         if outcome.phase is not None:
             await self.status.finish_as_job(task, outcome)
+
+    def _report_foreign(self, task: TrackedTask, job: dict[str, Any]) -> None:
+        """A Job that names this task but is not its own: ignored, said once on the task."""
+        meta = job.get("metadata") or {}
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
+        if (task.key, where) in self._foreign_reported:
+            return
+        self._foreign_reported.add((task.key, where))
+        log.warning("foreign_job_ignored", task=str(task.key), job=where)
+        self.status.emit(
+            task,
+            "Warning",
+            "ForeignJobIgnored",
+            f"Job {where} names this task but is not its own (its namespace, name or task UID "
+            "differ): it decides nothing and holds no slot",
+        )
 
     def job_gone(self, job: dict[str, Any]) -> None:
         """A Job's DELETED event: a task that ended while it ran gets its slot back now (a
@@ -145,20 +166,9 @@ class Reconciler:
                 elif not meta.get("deletionTimestamp"):
                     running.append(task.candidate())
                 continue
-            if outcome.phase is not None:
-                continue
-            # A Job whose task has not been seen yet (start-up): its slot counts all the same.
-            annotations = meta.get("annotations") or {}
-            running.append(
-                Candidate(
-                    key=key,
-                    task_id=annotations.get(naming.ANNOTATION_TASK, key.name),
-                    user_id=annotations.get(naming.ANNOTATION_USER, ""),
-                    company_id=annotations.get(naming.ANNOTATION_COMPANY, ""),
-                    priority=Priority.NORMAL,
-                    created=parse_iso(meta.get("creationTimestamp") or now_iso()).timestamp(),
-                )
-            )
+            # A Job whose task is not known: every task was listed before the first reconcile
+            # (Controller.prime), so none of ours. Its labels and annotations are anyone's to
+            # write: it takes no slot, whoever it names.
         # Finished Jobs first: their tasks end, and are then neither running nor requeued.
         for task, outcome in finished:
             await self.status.finish_as_job(task, outcome)
