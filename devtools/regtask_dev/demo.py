@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -136,6 +137,10 @@ def start(stack: Stack) -> dict[str, Any]:
     say(f"  cluster ready in {cluster.create_seconds:.0f} s; loading the images ...")
     cluster.load_images(list(refs.values()))
     say("starting Redis, the Firestore emulator, the LLM and ChromaDB on the host ...")
+    # Every demo starts from empty stores: a ChromaDB collection left by an earlier demo keeps
+    # the dimension of the embedding model it was made with (384 now, 640 before) and refuses
+    # the new vectors.
+    shutil.rmtree(stack.workdir / "services", ignore_errors=True)
     services = install.start_host_services(
         cluster, stack.workdir / "services", firestore=True, llm=True, chroma=True
     )
