@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from regtask import logconfig
+
+# A main() run in-process configures logging; its loggers must stay capturable (see logconfig).
+logconfig.CACHE_LOGGERS = False
+
 pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.firestore",

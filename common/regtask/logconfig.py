@@ -10,6 +10,11 @@ import sys
 
 import structlog
 
+# Loggers cached on first use: cheaper per call in the services. A test process turns it off
+# (root conftest): a cached logger escapes ``structlog.testing.capture_logs`` for good, so one
+# test that runs a ``main()`` in-process would blind every later test that captures logs.
+CACHE_LOGGERS = True
+
 
 def configure_logging(debug: bool = False) -> None:
     level = logging.DEBUG if debug else logging.INFO
@@ -26,7 +31,7 @@ def configure_logging(debug: bool = False) -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(

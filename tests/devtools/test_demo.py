@@ -4,6 +4,8 @@ stopped; and a second ``make demo`` takes the first one down before starting."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ from regtask_dev import demo
 from regtask_dev.kind import ClusterError
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def process_logging_untouched(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``demo.up`` configures the process's logging for a terminal: structlog with loggers
+    cached on first use (after which ``structlog.testing.capture_logs`` in later tests sees
+    nothing) and quieter stdlib levels. In a test process that stays as the suite had it."""
+    monkeypatch.setattr(demo, "configure_logging", lambda debug=False: None)
+    levels = {name: logging.getLogger(name).level for name in ("httpx", "regtask_dev")}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_a_failure_is_one_line_with_the_logs_and_stops_what_was_started(
