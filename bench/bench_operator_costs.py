@@ -132,11 +132,13 @@ async def writes_per_admission(waiting: int, admissions: int = 20) -> float:
     made, api, mirror = controller()
     await add_tasks(made, "t", waiting + 1)
     await made.scheduler.step()
+    await made.launcher.settle()
     before = mirror.writes
     for i in range(admissions):
         task = made.tracker.tasks[TaskKey(NAMESPACE, f"task-t{i}")]
         await made.job_seen(api.complete(task.tenant_namespace, naming.job_name(f"t{i}")))
         await made.scheduler.step()
+        await made.launcher.settle()
     return (mirror.writes - before) / admissions
 
 
@@ -153,12 +155,58 @@ async def quota_usage_seconds(tasks: int, companies: int = 50, rounds: int = 200
     made, _, _ = controller()
     await add_tasks(made, "q", tasks, companies)
     for c in range(companies):
-        made.tracker.quota_objects[f"c{c}"] = TaskKey(NAMESPACE, f"quota-c{c}")
+        made.tracker.show_usage_in(f"c{c}", TaskKey(NAMESPACE, f"quota-c{c}"))
     started = time.perf_counter()
     for _ in range(rounds):
         made.reconciler._quota_shown.clear()  # every company patched each round
+        made.tracker.usage_owed.update(f"c{c}" for c in range(companies))
         await made.reconciler.publish_quota_usage()
     return time.perf_counter() - started
+
+
+async def quota_usage_companies_visited(companies: int) -> int:
+    """Companies looked up by a quota-usage round after one task of one company arrived."""
+    made, _, _ = controller()
+    for c in range(companies):
+        made.tracker.show_usage_in(f"c{c}", TaskKey(NAMESPACE, f"quota-c{c}"))
+    await made.reconciler.publish_quota_usage()
+    visited: list[str] = []
+    summary = made.tracker.queue_summary
+
+    def counting(company_id: str) -> dict[str, int]:
+        visited.append(company_id)
+        return summary(company_id)
+
+    made.tracker.queue_summary = counting  # type: ignore[method-assign]
+    await add_tasks(made, "one", 1)
+    await made.reconciler.publish_quota_usage()
+    return len(visited)
+
+
+async def step_while_a_launch_hangs() -> dict[str, Any]:
+    """A step with one tenant's Job create hanging: does it return, and do the other tenants'
+    tasks start meanwhile?"""
+    made, api, _ = controller()
+    hang = asyncio.Event()
+    create = api.create
+
+    async def hanging_create(manifest: dict[str, Any]) -> bool:
+        if manifest["metadata"]["name"] == naming.job_name("h0"):
+            await hang.wait()
+        return await create(manifest)
+
+    api.create = hanging_create  # type: ignore[method-assign]
+    await add_tasks(made, "h", 10, companies=10)
+    try:
+        await asyncio.wait_for(made.scheduler.step(), 10.0)
+    except TimeoutError:
+        return {"step_returned": False, "others_started": 0}
+    for _ in range(100):
+        await asyncio.sleep(0)
+    started = sum(1 for t in made.tracker.tasks.values() if t.phase is Phase.RUNNING)
+    hang.set()
+    await made.launcher.settle()
+    return {"step_returned": True, "others_started": started}
 
 
 def failed_scrapes(tasks: int = 2000, rounds: int = 200) -> tuple[int, int]:
@@ -196,6 +244,8 @@ def main() -> None:
     small, large = (asyncio.run(writes_per_admission(w)) for w in (200, 400))
     trips_small, trips_large = (asyncio.run(progress_round_trips(n)) for n in (100, 1000))
     quota_small, quota_large = (asyncio.run(quota_usage_seconds(n)) for n in (1000, 10_000))
+    visited = asyncio.run(quota_usage_companies_visited(1000))
+    hung = asyncio.run(step_while_a_launch_hangs())
     failed, scrapes = failed_scrapes()
     settings = kopf.OperatorSettings()
     handlers.filter_jobs_on_the_server(settings)
@@ -207,6 +257,8 @@ def main() -> None:
             "redis_writes_per_admission_ratio_400_vs_200": round(large / small, 2),
             "progress_sync_round_trips": {"running_100": trips_small, "running_1000": trips_large},
             "quota_usage_time_ratio_10000_vs_1000_tasks": round(quota_large / quota_small, 2),
+            "quota_usage_companies_visited_after_one_change_of_1000": visited,
+            "step_with_one_launch_hanging_of_10": hung,
             "scrapes_failed_while_tasks_change": {"failed": failed, "scrapes": scrapes},
             "job_watch_label_selector": ",".join(selector),
         },

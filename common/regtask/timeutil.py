@@ -30,6 +30,13 @@ def now_iso() -> str:
     return _last_text
 
 
+def iso_in(now: float, seconds: float | None) -> str | None:
+    """``now + seconds`` (epoch) as :func:`iso_z` renders it; None when unknown."""
+    if seconds is None:
+        return None
+    return iso_z(datetime.fromtimestamp(now + seconds, UTC))
+
+
 def parse_iso(value: str) -> datetime:
     """Parse what :func:`iso_z` writes, and the ``+00:00`` form older writers used."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)

@@ -91,26 +91,33 @@ class AdmissionState:
         # walking every task of every company.
         self._running_per_company: Counter[str] = Counter()
         self._queued_per_company: Counter[str] = Counter()
+        # Companies whose counts changed since the last take_changed(): the quota-usage round
+        # visits only them, not every company.
+        self._changed: set[str] = set()
 
     def _run(self, candidate: Candidate) -> None:
         self._unrun(candidate.key)  # replaced (rebuild): counted once
         self._running_per_company[candidate.company_id] += 1
+        self._changed.add(candidate.company_id)
         self._running[candidate.key] = candidate
 
     def _unrun(self, key: TaskKey) -> Candidate | None:
         candidate = self._running.pop(key, None)
         if candidate is not None:
             _decrement(self._running_per_company, candidate.company_id)
+            self._changed.add(candidate.company_id)
         return candidate
 
     def _queue(self, candidate: Candidate) -> None:
         self._queued[candidate.key] = (next(self._seq), candidate)
         self._queued_per_company[candidate.company_id] += 1
+        self._changed.add(candidate.company_id)
 
     def _unqueue(self, key: TaskKey) -> None:
         item = self._queued.pop(key, None)
         if item is not None:
             _decrement(self._queued_per_company, item[1].company_id)
+            self._changed.add(item[1].company_id)
 
     # ---------------------------------------------------------------- state changes
 
@@ -142,6 +149,11 @@ class AdmissionState:
                 added += 1
             self.mark_running(candidate)
         return added, len(dropped)
+
+    def take_changed(self) -> set[str]:
+        """The companies whose running or queued count may have moved since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # ---------------------------------------------------------------- queries
 

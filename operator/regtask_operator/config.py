@@ -76,6 +76,14 @@ class OperatorSettings(BaseSettings):
     # in the gateway's window counter); until then admission counts it on top of the counter.
     llm_admission_grace_s: float = Field(default=120.0, ge=0)
 
+    # Launches (namespace, Job, Running) run beside the decision step, at most this many at
+    # once: a slow tenant delays its own tasks, not the step or the other tenants.
+    launch_concurrency: int = Field(default=16, ge=1, le=256)
+    # A failed launch is tried again after this, doubled per consecutive failure of the task
+    # up to launch_retry_max_s; its user's slot stays held meanwhile.
+    launch_retry_s: float = Field(default=1.0, gt=0)
+    launch_retry_max_s: float = Field(default=30.0, gt=0)
+
     # Cadences
     status_sync_interval_s: float = Field(default=2.0, gt=0)
     reconcile_interval_s: float = Field(default=30.0, gt=0)

@@ -1,11 +1,12 @@
 """The task lifecycle behind one small facade: what the Kopf handlers, the runtime's loops,
 maintenance and metrics call. Admit, launch, follow, finish.
 
-The work is done in four places, each with one concern:
+The work is done in five places, each with one concern:
 
 - :mod:`~regtask_operator.tasks`: what the operator knows (tracked tasks, admission state,
   company limits);
-- :mod:`~regtask_operator.scheduler`: the decision loop (step, launch, waiting reports);
+- :mod:`~regtask_operator.scheduler`: the decision loop (step, waiting reports);
+- :mod:`~regtask_operator.launcher`: the launches it decides, beside the step, bounded;
 - :mod:`~regtask_operator.status`: what a task shows (one guarded status writer, the pure
   builders of each status body, its Events, its end);
 - :mod:`~regtask_operator.reconcile`: the cluster's truth fed back (Jobs, progress, quota use);
@@ -43,6 +44,7 @@ from regtask.timeutil import now_iso
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.kube import Kube, KubeError
+from regtask_operator.launcher import Launcher
 from regtask_operator.mirror import Mirror, TaskSnapshot
 from regtask_operator.reconcile import Reconciler
 from regtask_operator.scheduler import LlmWindow, Scheduler
@@ -65,8 +67,16 @@ class Controller:
         self.tenants = Tenants(
             kube, settings, self.tracker.max_tasks_per_user, self.tracker.active_namespaces
         )
+        self.launcher = Launcher(settings, kube, self.tracker, self.status, mirror, self.tenants)
         self.scheduler = Scheduler(
-            settings, kube, self.tracker, self.status, mirror, self.tenants, llm_window
+            settings,
+            kube,
+            self.tracker,
+            self.status,
+            mirror,
+            self.tenants,
+            llm_window,
+            self.launcher,
         )
         self.reconciler = Reconciler(settings, kube, self.tracker, self.status, mirror)
 
@@ -141,7 +151,7 @@ class Controller:
             allowed_models=list(quota.allowed_models),
         )
         tracker = self.tracker
-        tracker.quota_objects[quota.company_id] = key
+        tracker.show_usage_in(quota.company_id, key)
         tracker.set_limits(quota.company_id, quotas, quota.rate_limit_policy)
         if quota.company_id in tracker.limits_in_registry:
             return  # the same limits as already written: nothing to write
@@ -155,6 +165,7 @@ class Controller:
         if company_id and tracker.quota_objects.get(company_id) == key:
             tracker.drop_limits(company_id)
             tracker.quota_objects.pop(company_id, None)
+            self.reconciler.forget_shown(company_id)
             await self.mirror.drop_limits(company_id, tracker.company_limits(company_id)[0])
 
     def known_limits(self) -> tuple[dict[str, Quotas], Quotas]:

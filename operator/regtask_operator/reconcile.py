@@ -74,9 +74,13 @@ class Reconciler:
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def forget_shown(self) -> None:
-        """What the CompanyQuotas' status shows is unknown again (another replica wrote it)."""
-        self._quota_shown.clear()
+    def forget_shown(self, company_id: str | None = None) -> None:
+        """What the CompanyQuotas' status shows is unknown again (another replica wrote it, or
+        the company's CompanyQuota was deleted: a new one starts with an empty status)."""
+        if company_id is None:
+            self._quota_shown.clear()
+        else:
+            self._quota_shown.pop(company_id, None)
 
     async def live_jobs(self) -> list[dict[str, Any]]:
         """Every Job of this operator, in every namespace."""
@@ -241,18 +245,28 @@ class Reconciler:
         return patched
 
     async def publish_quota_usage(self) -> int:
-        """Patch each CompanyQuota's status with its company's running and waiting counts."""
+        """Patch the CompanyQuota status of each company whose running or waiting count moved
+        since the last round (or whose quota object is new): the round's work follows what
+        changed, not the number of companies. A failed patch is owed to the next round."""
         patched = 0
-        quota_objects = self.tracker.quota_objects
-        for company_id, key in list(quota_objects.items()):
-            usage = self.tracker.queue_summary(company_id)
+        tracker = self.tracker
+        owed = sorted(tracker.take_usage_changes())
+        for done, company_id in enumerate(owed):
+            key = tracker.quota_objects.get(company_id)
+            if key is None:
+                continue  # no CompanyQuota shows this company's usage
+            usage = tracker.queue_summary(company_id)
             if self._quota_shown.get(company_id) == usage:
                 continue
-            body = await self.kube.patch_merge(
-                quota_path(key.namespace, key.name, status=True), {"status": usage}
-            )
+            try:
+                body = await self.kube.patch_merge(
+                    quota_path(key.namespace, key.name, status=True), {"status": usage}
+                )
+            except BaseException:
+                tracker.usage_owed.update(owed[done:])
+                raise
             if body is None:
-                quota_objects.pop(company_id, None)
+                tracker.quota_objects.pop(company_id, None)
                 continue
             self._quota_shown[company_id] = usage
             patched += 1

@@ -180,6 +180,7 @@ class Runtime:
         for task in self.loops:
             task.cancel()
         await asyncio.gather(*self.loops, return_exceptions=True)
+        await self.controller.launcher.cancel()
         if self.firestore is not None:
             await asyncio.to_thread(self.firestore.stop, 5.0)
         await self.redis.aclose()

@@ -9,16 +9,16 @@ A step, in order:
 2. decide, under the one lock, with :meth:`~regtask_operator.admission.AdmissionState.decide`:
    admitted tasks move to the running set and are marked launching in the same critical
    section, so a concurrent reconcile counts their slots before their Jobs exist;
-3. launch the admitted (tenant namespace, Job, ``Running``) and refuse the refused, first:
-   under a burst, hundreds of waiting reports would otherwise queue in front of the Job creations;
+3. hand the admitted to the :class:`~regtask_operator.launcher.Launcher` (tenant namespace,
+   Job, ``Running``, beside the step, a bounded number at once) and the refused too: the step
+   never waits for a launch, so a slow or failing tenant holds nobody else;
 4. report the waiting tasks whose position or reason moved: the registry and the events get
    every change among the first :data:`EXACT_POSITIONS` and, further back, each crossing of a
    1-2-5 boundary (:func:`shown_position`), so an admission costs O(log W) Redis writes, not one
    per waiting task (draining a queue of W was O(W²)); the CR status follows at most every
    ``REGTASK_QUEUE_POSITION_REFRESH_S`` per task.
 
-A failed launch puts the task back in the queue (and forgets its namespace when the API says it
-is gone), so the next step tries again.
+A failed launch waits its own back-off, then goes back to the queue (see the launcher).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import structlog
 
@@ -36,8 +35,7 @@ from regtask.crmodels import TERMINAL_PHASES, Phase
 from regtask.eta import Busy, Eta, Queued, schedule
 from regtask.ratelimit import WINDOW_S
 from regtask.tasktypes import TASK_TYPES
-from regtask.timeutil import iso_z, now_iso, parse_iso
-from regtask_operator import jobs, metrics
+from regtask.timeutil import iso_in
 from regtask_operator.admission import (
     Candidate,
     Decisions,
@@ -47,17 +45,14 @@ from regtask_operator.admission import (
     WaitReason,
 )
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, KubeError, object_path
+from regtask_operator.kube import Kube
+from regtask_operator.launcher import Launcher
 from regtask_operator.mirror import Mirror
-from regtask_operator.status import StatusWriter, running_status, waiting_status
+from regtask_operator.status import StatusWriter, waiting_status
 from regtask_operator.tasks import TaskTracker, TrackedTask
 from regtask_operator.tenants import Tenants
 
 log = structlog.get_logger(__name__)
-
-
-class StaleJobError(RuntimeError):
-    """The derived Job name is taken by a Job of an earlier task with the same taskId."""
 
 
 # The positions published at every change; further back only the crossings of 1-2-5 boundaries.
@@ -94,6 +89,7 @@ class Scheduler:
     mirror: Mirror
     tenants: Tenants
     llm_window: LlmWindow
+    launcher: Launcher
 
     async def run(self, stop: asyncio.Event, active: asyncio.Event) -> None:
         """The single decision loop: wakes on every kick, and at least every few seconds; steps
@@ -136,12 +132,14 @@ class Scheduler:
             for admitted in decisions.admitted:
                 if admitted.uses_llm:
                     tracker.admitted_llm(admitted.company_id, now)
-        # Launches first: under a burst, hundreds of waiting reports would otherwise queue in
-        # front of the Job creations on the shared connection pool.
-        await asyncio.gather(
-            *(self._launch_guarded(c) for c in decisions.admitted),
-            *(self._refuse(r.candidate, r.message) for r in decisions.refused),
-        )
+        # Applied beside the step (regtask_operator.launcher): a slow or failing tenant never
+        # holds the step, nor the other tenants' launches.
+        for candidate in decisions.admitted:
+            self.launcher.start(candidate)
+        for refused in decisions.refused:
+            self.launcher.beside(
+                self._refuse(refused.candidate, refused.message), f"refuse {refused.candidate.key}"
+            )
         # Most waiting tasks are where they were at the last step: only the moved ones cost a
         # coroutine (with 10,000 tasks waiting, a step would otherwise build 10,000 of them).
         moved = [w for w in decisions.waiting if self._wait_changed(w)]
@@ -219,91 +217,7 @@ class Scheduler:
                 log.warning("llm_window_unavailable", company_id=company_id, error=str(exc))
         return windows
 
-    # ------------------------------------------------------------------ launching
-
-    async def _launch_guarded(self, candidate: Candidate) -> None:
-        task = self.tracker.tasks.get(candidate.key)
-        try:
-            if task is None:  # forgotten (deleted) between the decision and now
-                await self.tracker.release(candidate.key)
-                return
-            await self.launch(task)
-        except Exception as exc:
-            log.exception("task_launch_failed", task=str(candidate.key))
-            if task is not None and isinstance(exc, KubeError) and exc.status == 404:
-                self.tenants.forget(task.tenant_namespace)  # removed behind our back: rebuild
-            if task is not None:
-                await self.tracker.requeue(task)  # unless it was cancelled meanwhile
-                self.status.emit(task, "Warning", "LaunchFailed", str(exc)[:500])
-            await asyncio.sleep(1.0)
-            self.tracker.kick()
-        finally:
-            self.tracker.launching.discard(candidate.key)
-
-    async def launch(self, task: TrackedTask) -> None:
-        """Tenant namespace, Job, ``Running``. A cancel may land at any await of this: the
-        task's phase is checked after each, and a Job created for a task that ended meanwhile
-        is deleted at once (the reconcile loop deletes it otherwise)."""
-        if task.phase in TERMINAL_PHASES:
-            return
-        spec = task.spec
-        namespace = await self.tenants.ensure(spec.user_id, spec.company_id)
-        if task.phase in TERMINAL_PHASES:
-            return
-        metrics.ADMISSION_WAIT.labels(spec.company_id).observe(
-            max(0.0, time.time() - parse_iso(task.created).timestamp())
-        )
-        task.admitted_at = time.time()
-        job = jobs.build_job(spec, task.key.name, task.key.namespace, task.uid, self.settings)
-        created = await self.kube.create(job)
-        task.launched_mono = task.progress_patched_at = time.monotonic()
-        if task.phase in TERMINAL_PHASES:
-            await self.status.delete_job(task)  # cancelled while its Job was being created
-            return
-        if not created:
-            existing = await self.kube.get(
-                object_path("batch/v1", "Job", namespace, job["metadata"]["name"])
-            )
-            if existing is not None and not jobs.belongs_to(existing, task.uid):
-                # An earlier task with the same taskId left its Job: never inherit its outcome.
-                await self.status.delete_job(task)
-                raise StaleJobError(
-                    f"Job {job['metadata']['name']} belongs to an earlier task with this "
-                    "taskId; deleted, the launch is retried"
-                )
-            # Launched by an earlier life of the operator: follow that Job, whatever its state.
-            outcome = jobs.read_job_status((existing or {}).get("status"))
-            if outcome.phase is not None:
-                await self.status.finish_as_job(task, outcome)
-                return
-        if not self.tracker.transition(task, Phase.RUNNING):
-            await self.status.delete_job(task)  # ended in the meantime
-            return
-        await self.status.write(task, running_status(namespace, job["metadata"]["name"]))
-        median = self.tracker.runs.medians().get(task.task_type.value)
-        await self.mirror.publish(
-            task.snapshot(
-                Phase.RUNNING,
-                current_step="starting",
-                estimated_completion=_iso_in(time.time(), median),
-            )
-        )
-        self.status.emit(
-            task,
-            "Normal",
-            "Admitted",
-            f"Job {job['metadata']['name']} {'created' if created else 'already existed'}"
-            f" in {namespace}",
-        )
-        log.info(
-            "task_started",
-            task_id=spec.task_id,
-            task_type=spec.task_type.value,
-            user_id=spec.user_id,
-            company_id=spec.company_id,
-            isolation_namespace=namespace,
-            timestamp=now_iso(),
-        )
+    # ------------------------------------------------------------------ refusing
 
     async def _refuse(self, candidate: Candidate, message: str) -> None:
         task = self.tracker.tasks.get(candidate.key)
@@ -353,18 +267,11 @@ class Scheduler:
                 queue_position=waiting.position,
                 reason=waiting.reason.value,
                 current_step="waiting_quota",
-                estimated_start=_iso_in(now, eta.start_in_s if eta else None),
-                estimated_completion=_iso_in(now, eta.done_in_s if eta else None),
+                estimated_start=iso_in(now, eta.start_in_s if eta else None),
+                estimated_completion=iso_in(now, eta.done_in_s if eta else None),
             )
         )
 
 
 def _user(candidate: Candidate) -> tuple[str, str]:
     return (candidate.company_id, candidate.user_id)
-
-
-def _iso_in(now: float, seconds: float | None) -> str | None:
-    """``now + seconds`` as ISO-8601 UTC, None when unknown."""
-    if seconds is None:
-        return None
-    return iso_z(datetime.fromtimestamp(now + seconds, UTC))

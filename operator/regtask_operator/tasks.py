@@ -177,6 +177,9 @@ class TaskTracker:
     draining: set[TaskKey] = field(default_factory=set)
     # company_id -> the CompanyQuota object whose status shows its usage.
     quota_objects: dict[str, TaskKey] = field(default_factory=dict)
+    # companies whose usage the next quota-usage round must look at besides those whose
+    # counts moved (a CompanyQuota just seen, a patch that failed)
+    usage_owed: set[str] = field(default_factory=set)
     # companies whose current limits are written in the Redis registry
     limits_in_registry: set[str] = field(default_factory=set)
     # company_id -> times (time.time()) of its LLM tasks admitted lately, not yet assumed to be
@@ -201,6 +204,7 @@ class TaskTracker:
         self.launching.clear()
         self.draining.clear()
         self.quota_objects.clear()
+        self.usage_owed.clear()
         self.limits_in_registry.clear()
         self.llm_admissions.clear()
         self.runs = RunHistory()
@@ -247,6 +251,17 @@ class TaskTracker:
         self.limits.pop(company_id, None)
         self.limits_in_registry.discard(company_id)
         self.kick()
+
+    def show_usage_in(self, company_id: str, key: TaskKey) -> None:
+        """This CompanyQuota shows the company's usage (its status is patched from now on)."""
+        self.quota_objects[company_id] = key
+        self.usage_owed.add(company_id)
+
+    def take_usage_changes(self) -> set[str]:
+        """The companies whose usage may differ from what their CompanyQuota shows."""
+        owed = self.usage_owed | self.state.take_changed()
+        self.usage_owed = set()
+        return owed
 
     # ------------------------------------------------------------------ LLM admissions
 

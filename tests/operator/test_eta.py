@@ -14,7 +14,7 @@ from regtask.eta import Busy, Queued, RunHistory, schedule
 from regtask.timeutil import parse_iso
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
-from tests.operator.test_lifecycle_races import NAMESPACE, FakeApi, FakeMirror, see, yields
+from tests.operator.test_lifecycle_races import NAMESPACE, FakeApi, FakeMirror, see, step, yields
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ async def test_waiting_tasks_get_their_start_and_end_published() -> None:
     for n in range(3):
         await see(controller, f"t{n}")
     before = time.time()
-    await controller.scheduler.step()
+    await step(controller)
     await yields(50)
     waiting = {s.task_id: s for s in mirror.published if s.phase is Phase.WAITING}
     assert sorted(waiting) == ["t1", "t2"]
@@ -76,7 +76,7 @@ async def test_no_history_no_eta() -> None:
     controller.tracker.ready = True
     for n in range(2):
         await see(controller, f"t{n}")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(50)
     [waiting] = [s for s in mirror.published if s.phase is Phase.WAITING]
     assert (waiting.queue_position, waiting.estimated_start) == (1, None)
@@ -88,7 +88,7 @@ async def test_a_succeeded_run_feeds_the_history() -> None:
     controller = Controller(settings, api, Snapshots(), no_llm_use)  # type: ignore[arg-type]
     controller.tracker.ready = True
     key = await see(controller, "t0")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(50)
     task = controller.tracker.tasks[key]
     task.admitted_at = time.time() - 42

@@ -12,7 +12,7 @@ import pytest
 
 from regtask import naming
 from regtask.crmodels import Phase
-from tests.operator.test_lifecycle_races import FakeApi, make, phase, see, yields
+from tests.operator.test_lifecycle_races import FakeApi, make, phase, see, step, yields
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,7 @@ async def test_a_forged_job_decides_nothing_and_is_reported(forgery: dict[str, s
     controller = make(api)
     events = recorded_events(controller)
     key = await see(controller, "t1")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(40)
     task = controller.tracker.tasks[key]
     assert phase(task) is Phase.RUNNING
@@ -79,5 +79,5 @@ async def test_a_forged_live_job_for_no_known_task_takes_no_slot() -> None:
         "status": {},
     }
     await controller.reconcile()
-    [admitted] = (await controller.scheduler.step()).admitted  # before: waiting behind the ghost
+    [admitted] = (await step(controller)).admitted  # before: waiting behind the ghost
     assert admitted.task_id == "t1"

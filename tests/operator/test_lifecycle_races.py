@@ -27,7 +27,7 @@ from regtask import naming
 from regtask.crmodels import TERMINAL_PHASES, Phase, RegistryTaskSpec
 from regtask.timeutil import parse_iso
 from regtask_operator import jobs
-from regtask_operator.admission import TaskKey
+from regtask_operator.admission import Decisions, TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
 from regtask_operator.kube import KubeError, Page
@@ -148,7 +148,9 @@ async def no_llm_use(company_id: str) -> tuple[int, int]:
 
 def make(api: FakeApi, primed: bool = True) -> Controller:
     """The controller as after :meth:`Controller.prime` (or before it: ``primed=False``)."""
-    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
+    settings = OperatorSettings(
+        namespace=NAMESPACE, default_max_tasks_per_user=1, launch_retry_s=0.01
+    )
     controller = Controller(settings, api, FakeMirror(), no_llm_use)  # type: ignore[arg-type]
     controller.tracker.ready = primed
     return controller
@@ -170,6 +172,13 @@ async def see(controller: Controller, task_id: str, **extra: Any) -> TaskKey:
         key, f"uid-{task_id}", spec(task_id, **extra), {}, "2026-11-28T00:00:00Z"
     )
     return key
+
+
+async def step(controller: Controller) -> Decisions:
+    """One scheduler step and the launches and refusals it started (they run beside it)."""
+    decisions = await controller.scheduler.step()
+    await controller.launcher.settle()
+    return decisions
 
 
 async def yields(count: int) -> None:
@@ -218,7 +227,7 @@ def test_a_cancel_at_any_instant_leaves_no_job_and_no_slot(seed: int, cancel_aft
             await yields(cancel_after)
             await controller.status.cancel(task, "CancelRequested", "cancelled by request")
 
-        await asyncio.gather(controller.scheduler.step(), cancel_later())
+        await asyncio.gather(step(controller), cancel_later())
         await yields(50)  # let every launch and event coroutine finish
         assert phase(task) is Phase.CANCELLED
         assert (task.tenant_namespace, naming.job_name("t1")) not in api.jobs, "live Job left"
@@ -260,7 +269,7 @@ def test_nothing_leaves_a_terminal_phase(seed: int, cancel_after: int, complete_
 
         async def steps() -> None:
             for _ in range(4):
-                await controller.scheduler.step()
+                await step(controller)
                 await yields(3)
 
         await asyncio.gather(steps(), cancel_second(), complete_first())
@@ -279,7 +288,7 @@ async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
     api = FakeApi(random.Random(0))
     controller = make(api)
     key = await see(controller, "t1")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(50)
     task = controller.tracker.tasks[key]
     assert phase(task) is Phase.RUNNING
@@ -327,7 +336,7 @@ async def test_a_refused_final_write_still_ends_the_task_and_is_retried_until_it
     controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
     controller.tracker.ready = True  # as after prime()
     key = await see(controller, "t1")
-    await controller.scheduler.step()
+    await step(controller)
     task = controller.tracker.tasks[key]
     assert phase(task) is Phase.RUNNING
     api.refusing = True
@@ -353,7 +362,7 @@ async def test_a_running_task_whose_job_vanished_fails_as_job_lost() -> None:
     api = FakeApi(random.Random(0))
     controller = make(api)
     key = await see(controller, "t1")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(20)
     task = controller.tracker.tasks[key]
     assert phase(task) is Phase.RUNNING
@@ -363,7 +372,7 @@ async def test_a_running_task_whose_job_vanished_fails_as_job_lost() -> None:
     assert phase(task) is Phase.FAILED
     assert api.writes[key.name][-1]["reason"] == "JobLost"
     assert not controller.tracker.state.is_queued(key)
-    await controller.scheduler.step()
+    await step(controller)
     assert api.jobs == {}, "not run again"
 
 
@@ -382,11 +391,11 @@ async def test_a_job_left_by_an_earlier_task_with_the_same_task_id_is_not_adopte
     api.jobs[(earlier["metadata"]["namespace"], earlier["metadata"]["name"])] = earlier
     api.complete(earlier["metadata"]["namespace"], earlier["metadata"]["name"])
     key = await see(controller, "t1")
-    await controller.scheduler.step()  # finds the old Job: deletes it, retries
+    await step(controller)  # finds the old Job: deletes it, retries
     await yields(20)
     task = controller.tracker.tasks[key]
     assert phase(task) is not Phase.SUCCEEDED
-    await controller.scheduler.step()
+    await step(controller)
     await yields(20)
     assert phase(task) is Phase.RUNNING
     live = api.jobs[(earlier["metadata"]["namespace"], earlier["metadata"]["name"])]
@@ -478,10 +487,10 @@ async def test_no_admission_before_the_company_quotas_are_listed() -> None:
                 "spec": spec(f"t{n}"),
             }
         )
-    assert (await controller.scheduler.step()).admitted == []
+    assert (await step(controller)).admitted == []
     assert api.jobs == {}
     await controller.prime()
-    decisions = await controller.scheduler.step()
+    decisions = await step(controller)
     await yields(50)
     assert len(decisions.admitted) == 3
     assert len(api.jobs) == 3
@@ -496,15 +505,15 @@ async def test_a_cancelled_task_keeps_its_slot_until_its_job_is_gone() -> None:
     controller = make(api)  # one task per user
     first = await see(controller, "t1")
     await see(controller, "t2")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(30)
     task = controller.tracker.tasks[first]
     assert phase(task) is Phase.RUNNING
     await controller.status.cancel(task, "CancelRequested", "cancelled by request")
     assert phase(task) is Phase.CANCELLED
-    assert (await controller.scheduler.step()).admitted == []  # pods still terminating
+    assert (await step(controller)).admitted == []  # pods still terminating
     deliver_deletions(controller, api)
-    [admitted] = (await controller.scheduler.step()).admitted
+    [admitted] = (await step(controller)).admitted
     assert admitted.task_id == "t2"
 
 
@@ -513,7 +522,7 @@ async def test_a_reconcile_frees_a_cancelled_tasks_slot_once_its_job_is_gone() -
     api = FakeApi(random.Random(3))
     controller = make(api)
     first = await see(controller, "t1")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(30)
     task = controller.tracker.tasks[first]
     job = dict(api.jobs[(task.tenant_namespace, naming.job_name("t1"))])

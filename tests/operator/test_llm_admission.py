@@ -15,7 +15,7 @@ import pytest
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
-from tests.operator.test_lifecycle_races import NAMESPACE, FakeApi, FakeMirror, yields
+from tests.operator.test_lifecycle_races import NAMESPACE, FakeApi, FakeMirror, step, yields
 
 pytestmark = pytest.mark.unit
 
@@ -60,9 +60,9 @@ async def queue(made: Controller, count: int) -> None:
 async def test_steps_in_a_row_admit_only_the_windows_room() -> None:
     made = controller(grace_s=120)
     await queue(made, 20)
-    first = await made.scheduler.step()
+    first = await step(made)
     await yields(50)
-    second = await made.scheduler.step()
+    second = await step(made)
     await yields(50)
     assert len(first.admitted) == LIMIT - USED
     assert second.admitted == []  # before: 4 more, then 4 more at each step
@@ -73,7 +73,7 @@ async def test_admissions_older_than_the_grace_are_left_to_the_counter() -> None
     """Past the grace the counter is the truth again (the runner has called by then)."""
     made = controller(grace_s=0)
     await queue(made, 20)
-    first = await made.scheduler.step()
+    first = await step(made)
     await yields(50)
-    second = await made.scheduler.step()
+    second = await step(made)
     assert len(first.admitted) == len(second.admitted) == LIMIT - USED

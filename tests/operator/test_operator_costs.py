@@ -24,12 +24,14 @@ from regtask_operator import handlers, metrics, scheduler
 from regtask_operator.admission import AdmissionState, Candidate, RateVerdict, TaskKey
 from regtask_operator.config import OperatorSettings
 from regtask_operator.controller import Controller
+from regtask_operator.kube import KubeError
 from tests.operator.test_lifecycle_races import (
     NAMESPACE,
     FakeApi,
     FakeMirror,
     no_llm_use,
     see,
+    step,
     yields,
 )
 
@@ -82,13 +84,13 @@ async def writes_per_admission(waiting: int, admissions: int = 20) -> float:
     controller, api = controller_with(mirror)
     for i in range(waiting + 1):
         await see(controller, f"t{i}")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(20)
     before = mirror.writes
     for i in range(admissions):
         task = controller.tracker.tasks[TaskKey(NAMESPACE, f"task-t{i}")]
         await controller.job_seen(api.complete(task.tenant_namespace, naming.job_name(f"t{i}")))
-        await controller.scheduler.step()
+        await step(controller)
         await yields(20)
         assert controller.tracker.tasks[task.key].phase is Phase.SUCCEEDED
     return (mirror.writes - before) / admissions
@@ -199,19 +201,78 @@ async def test_quota_usage_reads_counts_without_walking_the_tasks() -> None:
 
     for i in range(30):
         await see(controller, f"q{i}")
-    await controller.scheduler.step()
+    await step(controller)
     await yields(20)
     state = controller.tracker.state
     state._running = CountingDict(state._running)
     state._queued = CountingDict(state._queued)
     for company in ("c1", "c2", "c3"):
-        controller.tracker.quota_objects[company] = TaskKey(NAMESPACE, f"quota-{company}")
+        controller.tracker.show_usage_in(company, TaskKey(NAMESPACE, f"quota-{company}"))
     api.patch_merge = patch_quota  # type: ignore[method-assign]
     CountingDict.walks = 0
     await controller.reconciler.publish_quota_usage()
     assert CountingDict.walks == 0
     assert len(patched) == 3
     assert controller.tracker.queue_summary("c1") == {"activeTasks": 1, "waitingTasks": 29}
+
+
+async def test_the_quota_usage_round_visits_only_the_companies_that_changed() -> None:
+    """Issue 15, item 10: the round ran every 2 s over every company with a CompanyQuota
+    (an O(1) lookup and a comparison each, 1,000 companies: 1,000 lookups for one change)."""
+    controller, api = controller_with(CountingMirror())
+    patched: list[str] = []
+
+    async def patch_quota(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        patched.append(path.split("/companyquotas/")[1].removesuffix("/status"))
+        return {}
+
+    api.patch_merge = patch_quota  # type: ignore[method-assign]
+    tracker = controller.tracker
+    for c in range(1000):
+        tracker.show_usage_in(f"c{c}", TaskKey(NAMESPACE, f"quota-c{c}"))
+    await controller.reconciler.publish_quota_usage()
+    assert len(patched) == 1000  # each new CompanyQuota gets its usage once
+
+    looked_up: list[str] = []
+    summary = tracker.queue_summary
+
+    def counting_summary(company_id: str) -> dict[str, int]:
+        looked_up.append(company_id)
+        return summary(company_id)
+
+    tracker.queue_summary = counting_summary  # type: ignore[method-assign]
+    await see(controller, "late", companyId="c7")
+    patched.clear()
+    await controller.reconciler.publish_quota_usage()
+    assert looked_up == ["c7"]
+    assert patched == ["quota-c7"]
+    looked_up.clear()
+    await controller.reconciler.publish_quota_usage()
+    assert looked_up == [], "nothing changed: nothing to look at"
+
+
+async def test_a_failed_quota_usage_patch_is_owed_to_the_next_round() -> None:
+    controller, api = controller_with(CountingMirror())
+    tracker = controller.tracker
+    tracker.show_usage_in("c1", TaskKey(NAMESPACE, "quota-c1"))
+    calls: list[str] = []
+
+    async def refusing(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        calls.append(path)
+        raise KubeError(503, "PATCH", path, "unavailable")
+
+    api.patch_merge = refusing  # type: ignore[method-assign]
+    with pytest.raises(KubeError):
+        await controller.reconciler.publish_quota_usage()
+    shown: list[dict[str, Any]] = []
+
+    async def accepting(path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        shown.append(patch["status"])
+        return {}
+
+    api.patch_merge = accepting  # type: ignore[method-assign]
+    assert await controller.reconciler.publish_quota_usage() == 1
+    assert shown == [{"activeTasks": 0, "waitingTasks": 0}]
 
 
 @given(st.lists(st.tuples(st.sampled_from("sqrd"), st.integers(0, 7), st.sampled_from("ab"))))
