@@ -11,6 +11,7 @@ reads from here; what the commands print and call lives in render.py, client.py 
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
 import secrets
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from regtask import queueplan as quota
+from regtask import shards
 from regtask_cli import kube, render
 from regtask_cli.client import DEFAULT_SHIM_URL, ShimClient, TaskStarted
 from regtask_cli.errors import CliError, ExitCode
@@ -91,6 +93,11 @@ class Settings:
     kubeconfig: str | None
     namespace: str
     request_timeout_s: float
+    shards: int = 1
+
+    def company_namespace(self, company_id: str) -> str:
+        """The control namespace of the company's operator shard (regtask.shards)."""
+        return shards.company_namespace(self.namespace, company_id, self.shards)
 
     def shim(self) -> ShimClient:
         return ShimClient(self.shim_url, self.token, timeout_s=self.request_timeout_s)
@@ -125,8 +132,20 @@ def configure(
     request_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for each shim answer.")
     ] = 15.0,
+    shard_count: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            min=1,
+            max=shards.MAX_SHARDS,
+            envvar="REGTASK_SHARDS",
+            help="Operator shards (the chart's operator.shards): where a company's objects live.",
+        ),
+    ] = 1,
 ) -> None:
-    ctx.obj = Settings(shim_url, token or None, redis_url, kubeconfig, namespace, request_timeout)
+    ctx.obj = Settings(
+        shim_url, token or None, redis_url, kubeconfig, namespace, request_timeout, shard_count
+    )
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -402,6 +421,30 @@ def list_tasks(ctx: typer.Context, user: UserOpt, as_json: JsonOpt = False) -> N
         out.print(render.task_table(answer.tasks))
 
 
+@app.command("shard")
+def shard_view(
+    ctx: typer.Context,
+    companies: Annotated[list[str], typer.Argument(help="Company ids.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Which operator shard each company lives in, and the namespace of its RegistryTasks and
+    CompanyQuota (SHA-256 of the company id modulo --shards; see README, Shards)."""
+    settings = _settings(ctx)
+    rows = [
+        {
+            "company_id": company,
+            "shard": shards.shard_of(company, settings.shards),
+            "namespace": settings.company_namespace(company),
+        }
+        for company in companies
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        typer.echo(f"{row['company_id']}\tshard {row['shard']}\t{row['namespace']}")
+
+
 @app.command("quota", help=QUOTA_HELP)
 def quota_view(
     ctx: typer.Context,
@@ -423,7 +466,7 @@ def quota_view(
     with reporting():
         api = kube.api_client(settings.kubeconfig)
         try:
-            found = kube.read_company(api, settings.namespace, company)
+            found = kube.read_company(api, settings.company_namespace(company), company)
         finally:
             kube.close_client(api)
     records = [quota.record_from_resource(obj) for obj in found.tasks]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from regtask import naming
 from regtask.crmodels import RateLimitPolicy
+from regtask.shards import LABEL_SHARD, MAX_SHARDS, shard_of
 from regtask.tasktypes import TaskType
 from regtask_operator.peering import own_identity, priority_of
 
@@ -76,6 +78,12 @@ class OperatorSettings(BaseSettings):
     # in the gateway's window counter); until then admission counts it on top of the counter.
     llm_admission_grace_s: float = Field(default=120.0, ge=0)
 
+    # Sharding (regtask.shards): this operator is shard `shard` of `shards`. It admits only the
+    # companies placed in it and lists and watches only the Jobs and tenant namespaces labelled
+    # with its index; its REGTASK_TASK_NAMESPACES and REGTASK_PEERING_NAME are its own.
+    shard: int = Field(default=0, ge=0)
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
+
     # Launches (namespace, Job, Running) run beside the decision step, at most this many at
     # once: a slow tenant delays its own tasks, not the step or the other tenants.
     launch_concurrency: int = Field(default=16, ge=1, le=256)
@@ -109,6 +117,30 @@ class OperatorSettings(BaseSettings):
         if self.peering_priority is not None:
             return self.peering_priority
         return priority_of(self.peering_identity)
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> OperatorSettings:
+        if self.shard >= self.shards:
+            raise ValueError(f"REGTASK_SHARD={self.shard} but REGTASK_SHARDS={self.shards}")
+        return self
+
+    def handles_company(self, company_id: str) -> bool:
+        """Whether the company lives in this operator's shard (always, with one shard)."""
+        return self.shards == 1 or shard_of(company_id, self.shards) == self.shard
+
+    @property
+    def shard_labels(self) -> dict[str, str]:
+        """On every Job and tenant namespace this operator creates."""
+        return {LABEL_SHARD: str(self.shard)}
+
+    @property
+    def managed_selector(self) -> str:
+        """The label selector of this operator's Jobs and tenant namespaces: the managed-by
+        label, and with several shards this shard's label too."""
+        selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        if self.shards > 1:
+            selector += f",{LABEL_SHARD}={self.shard}"
+        return selector
 
     def handles_namespace(self, namespace: str | None) -> bool:
         scope = {n.strip() for n in self.task_namespaces.split(",") if n.strip()}

@@ -40,6 +40,7 @@ from regtask.crmodels import (
     RegistryTaskSpec,
 )
 from regtask.documents import Quotas
+from regtask.shards import company_namespace, shard_of
 from regtask.timeutil import now_iso
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
@@ -103,6 +104,13 @@ class Controller:
             if status.get("reason") != "InvalidSpec":
                 await self.status.refuse_invalid(key, str(exc))
             return
+        if not self.settings.handles_company(task_spec.company_id):
+            # Created in another shard's namespace (by hand: the shim places tasks by
+            # regtask.shards): admitting it here would split the company's slots over two
+            # operators.
+            if status.get("reason") != "InvalidSpec":
+                await self.status.refuse_invalid(key, self._wrong_shard(task_spec.company_id))
+            return
         current = dict(status)
         task, is_new = self.tracker.track(key, uid, task_spec, created, current)
         if task.phase in TERMINAL_PHASES:
@@ -144,6 +152,13 @@ class Controller:
 
     async def quota_seen(self, key: TaskKey, quota: CompanyQuotaSpec) -> None:
         """A CompanyQuota's spec is its company's limits (level-triggered: every event)."""
+        if not self.settings.handles_company(quota.company_id):
+            log.error(
+                "company_quota_in_wrong_shard",
+                quota=str(key),
+                error=self._wrong_shard(quota.company_id),
+            )
+            return
         quotas = Quotas(
             max_tasks_per_user=quota.max_tasks_per_user,
             max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
@@ -228,6 +243,14 @@ class Controller:
         self.tracker.ready = True
         self.tracker.kick()
         log.info("operator_primed", company_quotas=quotas, tasks=len(self.tracker.tasks))
+
+    def _wrong_shard(self, company_id: str) -> str:
+        settings = self.settings
+        home = company_namespace(settings.namespace, company_id, settings.shards)
+        return (
+            f"company {company_id!r} lives in shard {shard_of(company_id, settings.shards)} of "
+            f"{settings.shards} (namespace {home}), not in shard {settings.shard}"
+        )
 
     def _listed(self, item: Mapping[str, Any]) -> tuple[TaskKey | None, dict[str, Any]]:
         """A listed object's key when this operator handles it (in scope, not being deleted)."""

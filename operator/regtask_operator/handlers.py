@@ -39,10 +39,9 @@ def filter_jobs_on_the_server(settings: kopf.OperatorSettings) -> None:
     Kopf 1.45 matches a handler's ``labels=`` on the client (``registries._matches_labels``):
     without this, every Job of the cluster is listed and streamed to the operator and dropped
     there. ``settings.watching.label_selectors`` is what Kopf sends as ``labelSelector`` on the
-    list and the watch of the resources it matches (``batch``/``jobs`` only here)."""
-    settings.watching.label_selectors["batch", "jobs"] = ",".join(
-        f"{key}={value}" for key, value in sorted(MANAGED_JOBS.items())
-    )
+    list and the watch of the resources it matches (``batch``/``jobs`` only here). With
+    several shards, only this shard's Jobs (regtask.shards)."""
+    settings.watching.label_selectors["batch", "jobs"] = get_operator_settings().managed_selector
 
 
 def _in_scope(namespace: str | None, **_: Any) -> bool:

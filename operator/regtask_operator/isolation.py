@@ -6,6 +6,7 @@ with server-side apply, which both creates and repairs drift, and decides when.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from regtask import naming
@@ -24,8 +25,14 @@ def tenant_labels(user_id: str, company_id: str) -> dict[str, str]:
     }
 
 
-def namespace_manifest(user_id: str, company_id: str, last_used: str) -> dict[str, Any]:
-    labels = tenant_labels(user_id, company_id)
+def namespace_manifest(
+    user_id: str,
+    company_id: str,
+    last_used: str,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The tenant namespace; ``extra_labels``: the operator's shard label."""
+    labels = {**tenant_labels(user_id, company_id), **(extra_labels or {})}
     labels.update(
         {
             "pod-security.kubernetes.io/enforce": "restricted",

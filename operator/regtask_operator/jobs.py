@@ -49,7 +49,7 @@ def build_job(
     task_uid: str,
     settings: OperatorSettings,
 ) -> dict[str, Any]:
-    labels = job_labels(spec, task_name)
+    labels = {**job_labels(spec, task_name), **settings.shard_labels}
     container_security = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,

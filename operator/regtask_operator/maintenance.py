@@ -67,15 +67,21 @@ class Maintenance:
     # The companies' storage counters (Mirror.storage), reconciled every round.
     storage: StorageAccounting | None = None
     clock: RepairClock = field(default_factory=RepairClock)
+    # With several shards (regtask.shards): the companies this shard serves (limits and storage
+    # are theirs to keep), and whether this shard also runs the platform-wide chores (registry
+    # cleanup, presence sweep: shard 0 only).
+    owns_company: Callable[[str], bool] = lambda _company_id: True
+    global_chores: bool = True
 
     async def run_once(self) -> None:
         await retry_mirrors(self.mirror)
         if self.known_limits is not None:
             own, defaults = self.known_limits()
-            await reassert_limits(self.registry, own, defaults)
-        await sweep_registry(self.registry, self.firestore)
+            await reassert_limits(self.registry, own, defaults, self.owns_company)
+        if self.global_chores:
+            await sweep_registry(self.registry, self.firestore)
         if self.storage is not None:
-            await reconcile_storage(self.storage)
+            await reconcile_storage(self.storage, self.owns_company)
         await self.delete_expired()
         removed = await self.tenants.remove_idle(self.busy_namespaces)
         if self.clock.due(self.repair_interval_s):
@@ -88,7 +94,12 @@ async def retry_mirrors(mirror: Mirror) -> None:
         log.warning("registry_mirror_pending", tasks=pending)
 
 
-async def reassert_limits(registry: Registry, own: Mapping[str, Quotas], defaults: Quotas) -> int:
+async def reassert_limits(
+    registry: Registry,
+    own: Mapping[str, Quotas],
+    defaults: Quotas,
+    owns_company: Callable[[str], bool] = lambda _company_id: True,
+) -> int:
     """Write every company's limits again: the enforced keys (no TTL) and the contract's
     ``registry:company:{id}.quotas`` (24 h TTL, so it is renewed here) for each CompanyQuota, the
     configured defaults for every other company with a document. Nothing is deleted here (a
@@ -103,7 +114,7 @@ async def reassert_limits(registry: Registry, own: Mapping[str, Quotas], default
             written += 1
         held = set(own) | set(await registry.company_limit_ids())
         for company_id in await registry.company_ids():
-            if company_id in held:
+            if company_id in held or not owns_company(company_id):
                 continue  # its CompanyQuota's (maybe another operator's): not ours to reset
             try:
                 doc = await registry.get_company(company_id)
@@ -119,11 +130,15 @@ async def reassert_limits(registry: Registry, own: Mapping[str, Quotas], default
     return written
 
 
-async def reconcile_storage(storage: StorageAccounting) -> None:
+async def reconcile_storage(
+    storage: StorageAccounting, owns_company: Callable[[str], bool] = lambda _company_id: True
+) -> None:
     """Every company's storage counter set to what it still holds (expired blobs and task
     documents dropped): a release lost to a crash cannot keep a company full for ever."""
     try:
         for company_id in await storage.companies():
+            if not owns_company(company_id):
+                continue  # another shard's
             used = await storage.reconcile(company_id)
             log.debug("storage_reconciled", company_id=company_id, used_bytes=used)
     except RedisError as exc:

@@ -37,8 +37,6 @@ from regtask_operator.tasks import TaskTracker, TrackedTask
 
 log = structlog.get_logger(__name__)
 
-MANAGED_JOBS = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-
 
 def job_task_key(job: dict[str, Any], settings: OperatorSettings) -> TaskKey | None:
     """The task a Job says it runs (its annotations and labels), if this operator handles it."""
@@ -83,8 +81,10 @@ class Reconciler:
             self._quota_shown.pop(company_id, None)
 
     async def live_jobs(self) -> list[dict[str, Any]]:
-        """Every Job of this operator, in every namespace."""
-        return await self.kube.list("/apis/batch/v1/jobs", label_selector=MANAGED_JOBS)
+        """Every Job of this operator (of its shard), in every namespace."""
+        return await self.kube.list(
+            "/apis/batch/v1/jobs", label_selector=self.settings.managed_selector
+        )
 
     # ------------------------------------------------------------------ Jobs
 

@@ -82,6 +82,8 @@ class Runtime:
             repair_interval_s=settings.namespace_repair_interval_s,
             known_limits=controller.known_limits,
             storage=mirror.storage,
+            owns_company=settings.handles_company,
+            global_chores=settings.shard == 0,
         )
         leadership = Leadership(
             None if settings.standalone else kube,

@@ -34,7 +34,6 @@ from regtask_operator.kube import Kube, KubeError
 
 log = structlog.get_logger(__name__)
 
-MANAGED_NAMESPACES = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
 # An admission refreshes its namespace's last-used annotation at most this often (idle removal
 # reads it); the fences are applied once per namespace and process (drift: Tenants.repair).
 LAST_USED_REFRESH_S = 300.0
@@ -107,7 +106,7 @@ def repair_manifests(
     stamp = annotations[isolation.ANNOTATION_LAST_USED] if used is not None else now_iso()
     return [
         *isolation.namespaced_manifests(user_id, company_id, settings, max_tasks(company_id)),
-        isolation.namespace_manifest(user_id, company_id, stamp),
+        isolation.namespace_manifest(user_id, company_id, stamp, settings.shard_labels),
     ]
 
 
@@ -153,7 +152,9 @@ class Tenants:
             if fresh and applied is not None and time.monotonic() - applied < LAST_USED_REFRESH_S:
                 return namespace
             applied_ns = await self.kube.apply(
-                isolation.namespace_manifest(user_id, company_id, now_iso())
+                isolation.namespace_manifest(
+                    user_id, company_id, now_iso(), self.settings.shard_labels
+                )
             )
             uid = (applied_ns.get("metadata") or {}).get("uid")
             if fresh and uid != self._uids.get(namespace):
@@ -185,7 +186,9 @@ class Tenants:
     async def remove_idle(self, busy: Callable[[], Awaitable[set[str]]]) -> list[str]:
         """Delete tenant namespaces that are not ``busy`` (:func:`busy_namespaces`) and whose
         last admission is older than the idle time; returns their names."""
-        namespaces = await self.kube.list("/api/v1/namespaces", label_selector=MANAGED_NAMESPACES)
+        namespaces = await self.kube.list(
+            "/api/v1/namespaces", label_selector=self.settings.managed_selector
+        )
         kept = await busy()
         cutoff = utc_now() - timedelta(seconds=self.settings.namespace_idle_seconds)
         versions = {
@@ -217,7 +220,9 @@ class Tenants:
 
         One apply per object per namespace; returns how many applies were issued.
         """
-        namespaces = await self.kube.list("/api/v1/namespaces", label_selector=MANAGED_NAMESPACES)
+        namespaces = await self.kube.list(
+            "/api/v1/namespaces", label_selector=self.settings.managed_selector
+        )
         skipped = set(skip)
         interval = self.settings.namespace_repair_interval_s
         repaired = applies = 0

@@ -62,7 +62,9 @@ def build_app(settings: ShimSettings) -> FastAPI:
     return create_app(
         settings,
         registry=Registry(client, settings),
-        task_store=KubeTaskStore(settings.namespace, settings.kubeconfig, settings.kube_timeout_s),
+        task_store=KubeTaskStore(
+            settings.namespace, settings.kubeconfig, settings.kube_timeout_s, settings.shards
+        ),
         authenticator=Authenticator(verifier, tokens),
         presence=presence,
         owns_resources=True,

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from regtask.settings import Settings
+from regtask.shards import MAX_SHARDS
 
 # A service token shorter than this is a configuration mistake, not a secret.
 MIN_SERVICE_TOKEN_LENGTH = 32
@@ -26,6 +27,9 @@ class ShimSettings(Settings):
     namespace: str = Field(
         default="regtask-system", alias="REGTASK_NAMESPACE", pattern=DNS_LABEL_PATTERN
     )
+    # Operator shards (regtask.shards): with several, a company's tasks go to the namespace
+    # "{namespace}-shard-{i}" of its shard. Must equal the chart's operator.shards.
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, alias="REGTASK_SHARDS")
     # One kubeconfig file (dev, tests); unset = the pod's in-cluster service account.
     kubeconfig: Path | None = Field(default=None, alias="KUBECONFIG")
     kube_timeout_s: float = Field(default=10.0, gt=0, alias="SHIM_KUBE_TIMEOUT_SECONDS")

@@ -1,5 +1,9 @@
 """RegistryTask resources in the control namespace: create, read, cancel, list, ping.
 
+With several operator shards (:mod:`regtask.shards`), a task is created in its company's
+shard namespace; a read, a cancel or a listing by task or user id asks every shard's namespace
+at once (task ids are unique platform-wide; the answer is the one shard that has it).
+
 The apiserver is the arbiter of idempotency: a task's resource name is derived from its id
 (:func:`regtask.naming.task_resource_name`), so a second create of the same task answers 409
 and the existing resource is returned instead of a new task being started.
@@ -30,6 +34,7 @@ from regtask.crmodels import (
     RegistryTaskStatus,
 )
 from regtask.kubeclient import async_api_client
+from regtask.shards import all_control_namespaces, company_namespace
 from regtask_shim.errors import BadArguments, ShimError, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -119,8 +124,17 @@ def parse_task(obj: dict[str, Any]) -> StoredTask:
 class KubeTaskStore:
     """``kubernetes_asyncio`` against the apiserver; the client is built on first use."""
 
-    def __init__(self, namespace: str, kubeconfig: Path | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        namespace: str,
+        kubeconfig: Path | None = None,
+        timeout_s: float = 10.0,
+        shards: int = 1,
+    ):
+        # The base control namespace; with several shards each has its own (regtask.shards).
         self.namespace = namespace
+        self.shards = shards
+        self.namespaces = all_control_namespaces(namespace, shards)
         self.kubeconfig = kubeconfig
         self.timeout_s = timeout_s
         self._api: client.ApiClient | None = None
@@ -143,14 +157,15 @@ class KubeTaskStore:
                 self._custom = client.CustomObjectsApi(self._api)
         return self._custom
 
-    async def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One API call; 404 answers None, every transport or server failure is a 503."""
+    async def _call(self, what: str, method: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
+        """One API call; 404, 409 and 422 are raised as they are, every transport or server
+        failure is a 503."""
         api = await self._objects()
         try:
             return await getattr(api, method)(
                 API_GROUP,
                 API_VERSION,
-                self.namespace,
+                namespace,
                 TASK_PLURAL,
                 *args,
                 _request_timeout=self.timeout_s,
@@ -167,11 +182,33 @@ class KubeTaskStore:
             log.warning("kube_api_unreachable", what=what, error=type(exc).__name__)
             raise Unavailable("Kubernetes API unavailable: not reachable") from exc
 
+    def namespace_of(self, company_id: str) -> str:
+        """Where the company's tasks are created: its shard's control namespace."""
+        return company_namespace(self.namespace, company_id, self.shards)
+
+    async def _each_namespace(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The same call in every shard's namespace at once; the first answer that is not a
+        404 (None when every namespace answers 404). One namespace: one call."""
+        answers = await asyncio.gather(
+            *(self._call(what, method, ns, *args, **kwargs) for ns in self.namespaces),
+            return_exceptions=True,
+        )
+        found: Any = None
+        for answer in answers:
+            if isinstance(answer, ApiException) and answer.status == 404:
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            if found is None:
+                found = answer
+        return found
+
     async def create(self, spec: RegistryTaskSpec) -> CreateOutcome:
-        body = task_manifest(spec, self.namespace)
+        namespace = self.namespace_of(spec.company_id)
+        body = task_manifest(spec, namespace)
         for _ in range(3):
             try:
-                obj = await self._call("create", "create_namespaced_custom_object", body)
+                obj = await self._call("create", "create_namespaced_custom_object", namespace, body)
                 return CreateOutcome(created=True, task=parse_task(obj))
             except ApiException as exc:
                 if exc.status == 422:
@@ -188,19 +225,19 @@ class KubeTaskStore:
 
     async def get(self, task_id: str) -> StoredTask | None:
         try:
-            obj = await self._call(
+            obj = await self._each_namespace(
                 "get", "get_namespaced_custom_object", naming.task_resource_name(task_id)
             )
         except ApiException as exc:
-            if exc.status == 404:
-                return None
             raise Unavailable(f"Kubernetes API error (HTTP {exc.status})") from exc
+        if obj is None:
+            return None
         task = parse_task(obj)
         return task if task.spec.task_id == task_id else None
 
     async def request_cancel(self, task_id: str) -> StoredTask | None:
         try:
-            obj = await self._call(
+            obj = await self._each_namespace(
                 "cancel",
                 "patch_namespaced_custom_object",
                 naming.task_resource_name(task_id),
@@ -208,21 +245,25 @@ class KubeTaskStore:
                 _content_type=MERGE_PATCH,
             )
         except ApiException as exc:
-            if exc.status == 404:
-                return None
             raise Unavailable(f"Kubernetes API error (HTTP {exc.status})") from exc
-        return parse_task(obj)
+        return None if obj is None else parse_task(obj)
 
     async def list_for_user(self, user_id: str, limit: int) -> list[StoredTask]:
         try:
-            listing = await self._call(
-                "list",
-                "list_namespaced_custom_object",
-                label_selector=f"{LABEL_USER}={user_label(user_id)}",
+            listings = await asyncio.gather(
+                *(
+                    self._call(
+                        "list",
+                        "list_namespaced_custom_object",
+                        namespace,
+                        label_selector=f"{LABEL_USER}={user_label(user_id)}",
+                    )
+                    for namespace in self.namespaces
+                )
             )
         except ApiException as exc:
             raise Unavailable(f"Kubernetes API error (HTTP {exc.status})") from exc
-        tasks = [parse_task(item) for item in listing.get("items") or []]
+        tasks = [parse_task(item) for listing in listings for item in listing.get("items") or []]
         mine = [t for t in tasks if t.spec.user_id == user_id]
         mine.sort(key=lambda t: t.created or "", reverse=True)
         return mine[:limit]
@@ -235,7 +276,8 @@ class KubeTaskStore:
 
     async def ping(self) -> None:
         try:
-            await self._call("ping", "list_namespaced_custom_object", limit=1)
+            for namespace in self.namespaces:
+                await self._call("ping", "list_namespaced_custom_object", namespace, limit=1)
         except ApiException as exc:
             raise Unavailable(f"Kubernetes API error (HTTP {exc.status})") from exc
 

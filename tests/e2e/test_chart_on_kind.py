@@ -25,7 +25,7 @@ import httpx
 import pytest
 from kubernetes import client, watch
 
-from regtask import naming
+from regtask import naming, shards
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask.timeutil import parse_iso
 from regtask_dev import design_calls, images, install
@@ -224,6 +224,8 @@ class JobLedger(threading.Thread):
         listed = self.batch.list_job_for_all_namespaces(label_selector=self.selector)
         self.resource_version = listed.metadata.resource_version
         self.created: Counter[str] = Counter()
+        # namespace/name -> (time.monotonic() the watch saw it created, its labels)
+        self.seen: dict[str, tuple[float, dict[str, str]]] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -237,7 +239,9 @@ class JobLedger(threading.Thread):
                 job = event["object"]
                 self.resource_version = job.metadata.resource_version
                 if event["type"] == "ADDED":
-                    self.created[f"{job.metadata.namespace}/{job.metadata.name}"] += 1
+                    key = f"{job.metadata.namespace}/{job.metadata.name}"
+                    self.created[key] += 1
+                    self.seen[key] = (time.monotonic(), dict(job.metadata.labels or {}))
 
     def stop(self) -> None:
         self._halt.set()
@@ -450,13 +454,13 @@ PEERING = "regtask-operator-ha"
 PEERING_LIFETIME_S = 60  # Kopf's default, what a standby waits at most for a dead peer
 
 
-def live_peers(api: client.ApiClient) -> dict[str, int]:
+def live_peers(api: client.ApiClient, peering: str = PEERING) -> dict[str, int]:
     """Identity -> priority of the live peers in the ClusterKopfPeering object."""
     try:
         body = cast(
             dict[str, Any],
             client.CustomObjectsApi(api).get_cluster_custom_object(
-                "kopf.dev", "v1", "clusterkopfpeerings", PEERING
+                "kopf.dev", "v1", "clusterkopfpeerings", peering
             ),
         )
     except client.ApiException:
@@ -542,3 +546,123 @@ def test_three_operator_replicas_one_acts_and_a_standby_takes_over(
         assert len(ours) == 12 and set(ours.values()) == {1}, ours
         survivors = live_peers(kube_api)
         assert active not in survivors
+
+
+def companies_one_per_shard(count: int) -> list[str]:
+    """A company placed in each shard (regtask.shards.shard_of), in shard order."""
+    found: dict[int, str] = {}
+    for n in range(1000):
+        found.setdefault(shards.shard_of(f"sh_co{n}", count), f"sh_co{n}")
+        if len(found) == count:
+            break
+    return [found[i] for i in range(count)]
+
+
+def test_three_shards_each_admit_their_companies_and_one_takes_over_while_the_others_admit(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    crds: list[str],
+    platform_images: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The chart with operator.shards=3, two replicas each (issue 19, item 3). The shim places
+    each company's tasks in its shard's namespace; each shard creates the Jobs of its own
+    companies only, labelled with its index. Shard 1's active replica is deleted: its standby
+    takes over within the peering lifetime while shards 0 and 2 go on creating Jobs; every
+    task Succeeds with exactly one Job."""
+    peering = "e2e-shards"
+    operator = {
+        "shards": 3,
+        "replicas": 2,
+        "peering": {"enabled": True, "name": peering},
+        "intervals": {"statusSyncSeconds": 1, "reconcileSeconds": 5},
+    }
+    companies = companies_one_per_shard(3)
+    with install_chart(cluster, kube_api, platform_images, tmp_path, operator) as installed:
+        peerings = [f"{peering}-shard-{i}" for i in range(3)]
+        wait_until(
+            lambda: all(len(live_peers(kube_api, p)) == 2 for p in peerings),
+            180,
+            "two peers announced on each shard's peering object",
+            1.0,
+        )
+        ledger = JobLedger(kube_api)
+        ledger.start()
+
+        def submit(company: str, n: int) -> None:
+            answer = installed.rpc(
+                "TASK.start_document_analysis",
+                f"{company}_user",
+                {"company_id": company, "text": f"Facture {n}, {n},00 EUR."},
+                f"{company}_{n:02d}",
+            )
+            assert answer["success"], answer
+
+        def jobs_of(company: str, since: float = 0.0) -> int:
+            tenant = naming.tenant_namespace(f"{company}_user", company)
+            return sum(
+                1
+                for k, (at, _) in ledger.seen.items()
+                if k.startswith(f"{tenant}/") and at >= since
+            )
+
+        try:
+            for n in range(2):
+                for company in companies:
+                    submit(company, n)
+            wait_until(lambda: all(jobs_of(c) == 2 for c in companies), 240, "the first Jobs", 1.0)
+            peers = live_peers(kube_api, peerings[1])
+            active = max(peers, key=lambda identity: peers[identity])
+            client.CoreV1Api(kube_api).delete_namespaced_pod(active, installed.namespace)
+            deleted_at = time.monotonic()
+            for n in range(2, 4):
+                for company in companies:
+                    submit(company, n)
+            wait_until(
+                lambda: jobs_of(companies[1], deleted_at) > 0,
+                PEERING_LIFETIME_S + 60,
+                "a Job of shard 1's company created by its standby",
+                0.5,
+            )
+            takeover_s = time.monotonic() - deleted_at
+            namespaces = shards.all_control_namespaces(installed.namespace, 3)
+
+            def phases() -> dict[str, str]:
+                found: dict[str, str] = {}
+                for namespace in namespaces:
+                    found.update(task_phases(kube_api, namespace))
+                return found
+
+            wait_until(
+                lambda: set(phases().values()) == {"Succeeded"} and len(phases()) == 12,
+                600,
+                "all 12 tasks Succeeded",
+                2.0,
+            )
+        finally:
+            ledger.stop()
+        # The other shards went on admitting while shard 1 had no active replica.
+        assert jobs_of(companies[0], deleted_at) == 2 and jobs_of(companies[2], deleted_at) == 2
+        first_other = min(
+            at
+            for k, (at, _) in ledger.seen.items()
+            if at >= deleted_at
+            and not k.startswith(naming.tenant_namespace(f"{companies[1]}_user", companies[1]))
+        )
+        first_shard_1 = min(
+            at
+            for k, (at, _) in ledger.seen.items()
+            if at >= deleted_at
+            and k.startswith(naming.tenant_namespace(f"{companies[1]}_user", companies[1]))
+        )
+        assert first_other < first_shard_1, (first_other - deleted_at, first_shard_1 - deleted_at)
+        assert takeover_s < PEERING_LIFETIME_S + 30, takeover_s
+        for index, company in enumerate(companies):
+            home = namespaces[index]
+            assert set(task_phases(kube_api, home)) == {f"{company}_{n:02d}" for n in range(4)}
+            tenant = naming.tenant_namespace(f"{company}_user", company)
+            ours = {k: v for k, v in ledger.seen.items() if k.startswith(f"{tenant}/")}
+            assert len(ours) == 4 and all(ledger.created[k] == 1 for k in ours), ours
+            assert {labels[shards.LABEL_SHARD] for _, labels in ours.values()} == {str(index)}
+            labels = client.CoreV1Api(kube_api).read_namespace(tenant).metadata.labels
+            assert labels[shards.LABEL_SHARD] == str(index)

@@ -186,7 +186,7 @@ async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
     assert per_namespace == 6  # Namespace, SA, 2 NetworkPolicies, ResourceQuota, LimitRange
 
     assert await owner.repair(skip=skip) == per_namespace * 3
-    assert kube.selectors == [tenants.MANAGED_NAMESPACES]
+    assert kube.selectors == ["app.kubernetes.io/managed-by=regtask-operator"]
     expected = [
         m
         for u, c in pairs

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from regtask import naming
+from regtask import naming, shards
 from regtask.settings import Settings
 from regtask_gateway.settings import GatewaySettings
 from regtask_operator.config import OperatorSettings
@@ -25,6 +25,7 @@ from tests.packaging.chart import (
     CHART,
     MANIFESTS,
     REPO_ROOT,
+    VALUES_DIR,
     HelmMissing,
     Obj,
     container_env,
@@ -122,7 +123,7 @@ def test_tenant_network_policy_reaches_the_gateway(values: Path | None) -> None:
     they must be the gateway pods' real labels and port, and its URL must point at them. The
     metrics port is another one, behind its own Service (issue 16, item 7)."""
     objects = rendered(values)
-    operator = container_env(one(objects, "Deployment", "operator"))
+    operator = container_env(find(objects, "Deployment", "operator")[0])  # each shard's alike
     gateway = one(objects, "Deployment", "gateway")
     services = {s["metadata"]["name"]: s for s in find(objects, "Service", "gateway")}
     [name] = [n for n in services if not n.endswith("-metrics")]
@@ -183,7 +184,7 @@ def test_operator_settings_parse_what_the_chart_sets(
     chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
     if values is not None:
         chart_values = merge(chart_values, yaml.safe_load(values.read_text()))
-    env = literal_env(one(objects, "Deployment", "operator"))
+    env = literal_env(find(objects, "Deployment", "operator")[0])  # each shard's alike
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = OperatorSettings()
@@ -557,3 +558,31 @@ def test_each_component_may_connect_as_its_own_redis_user() -> None:
         "shim": {"name": "shim-redis", "key": "redis-url"},
         "gateway": {"name": "gw-redis", "key": "url"},
     }
+
+
+def test_shards_render_one_operator_each_with_its_namespace_and_peering() -> None:
+    """operator.shards=3: three Deployments that select only their own pods, each admitting the
+    companies regtask.shards places in it, from its own control namespace, on its own peering
+    object; the shim may create tasks in each shard namespace and places them with the same
+    count."""
+    objects = rendered(VALUES_DIR / "sharded.yaml")
+    deployments = find(objects, "Deployment", "operator")
+    assert len(deployments) == 3
+    namespaces = {o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"}
+    peerings = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterKopfPeering"}
+    shim_roles = {o["metadata"]["namespace"] for o in find(objects, "Role", "shim")}
+    shim_bindings = {o["metadata"]["namespace"] for o in find(objects, "RoleBinding", "shim")}
+    seen_peerings = set()
+    for index, deployment in enumerate(deployments):
+        env = literal_env(deployment)
+        home = shards.control_namespace("regtask-system", index, 3)
+        assert env["REGTASK_SHARD"] == str(index)
+        assert env["REGTASK_SHARDS"] == "3"
+        assert env["REGTASK_TASK_NAMESPACES"] == home
+        assert home in namespaces and home in shim_roles and home in shim_bindings
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector[shards.LABEL_SHARD] == str(index)
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        seen_peerings.add(env["REGTASK_PEERING_NAME"])
+    assert seen_peerings == peerings and len(peerings) == 3
+    assert literal_env(one(objects, "Deployment", "shim"))["REGTASK_SHARDS"] == "3"
