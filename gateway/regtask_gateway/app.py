@@ -32,6 +32,7 @@ from regtask.kubeclient import async_api_client
 from regtask.ratelimit import LlmRateLimiter
 from regtask.registry import Registry
 from regtask.servicemetrics import CONTENT_TYPE_LATEST
+from regtask.shards import all_control_namespaces
 from regtask.storage import StorageAccounting
 from regtask_gateway import llm, task, vectors
 from regtask_gateway.guard import RequestGuard
@@ -67,7 +68,9 @@ def create_gateway_app(
             specs, auth = spec_source, authenticator
         else:
             api = await async_api_client(settings.kubeconfig)
-            specs = spec_source or KubeTaskSpecSource(api, settings.namespace)
+            specs = spec_source or KubeTaskSpecSource(
+                api, all_control_namespaces(settings.namespace, settings.shards)
+            )
             auth = authenticator or TokenReviewAuthenticator(api)
         timeout = httpx.Timeout(settings.llm_timeout_s, connect=10.0)
         http = httpx.AsyncClient(

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from regtask.settings import Settings
+from regtask.shards import MAX_SHARDS
 from regtask.storage import MAX_INLINE_RESULT_BYTES
 
 
@@ -39,6 +40,8 @@ class GatewaySettings(Settings):
     chroma_url: str = Field(default="http://127.0.0.1:8000", alias="CHROMA_URL")
     # Where the RegistryTask CRs live; kubeconfig unset = in-cluster service account.
     namespace: str = Field(default="regtask-system", alias="REGTASK_NAMESPACE")
+    # Operator shards (regtask.shards): tasks live in "{namespace}-shard-{i}" when several.
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, alias="REGTASK_SHARDS")
     kubeconfig: str | None = Field(default=None, alias="KUBECONFIG")
     host: str = Field(default="0.0.0.0", alias="REGTASK_GATEWAY_HOST")
     port: int = Field(default=8081, alias="REGTASK_GATEWAY_PORT")

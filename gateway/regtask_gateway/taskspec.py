@@ -2,11 +2,14 @@
 
 The spec is the only source of a runner's inputs and parameters; the runner never reads the
 CR itself (its namespace has no API access), it asks the gateway, which reads the CR named
-:func:`regtask.naming.task_resource_name` in the control namespace.
+:func:`regtask.naming.task_resource_name` in the control namespace (with several operator
+shards, in each shard's at once: a runner's token names its task, not its company).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -16,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from regtask.crmodels import API_GROUP, API_VERSION, TASK_PLURAL, RegistryTaskSpec
 from regtask.kubeclient import async_api_client
 from regtask.naming import task_resource_name
+from regtask.shards import all_control_namespaces
 
 log = structlog.get_logger(__name__)
 
@@ -52,26 +56,38 @@ class InMemoryTaskSpecSource:
 class KubeTaskSpecSource:
     """Reads ``spec`` of the task's RegistryTask with ``kubernetes_asyncio``."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api: client.ApiClient, namespaces: Sequence[str]) -> None:
         self.api = api
-        self.namespace = namespace
+        self.namespaces = list(namespaces)
         self.custom = client.CustomObjectsApi(api)
 
     @classmethod
-    async def connect(cls, namespace: str, kubeconfig: str | None = None) -> KubeTaskSpecSource:
+    async def connect(
+        cls, namespace: str, kubeconfig: str | None = None, shards: int = 1
+    ) -> KubeTaskSpecSource:
         """A kubeconfig file when one is given (dev, tests); else in-cluster."""
-        return cls(await async_api_client(kubeconfig), namespace)
+        return cls(await async_api_client(kubeconfig), all_control_namespaces(namespace, shards))
 
     async def get(self, task_id: str) -> RegistryTaskSpec:
         name = task_resource_name(task_id)
-        try:
-            obj: Any = await self.custom.get_namespaced_custom_object(
-                API_GROUP, API_VERSION, self.namespace, TASK_PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise TaskNotFound(task_id) from exc
-            raise
+        answers = await asyncio.gather(
+            *(
+                self.custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, TASK_PLURAL, name
+                )
+                for namespace in self.namespaces
+            ),
+            return_exceptions=True,
+        )
+        obj: Any = None
+        for answer in answers:
+            if isinstance(answer, ApiException) and answer.status == 404:
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            obj = answer
+        if obj is None:
+            raise TaskNotFound(task_id)
         spec = RegistryTaskSpec.model_validate(obj.get("spec") or {})
         if spec.task_id != task_id:
             # A derived-name collision is impossible by construction; refuse rather than guess.

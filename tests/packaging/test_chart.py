@@ -586,3 +586,7 @@ def test_shards_render_one_operator_each_with_its_namespace_and_peering() -> Non
         seen_peerings.add(env["REGTASK_PEERING_NAME"])
     assert seen_peerings == peerings and len(peerings) == 3
     assert literal_env(one(objects, "Deployment", "shim"))["REGTASK_SHARDS"] == "3"
+    assert literal_env(one(objects, "Deployment", "gateway"))["REGTASK_SHARDS"] == "3"
+    homes = set(shards.all_control_namespaces("regtask-system", 3))
+    for kind in ("Role", "RoleBinding"):
+        assert {o["metadata"]["namespace"] for o in find(objects, kind, "gateway")} == homes

@@ -1,6 +1,7 @@
-"""The shim's task store over three operator shards, on the kind cluster's API server: a task is
-created in its company's shard namespace; reads, cancels and a user's listing find it whichever
-shard holds it (issue 19, item 3; regtask.shards)."""
+"""The shim's task store and the gateway's spec source over three operator shards, on the kind
+cluster's API server: a task is created in its company's shard namespace; reads, cancels, a
+user's listing and the gateway's read for a runner find it whichever shard holds it (issue 19,
+item 3; regtask.shards)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from regtask import shards
 from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec
 from regtask.tasktypes import TaskType
 from regtask_dev.kind import KindCluster
+from regtask_gateway.taskspec import KubeTaskSpecSource, TaskNotFound
 from regtask_shim.taskstore import KubeTaskStore
 from tests.fixtures.kube import create_namespace, delete_namespace
 from tests.operator.test_shards import MINE, THEIRS
@@ -71,5 +73,14 @@ async def test_tasks_go_to_their_companys_shard_and_are_found_from_any(
         listed_ids = {t.spec.task_id for t in await store.list_for_user("shared_user", 10)}
         assert listed_ids == {"doc_analysis_s1", "doc_analysis_s2"}
         await store.ping()
+        source = await KubeTaskSpecSource.connect(
+            shard_base, str(cluster.kubeconfig_path), shards=3
+        )
+        try:
+            assert (await source.get("doc_analysis_s2")).company_id == THEIRS
+            with pytest.raises(TaskNotFound):
+                await source.get("doc_analysis_nowhere")
+        finally:
+            await source.close()
     finally:
         await store.close()

@@ -248,3 +248,19 @@ else the shared one.
 {{- fail "set shim.auth.serviceToken.existingSecret or shim.auth.serviceToken.value, not both" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The control namespaces (JSON list): the release namespace, or with operator.shards > 1 each
+shard's "<release namespace>-shard-<i>" (regtask.shards.control_namespace).
+*/}}
+{{- define "regtask.controlNamespaces" -}}
+{{- $shards := int .Values.operator.shards }}
+{{- $namespaces := list .Release.Namespace }}
+{{- if gt $shards 1 }}
+{{- $namespaces = list }}
+{{- range $shard := until $shards }}
+{{- $namespaces = append $namespaces (printf "%s-shard-%d" $.Release.Namespace $shard) }}
+{{- end }}
+{{- end }}
+{{- toJson $namespaces }}
+{{- end -}}
