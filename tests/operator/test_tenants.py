@@ -92,7 +92,7 @@ def test_repair_rebuilds_what_admission_builds_and_keeps_the_last_used_time() ->
     )
     assert manifests == [
         *isolation.namespaced_manifests(user, company, SETTINGS, max_tasks(company)),
-        isolation.namespace_manifest(user, company, "2026-01-10T11:00:00Z"),
+        isolation.namespace_manifest(user, company, "2026-01-10T11:00:00Z", SETTINGS.shard_labels),
     ]
     # The Namespace last: a namespace deleted meanwhile makes the fences fail first.
     assert manifests[-1]["kind"] == "Namespace"
