@@ -16,6 +16,7 @@ from regtask.documents import Quotas
 from regtask.eta import Busy, Queued, schedule_company
 from regtask.fairshare import rank
 from regtask.timeutil import parse_iso
+from regtask_operator import metrics
 from regtask_operator.admission import (
     AdmissionState,
     Candidate,
@@ -260,3 +261,37 @@ async def test_the_operator_shows_a_colleague_next_with_an_earlier_eta() -> None
     # A's a3 is older; at 60 s the same (a4); B's b1 takes b0's slot when it frees at 80 s.
     # Positions are the order if slots freed now one after another; the ETA knows who ends.
     assert [round(starts[t]) for t in ("b0", "a3", "b1")] == pytest.approx([20, 40, 80], abs=2)
+
+
+class NoBacklog:
+    def pending(self) -> int:
+        return 0
+
+    def firestore_stats(self) -> dict[str, int] | None:
+        return None
+
+
+def test_the_headroom_gauge_shows_the_slots_left_under_the_cap() -> None:
+    controller = Controller(
+        OperatorSettings(namespace=NAMESPACE),
+        FakeApi(random.Random(1)),  # type: ignore[arg-type]
+        FakeMirror(),  # type: ignore[arg-type]
+        no_llm_use,
+    )
+    tracker = controller.tracker
+    tracker.set_limits("capped", Quotas(max_tasks_per_company=4), RateLimitPolicy.WAIT)
+    tracker.set_limits("free", Quotas(), RateLimitPolicy.WAIT)
+    for n in range(3):
+        tracker.state.mark_running(
+            Candidate(TaskKey("ns", f"c{n}"), f"c{n}", "u", "capped", Priority.NORMAL, 0.0)
+        )
+    collector = metrics.OperatorCollector(tracker, NoBacklog())
+    collector.refresh()
+    samples = {
+        (s.name, s.labels.get("company")): s.value
+        for family in collector.collect()
+        for s in family.samples
+    }
+    assert samples[("regtask_quota_company_slot_headroom", "capped")] == 1
+    assert samples[("regtask_quota_max_tasks_per_company", "capped")] == 4
+    assert ("regtask_quota_company_slot_headroom", "free") not in samples  # no cap, no gauge
