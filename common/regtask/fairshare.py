@@ -73,8 +73,11 @@ class FairShare(Generic[T]):
         self._arrival = itertools.count()
 
     def add(self, user: str, task_rank: Rank, item: T) -> None:
-        heapq.heappush(self._queues.setdefault(user, []), (task_rank, next(self._arrival), item))
-        self._offer(user)
+        queue = self._queues.setdefault(user, [])
+        entry = (task_rank, next(self._arrival), item)
+        heapq.heappush(queue, entry)
+        if queue[0] is entry:
+            self._offer(user)  # a new head; otherwise the user's entry still stands
 
     def _offer(self, user: str) -> None:
         queue = self._queues.get(user)
