@@ -117,9 +117,12 @@ def schedule_company(
         if median is None:
             stuck.setdefault(busy.user_id, f"no run history of {busy.task_type}")
         heapq.heappush(ends, (end, next(order), busy.user_id))
-    share: FairShare[int] = FairShare(Counter(b.user_id for b in running))
+    queues: dict[str, list[tuple[Rank, int]]] = {}
     for index, task in enumerate(queued):
-        share.add(task.user_id, task.rank, index)
+        queues.setdefault(task.user_id, []).append((task.rank, index))
+    for queue in queues.values():
+        queue.sort()  # by rank, then the order given
+    share = FairShare(queues, Counter(b.user_id for b in running))
     opens: list[tuple[float, str]] = []  # (moment, user) a parked head may start
     etas: list[Eta | None] = [None] * len(queued)
     occupied = len(running)

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from regtask.crmodels import Priority, RateLimitPolicy
 from regtask.documents import Quotas
-from regtask.fairshare import FairShare, Rank, fair_order, rank
+from regtask.fairshare import FairShare, Rank, merge_order, rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,8 @@ RateCheck = Callable[[str, int], RateVerdict]
 class AdmissionState:
     def __init__(self) -> None:
         self._running: dict[TaskKey, Candidate] = {}
-        self._queued: dict[TaskKey, tuple[int, Candidate]] = {}
+        # Each queued task with its fair-share rank (priority, age, arrival), computed once.
+        self._queued: dict[TaskKey, tuple[Rank, Candidate]] = {}
         self._seq = itertools.count()
         # Per-company counts kept with every change of the two dicts (through _run, _unrun,
         # _queue, _unqueue only): the quota usage and the metrics read them in O(1) instead of
@@ -114,7 +115,7 @@ class AdmissionState:
         return candidate
 
     def _queue(self, candidate: Candidate) -> None:
-        self._queued[candidate.key] = (next(self._seq), candidate)
+        self._queued[candidate.key] = (_rank(candidate, next(self._seq)), candidate)
         self._queued_per_company[candidate.company_id] += 1
         self._changed.add(candidate.company_id)
 
@@ -199,9 +200,9 @@ class AdmissionState:
         one at position 1.
         """
         decisions = Decisions()
-        per_company: dict[str, list[tuple[int, Candidate]]] = {}
-        for seq, candidate in self._queued.values():
-            per_company.setdefault(candidate.company_id, []).append((seq, candidate))
+        per_company: dict[str, list[tuple[Rank, Candidate]]] = {}
+        for entry in self._queued.values():
+            per_company.setdefault(entry[1].company_id, []).append(entry)
         users_running: dict[str, Counter[str]] = {}
         for candidate in self._running.values():
             users_running.setdefault(candidate.company_id, Counter())[candidate.user_id] += 1
@@ -215,7 +216,7 @@ class AdmissionState:
     def _decide_company(
         self,
         company_id: str,
-        queued: list[tuple[int, Candidate]],
+        queued: list[tuple[Rank, Candidate]],
         running: Counter[str],
         quotas: QuotaLookup,
         rate: RateCheck,
@@ -224,20 +225,27 @@ class AdmissionState:
         company_quotas, policy = quotas(company_id)
         per_user = company_quotas.max_tasks_per_user
         cap = company_quotas.max_tasks_per_company
-        share: FairShare[tuple[int, Candidate]] = FairShare(running)
-        ranks: dict[TaskKey, Rank] = {}
-        for seq, candidate in queued:
-            ranks[candidate.key] = _rank(candidate, seq)
-            share.add(candidate.user_id, ranks[candidate.key], (seq, candidate))
+        queues: dict[str, list[tuple[Rank, Candidate]]] = {}
+        for entry in queued:
+            queues.setdefault(entry[1].user_id, []).append(entry)
+        for queue in queues.values():
+            queue.sort(key=_first)
+        share: FairShare[tuple[Rank, Candidate]] = FairShare(
+            {user: [(entry[0], entry) for entry in queue] for user, queue in queues.items()},
+            running,
+        )
         room = None if cap is None else max(cap - self._running_per_company[company_id], 0)
         llm_pending = 0
         llm_closed: RateVerdict | None = None
-        set_aside: list[tuple[Candidate, RateVerdict]] = []  # LLM tasks over the window (Wait)
+        # LLM tasks over the window (Wait), per user in rank order: popped heads, so ahead of the
+        # user's remaining queue
+        set_aside: dict[str, list[tuple[Rank, tuple[Rank, Candidate]]]] = {}
+        over_window: dict[TaskKey, RateVerdict] = {}
         while room is None or room > 0:
             picked = share.peek()
             if picked is None:
                 break
-            user, (_, candidate) = picked
+            user, (task_rank, candidate) = picked
             if share.running[user] >= per_user:
                 share.park(user)  # at their own limit: the others go on
                 continue
@@ -257,7 +265,8 @@ class AdmissionState:
                             )
                         )
                     else:
-                        set_aside.append((candidate, verdict))
+                        set_aside.setdefault(user, []).append((task_rank, (task_rank, candidate)))
+                        over_window[candidate.key] = verdict
                     continue
                 llm_pending += 1
             share.start(user)
@@ -266,28 +275,28 @@ class AdmissionState:
             self._unqueue(candidate.key)
             self._run(candidate)
             decisions.admitted.append(candidate)
-        aside = {c.key: v for c, v in set_aside}
-        waiting = [c for _, c in share.remaining()] + [c for c, _ in set_aside]
-        ordered = fair_order(waiting, share.running, _user_of, lambda c: ranks[c.key])
-        for position, candidate in enumerate(ordered, start=1):
-            over_window = aside.get(candidate.key)
-            if share.running[candidate.user_id] >= per_user:
+        waiting = share.remaining()
+        for user, aside in set_aside.items():
+            waiting[user] = aside + waiting.get(user, [])
+        at_limit = {user for user, count in share.running.items() if count >= per_user}
+        ordered = merge_order(waiting, share.running)
+        for position, (task_rank, candidate) in enumerate(ordered, start=1):
+            blocked = over_window.get(candidate.key) if over_window else None
+            if candidate.user_id in at_limit:
                 reason, retry = WaitReason.USER_CONCURRENCY, 0
-            elif over_window is not None:
-                reason, retry = WaitReason.LLM_RATE, over_window.retry_after_s
+            elif blocked is not None:
+                reason, retry = WaitReason.LLM_RATE, blocked.retry_after_s
             else:
                 reason, retry = WaitReason.COMPANY_CONCURRENCY, 0
-            decisions.waiting.append(
-                Waiting(candidate, position, reason, retry, ranks[candidate.key])
-            )
+            decisions.waiting.append(Waiting(candidate, position, reason, retry, task_rank))
 
 
 def _rank(candidate: Candidate, seq: int) -> Rank:
     return rank(candidate.priority, candidate.created, seq)
 
 
-def _user_of(candidate: Candidate) -> str:
-    return candidate.user_id
+def _first(entry: tuple[Rank, Candidate]) -> Rank:
+    return entry[0]
 
 
 def _decrement(counts: Counter[str], company_id: str) -> None:
