@@ -56,18 +56,24 @@ QUOTA_HELP = """
 A company's quota, its waiting queue with ETAs, and its running tasks (Kubernetes API).
 
 Reads the CompanyQuota whose spec.companyId is COMPANY (limits and status) and the
-RegistryTasks of the control namespace. Without a CompanyQuota the operator's default limit
-applies (--default-max-tasks-per-user).
+RegistryTasks of the control namespace. Without a CompanyQuota the operator's default limits
+apply (--default-max-tasks-per-user, --default-max-tasks-per-company).
+
+Order of the waiting tasks (pos): the operator's fair share, recomputed from the listed tasks:
+the next free slot goes to the waiting user with the fewest running tasks, then priority, then
+age. Headroom: the slots the company may still fill before its maxTasksPerCompany.
 
 ETA of a waiting task. median(type) = median of completionTime - admittedAt (startTime when
 admittedAt is missing) over the last --history Succeeded tasks of that type in the namespace.
-The limit L = maxTasksPerUser is per user, so only the task's own user counts: each of the
-user's running tasks frees its slot after max(median(type) - elapsed, 0); the user's waiting
-tasks ahead of it (queue order) each take the earliest free slot for one median(type). The task
-starts ("starts in") when one of the L slots is free after them, never before its retryAfter
-(hourly LLM quota), and is done one median(type) later ("done in"). With equal medians this is
-the queue's work divided across the L slots: start = median x (running + ahead) / L, roughly.
-Unknown (-) without Succeeded history of a needed type; never while L is 0.
+The limit L = maxTasksPerUser is per user; without maxTasksPerCompany only the task's own user
+counts: each of the user's running tasks frees its slot after max(median(type) - elapsed, 0);
+the user's waiting tasks ahead of it (queue order) each take the earliest free slot for one
+median(type). The task starts ("starts in") when one of the L slots is free after them, never
+before its retryAfter (hourly LLM quota), and is done one median(type) later ("done in"). With
+equal medians this is the queue's work divided across the L slots: start = median x (running +
+ahead) / L, roughly. With maxTasksPerCompany C the whole company is simulated: each slot that
+frees goes by fair share, and no more than C run at once. Unknown (-) without Succeeded history
+of a needed type; never while L or C is 0.
 """
 
 app = typer.Typer(
@@ -461,6 +467,14 @@ def quota_view(
             help="The operator's limit for a company without CompanyQuota.",
         ),
     ] = DEFAULT_MAX_TASKS_PER_USER,
+    default_max_tasks_per_company: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            envvar="REGTASK_DEFAULT_MAX_TASKS_PER_COMPANY",
+            help="The operator's company cap for a company without CompanyQuota (none if unset).",
+        ),
+    ] = None,
 ) -> None:
     settings = _settings(ctx)
     with reporting():
@@ -472,13 +486,17 @@ def quota_view(
     records = [quota.record_from_resource(obj) for obj in found.tasks]
     readable = [r for r in records if r is not None]
     if found.quota is not None:
-        limit = int((found.quota.get("spec") or {}).get("maxTasksPerUser", 10))
+        spec = found.quota.get("spec") or {}
+        limit = int(spec.get("maxTasksPerUser", 10))
+        cap_raw = spec.get("maxTasksPerCompany")
+        company_cap = int(cap_raw) if cap_raw is not None else None
         source = "CompanyQuota"
     else:
         limit = default_max_tasks_per_user
+        company_cap = default_max_tasks_per_company
         source = "operator default applies"
     now = datetime.now(UTC)
-    plan = quota.plan_company(readable, company, limit, history, now=now)
+    plan = quota.plan_company(readable, company, limit, history, now=now, company_cap=company_cap)
     out = render.make_console()
     if as_json:
         document = render.quota_document(

@@ -297,6 +297,8 @@ def quota_document(
             },
         },
         "max_tasks_per_user": plan.limit,
+        "max_tasks_per_company": plan.company_cap,
+        "slot_headroom": plan.headroom,
         "limit_source": limit_source,
         "history": history,
         "run_times": {
@@ -305,6 +307,7 @@ def quota_document(
         "waiting": [
             {
                 "task_id": row.record.task_id,
+                "position": row.position,
                 "queue_position": row.record.queue_position,
                 "user_id": row.record.user_id,
                 "task_type": row.record.task_type,
@@ -340,15 +343,26 @@ def _limits(company_id: str, quota: dict[str, Any] | None, plan: QuotaPlan, sour
     if quota is None:
         grid.add_row("CompanyQuota", Text(f"none: {source}", style="yellow"))
         grid.add_row("maxTasksPerUser", str(plan.limit))
+        _company_cap(grid, plan)
         return grid
     spec = quota.get("spec") or {}
     status = quota.get("status") or {}
     grid.add_row("CompanyQuota", str((quota.get("metadata") or {}).get("name", DASH)))
     for key in ("maxTasksPerUser", "maxLlmRequestsPerHour", "storageLimitMb", "rateLimitPolicy"):
         grid.add_row(key, str(spec.get(key, DASH)))
+    _company_cap(grid, plan)
     for key in ("activeTasks", "waitingTasks", "llmRequestsThisHour", "storageUsedMb"):
         grid.add_row(f"status.{key}", str(status.get(key, DASH)))
     return grid
+
+
+def _company_cap(grid: Table, plan: QuotaPlan) -> None:
+    """maxTasksPerCompany and the slots left under it (listed running tasks)."""
+    if plan.company_cap is None:
+        grid.add_row("maxTasksPerCompany", Text("none", style="dim"))
+        return
+    grid.add_row("maxTasksPerCompany", str(plan.company_cap))
+    grid.add_row("slot headroom", str(plan.headroom))
 
 
 def print_quota(
@@ -386,7 +400,7 @@ def print_quota(
     for row in plan.waiting:
         record = row.record
         waiting.add_row(
-            str(record.queue_position) if record.queue_position is not None else DASH,
+            str(row.position),
             record.task_id,
             record.user_id,
             record.task_type,

@@ -234,6 +234,15 @@ class RateLimitPolicy(StrEnum):
 class CompanyQuotaSpec(CRModel):
     company_id: Identifier
     company_name: str | None = Field(default=None, max_length=256)
+    # Issue 18, item 3: a cap on the company's running tasks, shared by fair share.
+    max_tasks_per_company: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Running tasks of the whole company at most; unset = no company cap. At"
+        " the cap the next free slot goes to the waiting user with the fewest running tasks,"
+        " then priority, then age.",
+    )
     max_tasks_per_user: int = Field(default=10, ge=0, le=10_000)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)

@@ -168,12 +168,23 @@ class CompanyServices(Document):
 
 
 class Quotas(Document):
+    # Ours (issue 18): the company's cap on running tasks; None = none. Shown in the
+    # contract's company document only when set (an addition: see in_company_doc).
+    max_tasks_per_company: int | None = Field(default=None, ge=0)
     max_tasks_per_user: int = Field(default=10, ge=0)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)
     # Ours, not in the contract's company document (left out of it): the LLM models the
     # company's tasks may use beside the gateway's default model (CompanyQuota.allowedModels).
     allowed_models: list[str] = Field(default_factory=list)
+
+    def in_company_doc(self) -> dict[str, Any]:
+        """What ``registry:company:{id}.quotas`` shows: the contract's three fields, exactly as
+        before, plus ``max_tasks_per_company`` only when a cap is set (additions only)."""
+        shown = self.model_dump(mode="json", exclude={"allowed_models", "max_tasks_per_company"})
+        if self.max_tasks_per_company is not None:
+            shown["max_tasks_per_company"] = self.max_tasks_per_company
+        return shown
 
 
 class CompanyDoc(Document):

@@ -1,6 +1,10 @@
 """How long a waiting task will wait: the listed RegistryTasks put through the operator's own
-model (:mod:`regtask.eta`: a user's slots, the median run time of recent Succeeded tasks per
-type). Pure: no I/O.
+model (:mod:`regtask.eta`: a user's slots, the company's cap shared by fair share, the median
+run time of recent Succeeded tasks per type). Pure: no I/O.
+
+The waiting tasks are shown in the operator's order (:mod:`regtask.fairshare`: the user with the
+fewest running first, then priority, then age), recomputed from what is listed now: the
+position in a task's CR status is refreshed only every few minutes.
 
 The medians here come from the last N ``Succeeded`` tasks of each type in the control namespace
 (``completionTime - admittedAt``, ``startTime`` when ``admittedAt`` is missing; all companies: a
@@ -10,6 +14,7 @@ type's run time depends on the work, not on who asked).
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,12 +22,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from regtask.crmodels import Phase, RegistryTaskStatus
-from regtask.eta import Busy, Eta, Queued, schedule
+from regtask.crmodels import Phase, Priority, RegistryTaskStatus
+from regtask.eta import Busy, Eta, Queued, schedule, schedule_company
+from regtask.fairshare import Rank, fair_order, rank
 from regtask.timeutil import parse_iso
 
 DEFAULT_HISTORY = 20
 _LAST = float("inf")
+_NO_POSITION = 2**62
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class TaskRecord:
     start_time: datetime | None = None
     completion_time: datetime | None = None
     retry_after: datetime | None = None
+    priority: Priority = Priority.NORMAL
 
     @property
     def began(self) -> datetime | None:
@@ -54,11 +62,12 @@ class TaskRecord:
             return None
         return max((self.completion_time - self.began).total_seconds(), 0.0)
 
-    def queue_key(self) -> tuple[float, float]:
-        """Queue order: the operator's position, then creation (FIFO) when not yet reported."""
-        position = float(self.queue_position) if self.queue_position is not None else _LAST
+    def rank(self) -> Rank:
+        """Its place among its user's tasks (:func:`regtask.fairshare.rank`): priority, age,
+        then the operator's last reported position (the arrival order it knows)."""
         created = self.created.timestamp() if self.created is not None else _LAST
-        return (position, created)
+        arrival = self.queue_position if self.queue_position is not None else _NO_POSITION
+        return rank(self.priority, created, arrival)
 
 
 def record_from_resource(obj: Mapping[str, Any]) -> TaskRecord | None:
@@ -73,6 +82,7 @@ def record_from_resource(obj: Mapping[str, Any]) -> TaskRecord | None:
         status = RegistryTaskStatus.model_validate(obj.get("status") or {})
         created_raw = meta.get("creationTimestamp")
         created = parse_iso(created_raw) if isinstance(created_raw, str) else None
+        priority = Priority(spec.get("priority") or Priority.NORMAL.value)
     except (ValidationError, ValueError):
         return None
     return TaskRecord(
@@ -90,6 +100,7 @@ def record_from_resource(obj: Mapping[str, Any]) -> TaskRecord | None:
         start_time=status.start_time,
         completion_time=status.completion_time,
         retry_after=status.retry_after,
+        priority=priority,
     )
 
 
@@ -120,6 +131,7 @@ def typical_run_times(records: Iterable[TaskRecord], last_n: int) -> dict[str, R
 class WaitingRow:
     record: TaskRecord
     eta: Eta
+    position: int  # 1-based, in the company's fair-share order now
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,14 @@ class QuotaPlan:
     run_times: dict[str, RunTimes]
     waiting: list[WaitingRow]
     running: list[RunningRow]
+    company_cap: int | None = None
+
+    @property
+    def headroom(self) -> int | None:
+        """Slots the company may still fill before its cap (None: no company cap)."""
+        if self.company_cap is None:
+            return None
+        return max(self.company_cap - len(self.running), 0)
 
 
 def _median(run_times: Mapping[str, RunTimes], task_type: str) -> float | None:
@@ -186,28 +206,48 @@ def plan_company(
     last_n: int = DEFAULT_HISTORY,
     *,
     now: datetime,
+    company_cap: int | None = None,
 ) -> QuotaPlan:
-    """The company's waiting tasks (queue order, with ETAs) and running tasks."""
+    """The company's waiting tasks (fair-share order, with ETAs) and running tasks."""
     everything = list(records)
     run_times = typical_run_times(everything, last_n)
     mine = [r for r in everything if r.company_id == company_id]
-    waiting = sorted((r for r in mine if r.phase == Phase.WAITING.value), key=TaskRecord.queue_key)
     running = sorted(
         (r for r in mine if r.phase == Phase.RUNNING.value),
         key=lambda r: r.began.timestamp() if r.began is not None else _LAST,
     )
-    etas: dict[str, Eta] = {}
-    for user in {r.user_id for r in waiting}:
-        queue = [r for r in waiting if r.user_id == user]
-        busy = [r for r in running if r.user_id == user]
-        for record, eta in zip(
-            queue, estimate_user_queue(queue, busy, run_times, limit, now), strict=True
-        ):
-            etas[record.task_id] = eta
+    per_user = Counter(r.user_id for r in running)
+    waiting = fair_order(
+        (r for r in mine if r.phase == Phase.WAITING.value),
+        per_user,
+        lambda r: r.user_id,
+        TaskRecord.rank,
+    )
+    medians = {t: r.median_s for t, r in run_times.items()}
+    etas = schedule_company(
+        [
+            Queued(
+                r.task_id,
+                r.task_type,
+                (r.retry_after - now).total_seconds() if r.retry_after is not None else None,
+                r.user_id,
+                r.rank(),
+            )
+            for r in waiting
+        ],
+        [Busy(r.task_type, _elapsed(r, now) or 0.0, r.user_id) for r in running],
+        medians,
+        limit,
+        company_cap,
+    )
     return QuotaPlan(
         company_id=company_id,
         limit=limit,
         run_times=run_times,
-        waiting=[WaitingRow(r, etas[r.task_id]) for r in waiting],
+        waiting=[
+            WaitingRow(r, eta, position)
+            for position, (r, eta) in enumerate(zip(waiting, etas, strict=True), start=1)
+        ],
         running=[RunningRow(r, _elapsed(r, now), _remaining(r, run_times, now)) for r in running],
+        company_cap=company_cap,
     )

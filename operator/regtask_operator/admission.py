@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from regtask.crmodels import PRIORITY_RANK, Priority, RateLimitPolicy
+from regtask.crmodels import Priority, RateLimitPolicy
 from regtask.documents import Quotas
+from regtask.fairshare import FairShare, Rank, merge_order, rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +52,19 @@ class RateVerdict:
 
 class WaitReason(StrEnum):
     USER_CONCURRENCY = "UserConcurrencyQuota"
+    # The company runs maxTasksPerCompany tasks; the next free slot goes by fair share.
+    COMPANY_CONCURRENCY = "CompanyConcurrencyQuota"
     LLM_RATE = "LlmRateQuota"
 
 
 @dataclass(frozen=True)
 class Waiting:
     candidate: Candidate
-    position: int  # 1-based, within the company's queue
+    position: int  # 1-based, within the company's fair-share order
     reason: WaitReason
     retry_after_s: int = 0
+    # Its place among its user's tasks and the fair-share tie-break (regtask.fairshare.rank).
+    rank: Rank = (0, 0.0, 0)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ RateCheck = Callable[[str, int], RateVerdict]
 class AdmissionState:
     def __init__(self) -> None:
         self._running: dict[TaskKey, Candidate] = {}
-        self._queued: dict[TaskKey, tuple[int, Candidate]] = {}
+        # Each queued task with its fair-share rank (priority, age, arrival), computed once.
+        self._queued: dict[TaskKey, tuple[Rank, Candidate]] = {}
         self._seq = itertools.count()
         # Per-company counts kept with every change of the two dicts (through _run, _unrun,
         # _queue, _unqueue only): the quota usage and the metrics read them in O(1) instead of
@@ -109,7 +115,7 @@ class AdmissionState:
         return candidate
 
     def _queue(self, candidate: Candidate) -> None:
-        self._queued[candidate.key] = (next(self._seq), candidate)
+        self._queued[candidate.key] = (_rank(candidate, next(self._seq)), candidate)
         self._queued_per_company[candidate.company_id] += 1
         self._changed.add(candidate.company_id)
 
@@ -184,35 +190,70 @@ class AdmissionState:
     # ---------------------------------------------------------------- the decision
 
     def decide(self, quotas: QuotaLookup, rate: RateCheck) -> Decisions:
-        """Admit every queued task that fits, in priority then FIFO order, per company.
+        """Admit every queued task that fits, company by company, in fair-share order
+        (:mod:`regtask.fairshare`: the user with the fewest running first, then priority, then
+        age), within ``maxTasksPerUser`` and ``maxTasksPerCompany``.
 
-        A user at their concurrency limit does not block other users of the same company: the
-        scan goes on past them. Admitted tasks move to the running set before this returns.
+        A user at their limit does not block other users of the same company: the scan goes on
+        past them. Admitted tasks move to the running set before this returns. The waiting get
+        their position in the company's fair-share order, so the next slot to free goes to the
+        one at position 1.
         """
         decisions = Decisions()
-        ordered = sorted(
-            self._queued.values(),
-            key=lambda item: (-PRIORITY_RANK[item[1].priority], item[1].created, item[0]),
-        )
-        users_running: dict[tuple[str, str], int] = {}
+        per_company: dict[str, list[tuple[Rank, Candidate]]] = {}
+        for entry in self._queued.values():
+            per_company.setdefault(entry[1].company_id, []).append(entry)
+        users_running: dict[str, Counter[str]] = {}
         for candidate in self._running.values():
-            slot = (candidate.company_id, candidate.user_id)
-            users_running[slot] = users_running.get(slot, 0) + 1
-        positions: dict[str, int] = {}
-        llm_admitted: dict[str, int] = {}
-        for _, candidate in ordered:
-            company_quotas, policy = quotas(candidate.company_id)
-            slot = (candidate.company_id, candidate.user_id)
-            if users_running.get(slot, 0) >= company_quotas.max_tasks_per_user:
-                positions[candidate.company_id] = positions.get(candidate.company_id, 0) + 1
-                decisions.waiting.append(
-                    Waiting(candidate, positions[candidate.company_id], WaitReason.USER_CONCURRENCY)
-                )
+            users_running.setdefault(candidate.company_id, Counter())[candidate.user_id] += 1
+        for company_id, queued in per_company.items():
+            running = users_running.get(company_id, Counter())
+            self._decide_company(company_id, queued, running, quotas, rate, decisions)
+        # Launched in priority, then age order across companies (stable: fair share within one).
+        decisions.admitted.sort(key=lambda c: _rank(c, 0))
+        return decisions
+
+    def _decide_company(
+        self,
+        company_id: str,
+        queued: list[tuple[Rank, Candidate]],
+        running: Counter[str],
+        quotas: QuotaLookup,
+        rate: RateCheck,
+        decisions: Decisions,
+    ) -> None:
+        company_quotas, policy = quotas(company_id)
+        per_user = company_quotas.max_tasks_per_user
+        cap = company_quotas.max_tasks_per_company
+        queues: dict[str, list[tuple[Rank, Candidate]]] = {}
+        for entry in queued:
+            queues.setdefault(entry[1].user_id, []).append(entry)
+        for queue in queues.values():
+            queue.sort(key=_first)
+        share: FairShare[tuple[Rank, Candidate]] = FairShare(
+            {user: [(entry[0], entry) for entry in queue] for user, queue in queues.items()},
+            running,
+        )
+        room = None if cap is None else max(cap - self._running_per_company[company_id], 0)
+        llm_pending = 0
+        llm_closed: RateVerdict | None = None
+        # LLM tasks over the window (Wait), per user in rank order: popped heads, so ahead of the
+        # user's remaining queue
+        set_aside: dict[str, list[tuple[Rank, tuple[Rank, Candidate]]]] = {}
+        over_window: dict[TaskKey, RateVerdict] = {}
+        while room is None or room > 0:
+            picked = share.peek()
+            if picked is None:
+                break
+            user, (task_rank, candidate) = picked
+            if share.running[user] >= per_user:
+                share.park(user)  # at their own limit: the others go on
                 continue
+            share.pop(user)
             if candidate.uses_llm:
-                pending = llm_admitted.get(candidate.company_id, 0)
-                verdict = rate(candidate.company_id, pending)
+                verdict = llm_closed or rate(company_id, llm_pending)
                 if not verdict.allowed:
+                    llm_closed = verdict
                     if policy is RateLimitPolicy.REFUSE:
                         self._unqueue(candidate.key)
                         decisions.refused.append(
@@ -223,23 +264,39 @@ class AdmissionState:
                                 f"retry after {verdict.retry_after_s}s",
                             )
                         )
-                        continue
-                    positions[candidate.company_id] = positions.get(candidate.company_id, 0) + 1
-                    decisions.waiting.append(
-                        Waiting(
-                            candidate,
-                            positions[candidate.company_id],
-                            WaitReason.LLM_RATE,
-                            verdict.retry_after_s,
-                        )
-                    )
+                    else:
+                        set_aside.setdefault(user, []).append((task_rank, (task_rank, candidate)))
+                        over_window[candidate.key] = verdict
                     continue
-                llm_admitted[candidate.company_id] = pending + 1
-            users_running[slot] = users_running.get(slot, 0) + 1
+                llm_pending += 1
+            share.start(user)
+            if room is not None:
+                room -= 1
             self._unqueue(candidate.key)
             self._run(candidate)
             decisions.admitted.append(candidate)
-        return decisions
+        waiting = share.remaining()
+        for user, aside in set_aside.items():
+            waiting[user] = aside + waiting.get(user, [])
+        at_limit = {user for user, count in share.running.items() if count >= per_user}
+        ordered = merge_order(waiting, share.running)
+        for position, (task_rank, candidate) in enumerate(ordered, start=1):
+            blocked = over_window.get(candidate.key) if over_window else None
+            if candidate.user_id in at_limit:
+                reason, retry = WaitReason.USER_CONCURRENCY, 0
+            elif blocked is not None:
+                reason, retry = WaitReason.LLM_RATE, blocked.retry_after_s
+            else:
+                reason, retry = WaitReason.COMPANY_CONCURRENCY, 0
+            decisions.waiting.append(Waiting(candidate, position, reason, retry, task_rank))
+
+
+def _rank(candidate: Candidate, seq: int) -> Rank:
+    return rank(candidate.priority, candidate.created, seq)
+
+
+def _first(entry: tuple[Rank, Candidate]) -> Rank:
+    return entry[0]
 
 
 def _decrement(counts: Counter[str], company_id: str) -> None:

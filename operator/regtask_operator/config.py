@@ -71,6 +71,8 @@ class OperatorSettings(BaseSettings):
 
     # Quotas
     default_max_tasks_per_user: int = Field(default=10, ge=0)
+    # A company without CompanyQuota: its running tasks at most (None: no company cap).
+    default_max_tasks_per_company: int | None = Field(default=None, ge=0)
     default_max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     default_storage_limit_mb: int = Field(default=5000, ge=0)
     rate_limit_policy: RateLimitPolicy = RateLimitPolicy.WAIT

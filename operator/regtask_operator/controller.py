@@ -160,6 +160,7 @@ class Controller:
             )
             return
         quotas = Quotas(
+            max_tasks_per_company=quota.max_tasks_per_company,
             max_tasks_per_user=quota.max_tasks_per_user,
             max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
             storage_limit_mb=quota.storage_limit_mb,

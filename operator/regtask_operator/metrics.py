@@ -65,6 +65,8 @@ class TaskStats(Protocol):
 
     def max_tasks_per_user(self, company_id: str) -> int: ...
 
+    def max_tasks_per_company(self, company_id: str) -> int | None: ...
+
 
 class MirrorStats(Protocol):
     """What the collector reads of the mirror."""
@@ -80,20 +82,21 @@ class StatsSnapshot:
     thread)."""
 
     task_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    # company -> (running, waiting, maxTasksPerUser)
-    quotas: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # company -> (running, waiting, maxTasksPerUser, maxTasksPerCompany or None)
+    quotas: dict[str, tuple[int, int, int, int | None]] = field(default_factory=dict)
     mirror_pending: int = 0
 
 
 def take_snapshot(tasks: TaskStats, mirror: MirrorStats) -> StatsSnapshot:
     """Read the operator's memory; call on the event loop's thread only."""
-    quotas: dict[str, tuple[int, int, int]] = {}
+    quotas: dict[str, tuple[int, int, int, int | None]] = {}
     for company in tasks.companies():
         usage = tasks.queue_summary(company)
         quotas[company] = (
             usage["activeTasks"],
             usage["waitingTasks"],
             tasks.max_tasks_per_user(company),
+            tasks.max_tasks_per_company(company),
         )
     return StatsSnapshot(tasks.task_counts(), quotas, mirror.pending())
 
@@ -133,13 +136,29 @@ class OperatorCollector(Collector):
             "The company's concurrency limit per user.",
             labels=["company"],
         )
-        for company, (active, queued, max_tasks) in sorted(snapshot.quotas.items()):
+        company_cap = GaugeMetricFamily(
+            "regtask_quota_max_tasks_per_company",
+            "The company's cap on running tasks (companies with one only).",
+            labels=["company"],
+        )
+        headroom = GaugeMetricFamily(
+            "regtask_quota_company_slot_headroom",
+            "Slots the company may still fill before its maxTasksPerCompany (companies with a"
+            " cap only; 0 = at the cap, its next free slot goes by fair share).",
+            labels=["company"],
+        )
+        for company, (active, queued, max_tasks, cap) in sorted(snapshot.quotas.items()):
             running.add_metric([company], active)
             waiting.add_metric([company], queued)
             limit.add_metric([company], max_tasks)
+            if cap is not None:
+                company_cap.add_metric([company], cap)
+                headroom.add_metric([company], max(cap - active, 0))
         yield running
         yield waiting
         yield limit
+        yield company_cap
+        yield headroom
         failures = GaugeMetricFamily(
             "regtask_mirror_pending_tasks", "Task states waiting to be written to Redis."
         )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import structlog
 
 from regtask.crmodels import TERMINAL_PHASES, Phase
-from regtask.eta import Busy, Eta, Queued, schedule
+from regtask.eta import Busy, Eta, Queued, schedule_company
 from regtask.ratelimit import WINDOW_S
 from regtask.tasktypes import TASK_TYPES
 from regtask.timeutil import iso_in
@@ -152,23 +152,32 @@ class Scheduler:
 
     def _etas(self, waiting: list[Waiting], users: set[tuple[str, str]]) -> dict[TaskKey, Eta]:
         """When the waiting tasks of these (company, user) pairs should start and end
-        (:func:`regtask.eta.schedule`: the user's slots, the median run time per type)."""
+        (:func:`regtask.eta.schedule_company`: the users' slots, the company's cap shared by
+        fair share, the median run time per type). A company with a cap is simulated whole
+        (its users compete for its slots); without one, only these users (they do not)."""
         tracker = self.tracker
         now = time.time()
         medians: dict[str, float | None] = dict(tracker.runs.medians())
-        queues: dict[tuple[str, str], list[Waiting]] = {}
+        caps = {company: tracker.max_tasks_per_company(company) for company, _ in users}
+
+        def wanted(candidate: Candidate) -> bool:
+            company = candidate.company_id
+            return company in caps and (caps[company] is not None or _user(candidate) in users)
+
+        queues: dict[str, list[Waiting]] = {}
         for entry in waiting:
-            if _user(entry.candidate) in users:
-                queues.setdefault(_user(entry.candidate), []).append(entry)
-        busy: dict[tuple[str, str], list[Busy]] = {}
+            if wanted(entry.candidate):
+                queues.setdefault(entry.candidate.company_id, []).append(entry)
+        busy: dict[str, list[Busy]] = {}
         for candidate in tracker.state.running():
             task = tracker.tasks.get(candidate.key)
-            if task is not None and _user(candidate) in users:
+            if task is not None and wanted(candidate):
                 elapsed = now - task.admitted_at if task.admitted_at is not None else 0.0
-                busy.setdefault(_user(candidate), []).append(Busy(task.task_type.value, elapsed))
+                busy.setdefault(candidate.company_id, []).append(
+                    Busy(task.task_type.value, elapsed, candidate.user_id)
+                )
         etas: dict[TaskKey, Eta] = {}
-        for pair, entries in queues.items():
-            entries.sort(key=lambda w: w.position)
+        for company, entries in queues.items():
             queued = []
             for entry in entries:
                 task = tracker.tasks.get(entry.candidate.key)
@@ -179,12 +188,13 @@ class Scheduler:
                         entry.candidate.task_id,
                         task_type,
                         entry.retry_after_s if llm_wait else None,
+                        entry.candidate.user_id,
+                        entry.rank,
                     )
                 )
-            limit = tracker.max_tasks_per_user(pair[0])
-            for entry, eta in zip(
-                entries, schedule(queued, busy.get(pair, []), medians, limit), strict=True
-            ):
+            limit = tracker.max_tasks_per_user(company)
+            planned = schedule_company(queued, busy.get(company, []), medians, limit, caps[company])
+            for entry, eta in zip(entries, planned, strict=True):
                 etas[entry.candidate.key] = eta
         return etas
 

@@ -37,7 +37,7 @@ from regtask.crmodels import (
 from regtask.documents import Quotas
 from regtask.timeutil import now_iso
 from regtask_operator import jobs, metrics
-from regtask_operator.admission import TaskKey, Waiting
+from regtask_operator.admission import TaskKey, Waiting, WaitReason
 from regtask_operator.kube import Kube, KubeError, task_path
 from regtask_operator.mirror import Mirror
 from regtask_operator.tasks import TaskTracker, TrackedTask
@@ -90,6 +90,13 @@ def waiting_status(waiting: Waiting, quotas: Quotas) -> dict[str, Any]:
         retry_after: str | None = datetime.fromtimestamp(
             time.time() + waiting.retry_after_s, UTC
         ).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif waiting.reason is WaitReason.COMPANY_CONCURRENCY:
+        message = (
+            f"company runs {quotas.max_tasks_per_company} tasks (its limit); the next free "
+            f"slot goes to the user with the fewest running; position {waiting.position} in "
+            "the company queue"
+        )
+        retry_after = None
     else:
         message = (
             f"user has {quotas.max_tasks_per_user} running tasks (the company's "

@@ -222,6 +222,7 @@ class TaskTracker:
         """Built once: the scheduler looks limits up for every queued task at every step."""
         return CompanyLimits(
             Quotas(
+                max_tasks_per_company=self.settings.default_max_tasks_per_company,
                 max_tasks_per_user=self.settings.default_max_tasks_per_user,
                 max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
                 storage_limit_mb=self.settings.default_storage_limit_mb,
@@ -236,6 +237,10 @@ class TaskTracker:
     def max_tasks_per_user(self, company_id: str) -> int:
         """The company's maxTasksPerUser: what its tenants' ResourceQuotas are sized for."""
         return self.company_limits(company_id)[0].max_tasks_per_user
+
+    def max_tasks_per_company(self, company_id: str) -> int | None:
+        """The company's maxTasksPerCompany (None: no company cap)."""
+        return self.company_limits(company_id)[0].max_tasks_per_company
 
     def set_limits(self, company_id: str, quotas: Quotas, policy: RateLimitPolicy) -> bool:
         """Record a company's limits; True when they differ from the ones known."""

@@ -262,3 +262,31 @@ def test_record_from_a_registry_task_resource() -> None:
 )
 def test_unreadable_resources_are_skipped_not_fatal(broken: dict[str, Any]) -> None:
     assert record_from_resource(broken) is None
+
+
+def test_the_plan_follows_fair_share_under_a_company_cap() -> None:
+    """A runs 2 of the company's 2 slots with 3 more waiting (older); B waits with 1: B is
+    shown first and gets the first slot to free; the headroom is 0."""
+    history = [done(f"h{i}", 60, ended=-10 * i) for i in range(1, 4)]
+    records = [
+        *history,
+        running("ra1", 50, user="A"),
+        running("ra2", 10, user="A"),
+        waiting("wa1", 1, user="A"),
+        waiting("wa2", 2, user="A"),
+        waiting("wa3", 3, user="A"),
+        waiting("wb1", 4, user="B"),  # created last, reported last (the CR's stale position)
+    ]
+    plan = plan_company(records, "acme", limit=5, now=NOW, company_cap=2)
+    assert [(row.record.task_id, row.position) for row in plan.waiting] == [
+        ("wb1", 1),
+        ("wa1", 2),
+        ("wa2", 3),
+        ("wa3", 4),
+    ]
+    starts = {row.record.task_id: row.eta.start_in_s for row in plan.waiting}
+    # ra1 frees at 10 s -> wb1 (B runs 0); ra2 at 50 s -> wa1 (A 0, B 1); wb1 at 70 s -> wa2
+    # (A 1, B 0 but B has nothing left); wa1 at 110 s -> wa3
+    assert starts == {"wb1": 10, "wa1": 50, "wa2": 70, "wa3": 110}
+    assert (plan.company_cap, plan.headroom) == (2, 0)
+    assert plan_company(records, "acme", limit=5, now=NOW).headroom is None

@@ -191,6 +191,7 @@ def test_operator_settings_parse_what_the_chart_sets(
     op = chart_values["operator"]
     assert settings.rate_limit_policy.value == op["quotas"]["rateLimitPolicy"]
     assert settings.default_max_tasks_per_user == op["quotas"]["maxTasksPerUser"]
+    assert settings.default_max_tasks_per_company == op["quotas"]["maxTasksPerCompany"]
     assert settings.default_max_llm_requests_per_hour == op["quotas"]["maxLlmRequestsPerHour"]
     assert settings.default_storage_limit_mb == op["quotas"]["storageLimitMb"]
     assert settings.namespace_idle_seconds == op["tenant"]["namespaceIdleSeconds"]

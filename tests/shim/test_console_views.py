@@ -174,3 +174,13 @@ def test_stream_filter_finds_the_task_of_each_event() -> None:
     assert _event_task_id('{"payload": {"conversation_id": "conv_1"}}') == "llm_conv_1"
     assert _event_task_id("not json") is None
     assert keys.events_pattern() == "events:user:*"
+
+
+@pytest.mark.unit
+def test_the_console_reads_the_company_cap() -> None:
+    quota = {
+        "metadata": {"name": "cq-acme"},
+        "spec": {"companyId": "acme", "maxTasksPerCompany": 4},
+    }
+    assert views.quota_of([quota], "acme").max_tasks_per_company == 4
+    assert views.quota_of([], "acme").max_tasks_per_company is None

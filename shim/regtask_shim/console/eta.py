@@ -15,8 +15,13 @@ from regtask.queueplan import QuotaPlan, plan_company, record_from_resource
 
 
 def company_plan(
-    tasks: Iterable[Mapping[str, Any]], company_id: str, limit: int, now: datetime
+    tasks: Iterable[Mapping[str, Any]],
+    company_id: str,
+    limit: int,
+    now: datetime,
+    company_cap: int | None = None,
 ) -> QuotaPlan:
-    """Queue order, ETA of each waiting task and remaining time of each running one."""
+    """Queue order (fair share), ETA of each waiting task and remaining time of each running
+    one."""
     records = [r for r in (record_from_resource(t) for t in tasks) if r is not None]
-    return plan_company(records, company_id, limit, now=now)
+    return plan_company(records, company_id, limit, now=now, company_cap=company_cap)

@@ -118,6 +118,7 @@ class Quota(BaseModel):
     storage_limit_mb: int
     rate_limit_policy: str
     defined: bool  # False: no CompanyQuota, the defaults shown apply
+    max_tasks_per_company: int | None = None  # None: no company cap
 
 
 class Usage(BaseModel):
@@ -161,6 +162,7 @@ def quota_of(quotas: Iterable[Mapping[str, Any]], company_id: str) -> Quota:
         storage_limit_mb=spec.storage_limit_mb,
         rate_limit_policy=spec.rate_limit_policy.value,
         defined=bool(found),
+        max_tasks_per_company=spec.max_tasks_per_company,
     )
 
 
@@ -237,7 +239,9 @@ def company_page(
     now: datetime,
 ) -> CompanyPage:
     """``objects`` are the raw RegistryTasks (every company's: run-time history for the ETA)."""
-    plan = company_plan(objects, company_id, quota.max_tasks_per_user, now)
+    plan = company_plan(
+        objects, company_id, quota.max_tasks_per_user, now, quota.max_tasks_per_company
+    )
     by_id = {t.task_id: t for t in tasks}
     mine = [t for t in tasks if t.company_id == company_id]
     queue = [
