@@ -26,6 +26,7 @@ from tests.operator.test_lifecycle_races import (
     FakeApi,
     deliver_deletions,
     make,
+    phase,
     see,
     spec,
     step,
@@ -55,10 +56,10 @@ async def run_to_success(controller: Controller, api: FakeApi, key: TaskKey) -> 
     await step(controller)
     await yields(30)
     task = controller.tracker.tasks[key]
-    assert task.phase is Phase.RUNNING
+    assert phase(task) is Phase.RUNNING
     job = api.complete(task.tenant_namespace, naming.job_name(task.task_id))
     await controller.job_seen(job)
-    assert task.phase is Phase.SUCCEEDED
+    assert phase(task) is Phase.SUCCEEDED
 
 
 async def test_a_finished_task_leaves_memory_once_the_api_server_shows_its_end() -> None:
