@@ -6,7 +6,7 @@ TOOLS_BIN = $(shell hack/install-k8s-tools.sh --print-bin 2>/dev/null)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-down test check lint typecheck crds unit bench-registry bench-admission bench-rpc \
-	bench-llm bench-cluster bench-revocation bench-operator-costs clean kind-down
+	bench-llm bench-cluster bench-revocation bench-operator-costs bench-scale clean kind-down
 
 setup:
 	bash hack/setup.sh
@@ -62,6 +62,11 @@ bench-revocation: setup
 ## bench-operator-costs: in-process, the operator's per-event costs against the queue's size
 bench-operator-costs: setup
 	$(PY) -m bench.bench_operator_costs
+
+## bench-scale: Kueue's benchmark shape (TASKS=50000 over COMPANIES=1000 at RATE/s) on an
+##              envtest-shaped control plane (etcd + kube-apiserver), runtimes simulated
+bench-scale: setup
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m bench.bench_scale
 
 ## bench-cluster: the kind cluster's create/delete, image load, Job create -> Complete
 bench-cluster: setup

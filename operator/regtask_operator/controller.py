@@ -241,9 +241,17 @@ class Controller:
         await self.reconcile()
         # The ends a failed registry write of an earlier life (kept in its memory) never wrote.
         await self.mirror.resync(ended)
+        # The finished tasks listed leave memory now that their Jobs were seen (a live Job of
+        # one was deleted, a draining one keeps it until it is gone).
+        settled = self.tracker.settle_all()
         self.tracker.ready = True
         self.tracker.kick()
-        log.info("operator_primed", company_quotas=quotas, tasks=len(self.tracker.tasks))
+        log.info(
+            "operator_primed",
+            company_quotas=quotas,
+            tasks=len(self.tracker.tasks),
+            finished=settled,
+        )
 
     def _wrong_shard(self, company_id: str) -> str:
         settings = self.settings
@@ -278,15 +286,15 @@ class Controller:
         else ``REGTASK_TASK_TTL_SECONDS_AFTER_FINISHED``); the delete handler then forgets
         them. The registry keeps the user's task history. Returns how many were deleted."""
         deleted = 0
-        for task in self.tracker.expired(time.time()):
+        for key in self.tracker.expired(time.time()):
             try:
                 await self.kube.delete(
-                    f"{API_GROUP}/{API_VERSION}", TASK_KIND, task.key.namespace, task.key.name
+                    f"{API_GROUP}/{API_VERSION}", TASK_KIND, key.namespace, key.name
                 )
             except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("expired_task_delete_failed", task=str(task.key), error=str(exc))
+                log.warning("expired_task_delete_failed", task=str(key), error=str(exc))
                 continue
-            task.finished_at = None  # asked once; the delete handler forgets it
+            self.tracker.deletion_asked(key)  # asked once; the delete handler forgets it
             deleted += 1
         if deleted:
             log.info("expired_tasks_deleted", tasks=deleted)

@@ -50,6 +50,7 @@ class TrackedTask:
         "company_id",
         "created",
         "current_step",
+        "end_seen",
         "finished_at",
         "key",
         "launched_mono",
@@ -105,6 +106,9 @@ class TrackedTask:
         self.max_duration_s: int = spec.effective_max_duration_s
         # time.time() when it ended (its status' completionTime when listed), for its TTL
         self.finished_at: float | None = None
+        # The API server has shown its end (a watch event or a listing with a terminal
+        # phase): no older event of it can arrive any more (see TaskTracker.settle).
+        self.end_seen = False
         self.ttl_after_finished_s: int | None = spec.ttl_seconds_after_finished
         self._spec_json: str = spec.model_dump_json(by_alias=True, exclude_unset=True)
 
@@ -129,6 +133,17 @@ class TrackedTask:
             created=parse_iso(self.created).timestamp(),
             uses_llm=TASK_TYPES[self.task_type].uses_llm,
         )
+
+    def ttl_deadline(self, default_ttl_s: int) -> float | None:
+        """time.time() when its TTL has passed (None while it has not ended)."""
+        if self.finished_at is None or self.phase not in TERMINAL_PHASES:
+            return None
+        ttl = default_ttl_s if self.ttl_after_finished_s is None else self.ttl_after_finished_s
+        return self.finished_at + ttl
+
+    def labels(self) -> tuple[str, str, str]:
+        """(phase, task type, company): its series of the ``regtask_tasks`` gauge."""
+        return (self.phase.value, self.task_type.value, self.company_id)
 
     def snapshot(self, phase: Phase, **changes: Any) -> TaskSnapshot:
         base = TaskSnapshot(
@@ -162,6 +177,15 @@ class CompanyLimits:
 
 @dataclass
 class TaskTracker:
+    """The tasks in play and the finished ones awaiting their TTL, kept apart.
+
+    A finished task leaves :attr:`tasks` once nothing can still concern it (:meth:`settle`):
+    its end is in the API server, its slot is free. What stays is one entry of :attr:`ended`
+    (its TTL deadline and its gauge labels, shared), until it is deleted. Every walk over
+    :attr:`tasks` (the scheduler's step, reconcile, scrapes, the busy namespaces) is therefore
+    over the running and waiting tasks, never over the history.
+    """
+
     settings: OperatorSettings
     state: AdmissionState = field(default_factory=AdmissionState)
     tasks: dict[TaskKey, TrackedTask] = field(default_factory=dict)
@@ -191,6 +215,12 @@ class TaskTracker:
     # replica becomes the active one): no decision before, or the defaults (10 per user, Wait)
     # would admit while the companies' own limits are still on their way.
     ready: bool = False
+    # Finished tasks no longer in `tasks`: key -> (time.time() their TTL passes, gauge labels).
+    ended: dict[TaskKey, tuple[float, tuple[str, str, str]]] = field(default_factory=dict)
+    # One tuple per label set, shared by every entry of `ended` that has it, and how many
+    # entries have it (a scrape reads these counts, never walks `ended`).
+    _labels: dict[tuple[str, str, str], tuple[str, str, str]] = field(default_factory=dict)
+    _ended_counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def kick(self) -> None:
         self.wake.set()
@@ -208,6 +238,8 @@ class TaskTracker:
         self.limits_in_registry.clear()
         self.llm_admissions.clear()
         self.runs = RunHistory()
+        self.ended.clear()
+        self._ended_counts.clear()
 
     # ------------------------------------------------------------------ company limits
 
@@ -295,34 +327,49 @@ class TaskTracker:
     ) -> tuple[TrackedTask, bool]:
         """Remember a task (new, or listed at start-up) and queue it unless it ended or runs.
 
-        Called for every watch event of the task: idempotent. True when it was not known.
+        Called for every watch event of the task: idempotent. True when it was not known. A
+        finished task is not kept once settled (:meth:`settle`); one seen finished after the
+        prime is never kept (only its :attr:`ended` entry): the task returned is then a view.
         """
-        task = self.tasks.get(key)
-        is_new = task is None
         phase = Phase(status["phase"]) if status.get("phase") else Phase.QUEUED
-        if task is None:
-            task = TrackedTask(
-                key,
-                uid,
-                spec,
-                created,
-                phase,
-                int(status.get("progress") or 0),
-                str(status.get("currentStep") or ""),
-            )
-            task.admitted_at = _timestamp(status.get("admittedAt"))
+        task = self.tasks.get(key)
+        if task is not None:
+            if phase in TERMINAL_PHASES and task.phase in TERMINAL_PHASES:
+                task.end_seen = True  # its end, back from the API server
+                self.settle(task)
+            return task, False
+        if key in self.ended:
             if phase in TERMINAL_PHASES:
-                task.finished_at = _timestamp(status.get("completionTime")) or time.time()
-                began = task.admitted_at or _timestamp(status.get("startTime"))
-                if phase is Phase.SUCCEEDED and began is not None:
-                    self.runs.record(task.task_type.value, task.finished_at - began)
-            self.tasks[key] = task
-        if task.phase in TERMINAL_PHASES or not is_new:
-            return task, is_new
+                return self._ended_view(key, uid, spec, created, phase, status), False
+            self._drop_ended(key)  # a new task took the name of one deleted meanwhile
+        task = TrackedTask(
+            key,
+            uid,
+            spec,
+            created,
+            phase,
+            int(status.get("progress") or 0),
+            str(status.get("currentStep") or ""),
+        )
+        task.admitted_at = _timestamp(status.get("admittedAt"))
+        if phase in TERMINAL_PHASES:
+            task.end_seen = True
+            task.finished_at = _timestamp(status.get("completionTime")) or time.time()
+            began = task.admitted_at or _timestamp(status.get("startTime"))
+            if phase is Phase.SUCCEEDED and began is not None:
+                self.runs.record(task.task_type.value, task.finished_at - began)
+            if self.ready:
+                # Seen ended after the prime (a re-list): never in play here again. During a
+                # prime it is kept until the prime's reconcile has seen its Jobs (settle_all).
+                self._remember_ended(task)
+                return task, True
+        self.tasks[key] = task
+        if phase in TERMINAL_PHASES:
+            return task, True
         if not self.state.is_running(key):
             self.state.submit(task.candidate())
         self.kick()
-        return task, is_new
+        return task, True
 
     def transition(self, task: TrackedTask, phase: Phase, hold_slot: bool = False) -> bool:
         """The one way a task's phase changes in memory; False when refused.
@@ -354,18 +401,82 @@ class TaskTracker:
             self.draining.discard(key)
             self.state.release(key)
             self.kick()
+            task = self.tasks.get(key)
+            if task is not None:
+                self.settle(task)
 
-    def expired(self, now: float) -> list[TrackedTask]:
-        """Finished tasks kept past their TTL (spec, else the operator's default)."""
+    def settle(self, task: TrackedTask) -> bool:
+        """Let a finished task leave memory once nothing can concern it any more; True if it
+        left. Its end must have been seen from the API server (``end_seen``: an older watch
+        event, say its ``Running``, could otherwise track it anew and queue it again) and its
+        slot be free (not draining: its Job's deletion still frees it). Hazard: never call it
+        for a task in play; the checks here are the whole rule."""
+        key = task.key
+        if (
+            task.phase not in TERMINAL_PHASES
+            or not task.end_seen
+            or key in self.draining
+            or self.state.is_running(key)
+            or self.tasks.get(key) is not task
+        ):
+            return False
+        del self.tasks[key]
+        self._remember_ended(task)
+        return True
+
+    def settle_all(self) -> int:
+        """After a prime: the finished tasks it listed leave memory (see :meth:`settle`)."""
+        return sum(self.settle(task) for task in list(self.tasks.values()))
+
+    def _remember_ended(self, task: TrackedTask) -> None:
+        self._drop_ended(task.key)
+        deadline = task.ttl_deadline(self.settings.task_ttl_seconds_after_finished)
+        labels = task.labels()
+        labels = self._labels.setdefault(labels, labels)
+        self.ended[task.key] = (time.time() if deadline is None else deadline, labels)
+        self._ended_counts[labels] += 1
+
+    def _drop_ended(self, key: TaskKey) -> None:
+        entry = self.ended.pop(key, None)
+        if entry is not None:
+            self._ended_counts[entry[1]] -= 1
+            if not self._ended_counts[entry[1]]:
+                del self._ended_counts[entry[1]]
+
+    def _ended_view(
+        self,
+        key: TaskKey,
+        uid: str,
+        spec: RegistryTaskSpec,
+        created: str,
+        phase: Phase,
+        status: dict[str, Any],
+    ) -> TrackedTask:
+        """A finished task out of memory, as an event shows it (not kept)."""
+        task = TrackedTask(key, uid, spec, created, phase)
+        task.end_seen = True
+        task.finished_at = _timestamp(status.get("completionTime"))
+        return task
+
+    def expired(self, now: float) -> list[TaskKey]:
+        """Finished tasks kept past their TTL (spec, else the operator's default): those out
+        of memory and those still in it (an end not yet seen back from the API server)."""
         default = self.settings.task_ttl_seconds_after_finished
-        return [
-            task
-            for task in self.tasks.values()
-            if task.finished_at is not None
-            and task.phase in TERMINAL_PHASES
-            and now - task.finished_at
-            >= (default if task.ttl_after_finished_s is None else task.ttl_after_finished_s)
-        ]
+        keys = [key for key, (deadline, _) in self.ended.items() if now >= deadline]
+        for task in self.tasks.values():
+            deadline = task.ttl_deadline(default)
+            if deadline is not None and now >= deadline:
+                keys.append(task.key)
+        return keys
+
+    def deletion_asked(self, key: TaskKey) -> None:
+        """Its deletion was asked once: not again (its delete handler forgets it)."""
+        entry = self.ended.get(key)
+        if entry is not None:
+            self.ended[key] = (float("inf"), entry[1])
+        task = self.tasks.get(key)
+        if task is not None:
+            task.finished_at = None
 
     async def release(self, key: TaskKey) -> None:
         """Free the task's slot (or its place in the queue)."""
@@ -382,6 +493,7 @@ class TaskTracker:
     async def forget(self, key: TaskKey) -> None:
         await self.release(key)
         self.tasks.pop(key, None)
+        self._drop_ended(key)
         self.kick()
 
     # ------------------------------------------------------------------ questions
@@ -401,10 +513,10 @@ class TaskTracker:
         }
 
     def task_counts(self) -> Counter[tuple[str, str, str]]:
-        """Known tasks by (phase, task type, company)."""
-        return Counter(
-            (t.phase.value, t.task_type.value, t.company_id) for t in self.tasks.values()
-        )
+        """Known tasks by (phase, task type, company): in play, and ended awaiting their TTL."""
+        counts = Counter(t.labels() for t in self.tasks.values())
+        counts.update(self._ended_counts)
+        return counts
 
     def companies(self) -> set[str]:
         """Every company with a task or limits known."""

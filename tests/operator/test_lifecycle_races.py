@@ -428,13 +428,13 @@ async def test_finished_tasks_are_deleted_after_their_ttl() -> None:
     tracker = controller.tracker
     for key in (quick, slow):
         await controller.status.finish(tracker.tasks[key], Phase.SUCCEEDED, "Completed", "")
-    assert [t.key for t in tracker.expired(time.time())] == [quick]
+    assert tracker.expired(time.time()) == [quick]
     assert await controller.delete_expired() == 1
     assert deleted == ["RegistryTask/task-quick"]
     assert await controller.delete_expired() == 0  # asked once; its delete handler forgets it
     later = time.time() + 3600
-    assert {t.key for t in tracker.expired(later)} == {slow}
-    assert running not in {t.key for t in tracker.expired(later + 10**6)}
+    assert set(tracker.expired(later)) == {slow}
+    assert running not in tracker.expired(later + 10**6)
 
 
 def test_a_task_listed_finished_keeps_its_completion_time() -> None:
@@ -448,7 +448,7 @@ def test_a_task_listed_finished_keeps_its_completion_time() -> None:
         {"phase": "Succeeded", "completionTime": "2026-11-02T00:00:00Z"},
     )
     assert task.finished_at == parse_iso("2026-11-02T00:00:00Z").timestamp()
-    assert tracker.expired(parse_iso("2026-11-10T00:00:00Z").timestamp()) == [task]
+    assert tracker.expired(parse_iso("2026-11-10T00:00:00Z").timestamp()) == [key]
 
 
 def controller_for_listing() -> Controller:
