@@ -45,6 +45,7 @@ def test_operator_identity_has_what_it_uses(
     assert can(api, "patch", "registrytasks", "regtask.io", "any-ns", subresource="status")
     assert can(api, "create", "jobs", "batch", "rt-some-tenant")
     assert can(api, "patch", "networkpolicies", "networking.k8s.io", "rt-some-tenant")
+    assert can(api, "list", "pods", "", "rt-some-tenant")  # a Job's pods, for status.job
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,8 @@ def test_operator_identity_has_what_it_uses(
         ("list", "secrets", ""),
         ("create", "secrets", ""),
         ("create", "pods", ""),
+        ("get", "pods", ""),  # pods are listed by their Job's UID, nothing more
+        ("delete", "pods", ""),
         ("create", "clusterrolebindings", "rbac.authorization.k8s.io"),
         ("delete", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("update", "registrytasks", "regtask.io"),
