@@ -77,9 +77,11 @@ class Reconciler:
 
     def forget_shown(self, company_id: str | None = None) -> None:
         """What the CompanyQuotas' status shows is unknown again (another replica wrote it, or
-        the company's CompanyQuota was deleted: a new one starts with an empty status)."""
+        the company's CompanyQuota was deleted: a new one starts with an empty status); with no
+        company (a prime), the tasks' Job summaries too."""
         if company_id is None:
             self._quota_shown.clear()
+            self._job_shown.clear()
         else:
             self._quota_shown.pop(company_id, None)
 
