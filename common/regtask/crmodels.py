@@ -199,6 +199,40 @@ class Condition(CRModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
+MAX_POD_SUMMARIES = 5
+
+
+class PodSummary(CRModel):
+    """One pod of a task's Job, as the operator last read it (for the console)."""
+
+    name: str
+    phase: str | None = None
+    node: str | None = None
+    restarts: int = Field(default=0, ge=0)
+    exit_code: int | None = None
+    reason: str | None = Field(default=None, description="The runner's termination reason.")
+    started_at: datetime | None = None
+
+
+class JobSummary(CRModel):
+    """The task's Job and its pods, refreshed by the operator on each event of the Job."""
+
+    name: str
+    namespace: str
+    state: str = Field(description="Running, Complete or Failed (the Job's own condition).")
+    active: int = Field(default=0, ge=0)
+    ready: int = Field(default=0, ge=0)
+    succeeded: int = Field(default=0, ge=0)
+    failed: int = Field(default=0, ge=0)
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    pods: list[PodSummary] = Field(
+        default_factory=list,
+        max_length=MAX_POD_SUMMARIES,
+        description="The newest pods first, at most five.",
+    )
+
+
 class RegistryTaskStatus(CRModel):
     model_config = ConfigDict(extra="allow")
 
@@ -213,6 +247,7 @@ class RegistryTaskStatus(CRModel):
     attempts: int | None = Field(default=None, ge=0)
     namespace: str | None = None
     job_name: str | None = None
+    job: JobSummary | None = None
     admitted_at: datetime | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from regtask import keys
 from regtask.keys import DATA_FIELD
 
 log = structlog.get_logger(__name__)
@@ -138,6 +139,8 @@ class ProgressUpdate:
     # A waiting task's place, JSON {"queue_position": n, "estimated_start": iso|null}; "" when
     # the task is not waiting (the script then removes both).
     place: str = ""
+    # The entry of the task's step history (JSON {at, step, progress, data}); "" records none.
+    step_entry: str = ""
 
     def script_args(self) -> list[str | int]:
         return [
@@ -150,6 +153,10 @@ class ProgressUpdate:
             self.estimated_completion,
             -(10**12 + secrets.randbelow(9 * 10**12)),
             self.place,
+            self.step_entry,
+            keys.TASK_STEP_HISTORY_CAP,
+            keys.TASK_STEP_COUNT_FIELD,
+            keys.TASK_STEP_FIELD_PREFIX,
             *self.terminal,
         ]
 

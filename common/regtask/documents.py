@@ -146,6 +146,16 @@ class TaskDoc(Document):
     error: str | None = None
 
 
+class TaskStep(Document):
+    """Ours: one entry of a task's step history (a runner's progress report as the gateway
+    recorded it), kept beside the document in the same hash (``regtask.keys.task_step_field``)."""
+
+    at: str
+    step: str
+    progress: int = Field(ge=0, le=100)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 # ---------------------------------------------------------------- registry:company:{company_id}
 
 

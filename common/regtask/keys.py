@@ -12,6 +12,14 @@ DATA_FIELD = "data"
 # Extra hash fields the contract names beside ``data``.
 LAST_UPDATE_FIELD = "last_update"
 CREATED_AT_FIELD = "created_at"
+# Ours (additive): a task's step history, kept in its own ``registry:task:{id}`` hash beside
+# ``data`` (same key: written by the progress script in the same call, gone with the document,
+# and the script still touches one key, as Redis Cluster needs). A ring of
+# ``TASK_STEP_HISTORY_CAP`` fields ``step:<n mod cap>``, each one JSON entry (time, step,
+# progress, data), and ``step_count``, how many were ever written.
+TASK_STEP_COUNT_FIELD = "step_count"
+TASK_STEP_FIELD_PREFIX = "step:"
+TASK_STEP_HISTORY_CAP = 50
 
 UNIFIED_USER_TTL_S = 24 * 3600
 COMPANY_TTL_S = 24 * 3600
@@ -51,6 +59,11 @@ def unified_user(user_id: str) -> str:
 
 def task(task_id: str) -> str:
     return f"{TASK_PREFIX}{task_id}"
+
+
+def task_step_field(sequence: int) -> str:
+    """The ring field of the ``sequence``-th step (0-based) ever recorded for a task."""
+    return f"{TASK_STEP_FIELD_PREFIX}{sequence % TASK_STEP_HISTORY_CAP}"
 
 
 def company(company_id: str) -> str:

@@ -142,7 +142,8 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             SHIM,
             read=tuple(read),
             write=tuple(write),
-            commands=("set", "incr", "incrby", "strlen", *storage_commands),
+            # hmget: a task's step history for the console (regtask.keys.task_step_field).
+            commands=("set", "incr", "incrby", "strlen", "hmget", *storage_commands),
         )
     if component == GATEWAY:
         # A runner's task document (progress, result), its conversation (and the user's

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from regtask import keys, registry_ops
@@ -27,6 +28,7 @@ from regtask.documents import (
     Quotas,
     RegistryStatus,
     TaskDoc,
+    TaskStep,
     UnifiedUserDoc,
     UserInfo,
     UserPresence,
@@ -170,10 +172,12 @@ class Registry:
         estimated_completion: str | None = None,
         queue_position: int | None = None,
         estimated_start: str | None = None,
+        record_step: bool = False,
     ) -> bool:
         """True when applied; False when the task had already finished (a late update).
         ``queue_position`` (and ``estimated_start``) only for a waiting task: an update
-        without them removes both."""
+        without them removes both. ``record_step``: the update also joins the task's step
+        history (:meth:`get_task_steps`), in the same atomic call."""
         return await self.store.progress(
             registry_ops.task_progress(
                 task_id,
@@ -186,6 +190,7 @@ class Registry:
                 estimated_completion,
                 queue_position,
                 estimated_start,
+                record_step,
             )
         )
 
@@ -217,6 +222,24 @@ class Registry:
 
     async def get_task(self, task_id: str) -> TaskDoc | None:
         return await self.store.read(keys.task(task_id), TaskDoc)
+
+    async def get_task_steps(self, task_id: str) -> list[TaskStep]:
+        """The task's step history, oldest first: the last ``keys.TASK_STEP_HISTORY_CAP``
+        recorded, read in one HMGET. An unreadable entry is logged and skipped."""
+        cap = keys.TASK_STEP_HISTORY_CAP
+        fields = [keys.TASK_STEP_COUNT_FIELD, *(keys.task_step_field(i) for i in range(cap))]
+        raw = await self.client.hmget(keys.task(task_id), fields)
+        count = int(raw[0] or 0)
+        steps: list[TaskStep] = []
+        for sequence in range(max(0, count - cap), count):
+            entry = raw[1 + sequence % cap]
+            if entry is None:
+                continue
+            try:
+                steps.append(TaskStep.model_validate_json(entry))
+            except ValidationError:
+                log.warning("task_step_unreadable", task_id=task_id, sequence=sequence)
+        return steps
 
     async def get_tasks(self, task_ids: list[str]) -> list[TaskDoc | None]:
         """Many tasks' documents in one round trip, in the order asked."""

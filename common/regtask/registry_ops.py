@@ -301,20 +301,23 @@ def task_progress(
     estimated_completion: str | None = None,
     queue_position: int | None = None,
     estimated_start: str | None = None,
+    record_step: bool = False,
 ) -> ProgressUpdate:
     """One round trip: update a live task and publish its event; a finished task is left alone.
 
     The event is the contract's ``task.progress_update`` (:class:`TaskProgressEvent`), written
     as a plain dict here because this is the hottest path of the platform; a test checks that
-    it parses back into the model.
+    it parses back into the model. ``record_step``: also append the update to the task's step
+    history (:class:`regtask.documents.TaskStep`; a runner's report, not a waiting report).
     """
     if not 0 <= progress <= 100:
         raise ValueError(f"progress must be within 0..100, got {progress}")
+    at = now_iso()
     message = json.dumps(
         {
             "type": EventType.TASK_PROGRESS.value,
             "uid": user_id,
-            "timestamp": now_iso(),
+            "timestamp": at,
             "payload": {
                 "task_id": task_id,
                 "status": status.value,
@@ -337,6 +340,11 @@ def task_progress(
         place=(
             json.dumps({"queue_position": queue_position, "estimated_start": estimated_start})
             if queue_position is not None
+            else ""
+        ),
+        step_entry=(
+            json.dumps({"at": at, "step": current_step, "progress": progress, "data": data or {}})
+            if record_step
             else ""
         ),
     )

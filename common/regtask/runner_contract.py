@@ -18,6 +18,9 @@ TOKEN_MOUNT_PATH = "/var/run/secrets/regtask"  # noqa: S105 - a path
 TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name
 
 RUNNER_MODULE = "regtask_runners"
+# The step a runner reports last when its work fails, its data {"error", "retryable",
+# "failed_at_step"}: the task's step history keeps it, and the console shows its error.
+FAILURE_STEP = "failed"
 
 
 class ExitCode(IntEnum):

@@ -96,6 +96,7 @@ async def post_progress(body: ProgressIn, state: StateDep, claims: ClaimsDep) ->
             spec.effective_max_duration_s,
             body.data,
             body.estimated_completion,
+            record_step=True,
         )
     except DocumentMissing as exc:
         raise HTTPException(404, "task document not found in the registry") from exc

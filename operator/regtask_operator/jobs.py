@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regtask import naming, runner_contract, tokens
-from regtask.crmodels import Phase, RegistryTaskSpec
+from regtask.crmodels import MAX_POD_SUMMARIES, JobSummary, Phase, PodSummary, RegistryTaskSpec
 from regtask.runner_contract import ExitCode
 from regtask_operator.config import OperatorSettings
 from regtask_operator.isolation import RUNNER_SERVICE_ACCOUNT
@@ -201,3 +201,63 @@ def read_job_status(status: dict[str, Any] | None) -> JobOutcome:
             failed.get("lastTransitionTime"),
         )
     return JobOutcome(None, "", "", attempts, start)
+
+
+# ------------------------------------------------------------------ the Job and its pods, shown
+
+
+POD_CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
+def pods_selector(job: dict[str, Any]) -> str | None:
+    """The label selector of this Job's own pods (its UID, which the Job controller stamps on
+    them: never a same-named earlier Job's pods); None for a Job without a UID."""
+    uid = (job.get("metadata") or {}).get("uid")
+    return f"{POD_CONTROLLER_UID_LABEL}={uid}" if uid else None
+
+
+def pod_summary(pod: dict[str, Any]) -> PodSummary:
+    """Name, phase, node, restarts, and the runner container's exit code once it ended."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    runner: dict[str, Any] = next(
+        (c for c in status.get("containerStatuses") or [] if c.get("name") == CONTAINER_NAME),
+        {},
+    )
+    ended = (runner.get("state") or {}).get("terminated") or (runner.get("lastState") or {}).get(
+        "terminated"
+    )
+    return PodSummary(
+        name=str(meta.get("name") or ""),
+        phase=status.get("phase"),
+        node=(pod.get("spec") or {}).get("nodeName"),
+        restarts=int(runner.get("restartCount") or 0),
+        exit_code=int(ended["exitCode"]) if ended and ended.get("exitCode") is not None else None,
+        reason=(ended or {}).get("reason") or status.get("reason"),
+        started_at=status.get("startTime"),
+    )
+
+
+def job_summary(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status field ``job``: the Job's counts and condition and its newest pods."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    outcome = read_job_status(status)
+    state = {Phase.SUCCEEDED: "Complete", Phase.FAILED: "Failed"}.get(
+        outcome.phase or Phase.RUNNING, "Running"
+    )
+    newest = sorted(
+        pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or "")
+    )[::-1][:MAX_POD_SUMMARIES]
+    return JobSummary(
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        state=state,
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        start_time=status.get("startTime"),
+        completion_time=outcome.completion_time,
+        pods=[pod_summary(p) for p in newest],
+    ).to_wire()

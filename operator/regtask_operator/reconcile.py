@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import structlog
 
 from regtask import naming
@@ -30,7 +31,7 @@ from regtask.crmodels import TERMINAL_PHASES, Phase
 from regtask_operator import jobs
 from regtask_operator.admission import Candidate, TaskKey
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, quota_path
+from regtask_operator.kube import Kube, KubeError, quota_path
 from regtask_operator.mirror import Mirror
 from regtask_operator.status import StatusWriter, progress_status
 from regtask_operator.tasks import TaskTracker, TrackedTask
@@ -71,12 +72,16 @@ class Reconciler:
     _foreign_reported: set[tuple[TaskKey, str]] = field(default_factory=set)
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
+    # running task -> the Job summary its status shows (status.job: written when it changes)
+    _job_shown: dict[TaskKey, dict[str, Any]] = field(default_factory=dict)
 
     def forget_shown(self, company_id: str | None = None) -> None:
         """What the CompanyQuotas' status shows is unknown again (another replica wrote it, or
-        the company's CompanyQuota was deleted: a new one starts with an empty status)."""
+        the company's CompanyQuota was deleted: a new one starts with an empty status); with no
+        company (a prime), the tasks' Job summaries too."""
         if company_id is None:
             self._quota_shown.clear()
+            self._job_shown.clear()
         else:
             self._quota_shown.pop(company_id, None)
 
@@ -104,8 +109,27 @@ class Reconciler:
             if outcome.phase is None and not (job.get("metadata") or {}).get("deletionTimestamp"):
                 await self.status.delete_job(task)
             return
+        summary = jobs.job_summary(job, await self._pods_of(job))
         if outcome.phase is not None:
-            await self.status.finish_as_job(task, outcome)
+            self._job_shown.pop(task.key, None)
+            await self.status.finish_as_job(task, outcome, job=summary)
+        elif self._job_shown.get(task.key) != summary and await self.status.write(
+            task, {"job": summary}
+        ):
+            self._job_shown[task.key] = summary
+
+    async def _pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Job's own pods (read-only, its namespace only); none when the API refuses: the
+        summary is informative and never holds up the task's end."""
+        selector = jobs.pods_selector(job)
+        namespace = (job.get("metadata") or {}).get("namespace")
+        if selector is None or not namespace:
+            return []
+        try:
+            return await self.kube.list(f"/api/v1/namespaces/{namespace}/pods", selector)
+        except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("job_pods_unreadable", namespace=namespace, error=str(exc))
+            return []
 
     def _report_foreign(self, task: TrackedTask, job: dict[str, Any]) -> None:
         """A Job that names this task but is not its own: ignored, said once on the task."""
@@ -128,6 +152,8 @@ class Reconciler:
         foreground deletion sends it once the pods are gone)."""
         key = job_task_key(job, self.settings)
         task = self.tracker.tasks.get(key) if key is not None else None
+        if key is not None:
+            self._job_shown.pop(key, None)
         if task is not None and key is not None and owns(task, job):
             self.tracker.drained(key)
 

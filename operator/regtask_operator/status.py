@@ -120,8 +120,10 @@ def finished_status(
     attempts: int | None = None,
     start_time: str | None = None,
     result: dict[str, Any] | None = None,
+    job: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ended (Succeeded, Failed or Cancelled), with the small result when there is one."""
+    """Ended (Succeeded, Failed or Cancelled), with the small result when there is one and the
+    Job's last summary (:func:`jobs.job_summary`) when it ended as its Job did."""
     status: dict[str, Any] = {
         "phase": phase.value,
         "reason": reason,
@@ -138,6 +140,8 @@ def finished_status(
         status["startTime"] = start_time
     if result is not None:
         status["result"] = result
+    if job is not None:
+        status["job"] = job
     return status
 
 
@@ -212,16 +216,20 @@ class StatusWriter:
         message: str,
         attempts: int | None = None,
         start_time: str | None = None,
+        job: dict[str, Any] | None = None,
     ) -> None:
         """End the task: decided in memory first (its slot freed, every later decision about
         it refused: :meth:`TaskTracker.transition`), then recorded everywhere (status, mirror,
         metrics, Event). Idempotent."""
         if not self.tracker.transition(task, phase):
             return
-        await self._record_end(task, phase, reason, message, attempts, start_time)
+        await self._record_end(task, phase, reason, message, attempts, start_time, job)
 
-    async def finish_as_job(self, task: TrackedTask, outcome: jobs.JobOutcome) -> None:
-        """The task ends as its Job did (``outcome.phase`` set: Succeeded or Failed)."""
+    async def finish_as_job(
+        self, task: TrackedTask, outcome: jobs.JobOutcome, job: dict[str, Any] | None = None
+    ) -> None:
+        """The task ends as its Job did (``outcome.phase`` set: Succeeded or Failed); ``job``:
+        the Job's summary, shown in the same final write."""
         assert outcome.phase is not None
         await self.finish(
             task,
@@ -230,6 +238,7 @@ class StatusWriter:
             outcome.message,
             attempts=outcome.attempts,
             start_time=outcome.start_time,
+            job=job,
         )
 
     async def cancel(self, task: TrackedTask, reason: str, message: str) -> None:
@@ -267,6 +276,7 @@ class StatusWriter:
         message: str,
         attempts: int | None,
         start_time: str | None,
+        job: dict[str, Any] | None = None,
     ) -> None:
         result: dict[str, Any] | None = None
         if phase is Phase.SUCCEEDED:
@@ -277,7 +287,7 @@ class StatusWriter:
             except Exception as exc:  # noqa: BLE001 - the result is a bonus in the CR
                 log.warning("task_result_unavailable", task_id=task.task_id, error=str(exc))
         await self.write_final(
-            task, finished_status(phase, reason, message, attempts, start_time, result)
+            task, finished_status(phase, reason, message, attempts, start_time, result, job)
         )
         await self.mirror.publish(
             task.snapshot(phase, reason=reason, message=message, result=result)

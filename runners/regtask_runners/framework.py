@@ -41,6 +41,7 @@ from regtask.runner_contract import (
     ENV_TASK_ID,
     ENV_TASK_TOKEN_FILE,
     ENV_TASK_TYPE,
+    FAILURE_STEP,
     ExitCode,
 )
 from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, RunnerError
@@ -269,7 +270,7 @@ async def _report_failure(ctx: TaskContext, error: RunnerError) -> None:
     with contextlib.suppress(RunnerError, httpx.HTTPError):
         await ctx.gateway.progress(
             ctx.progress.progress,
-            "failed",
+            FAILURE_STEP,
             {
                 "error": str(error)[:500],
                 "retryable": error.exit_code is ExitCode.RETRYABLE,

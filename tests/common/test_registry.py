@@ -210,6 +210,49 @@ async def test_task_lifecycle_documents_and_events(redis_async: aioredis.Redis) 
     await pubsub.aclose()
 
 
+async def test_step_history_is_recorded_atomically_capped_and_expires_with_the_task(
+    redis_async: aioredis.Redis,
+) -> None:
+    """A runner's reports (record_step) join the history in the progress call itself; waiting
+    reports do not; the ring keeps the last TASK_STEP_HISTORY_CAP in order; a late update to
+    a finished task records nothing; the history lives in the task's key (its TTL)."""
+    registry = make_registry(redis_async, unified=False)
+    await registry.register_task(task_doc("steps_job1"))
+    assert await registry.get_task_steps("steps_job1") == []
+    await registry.update_task_progress(
+        "steps_job1", "user123", RegistryStatus.QUEUED, 0, "waiting", 600, queue_position=2
+    )
+    cap = keys.TASK_STEP_HISTORY_CAP
+    total = cap + 7
+    for i in range(total):
+        assert await registry.update_task_progress(
+            "steps_job1",
+            "user123",
+            RegistryStatus.PROCESSING,
+            min(99, i),
+            f"step_{i}",
+            600,
+            data={"i": i},
+            record_step=True,
+        )
+    steps = await registry.get_task_steps("steps_job1")
+    assert [s.step for s in steps] == [f"step_{i}" for i in range(total - cap, total)]
+    assert steps[-1].data == {"i": total - 1} and steps[-1].progress == min(99, total - 1)
+    assert steps[0].at.endswith("Z")
+    count = await redis_async.hget(keys.task("steps_job1"), keys.TASK_STEP_COUNT_FIELD)
+    assert count is not None and int(count) == total
+    assert await registry.finish_task(
+        "steps_job1", "user123", "company_abc", RegistryStatus.COMPLETED, 600
+    )
+    assert not await registry.update_task_progress(
+        "steps_job1", "user123", RegistryStatus.PROCESSING, 50, "late", 600, record_step=True
+    )
+    assert [s.step for s in await registry.get_task_steps("steps_job1")][-1] == f"step_{total - 1}"
+    assert 600 < await redis_async.ttl(keys.task("steps_job1")) <= 900
+    await redis_async.delete(keys.task("steps_job1"))
+    assert await registry.get_task_steps("steps_job1") == []
+
+
 async def test_eight_writers_register_2000_tasks_and_lose_none(
     redis_server: Any, redis_async: aioredis.Redis
 ) -> None:

@@ -117,6 +117,14 @@ async def test_progress_is_throttled_per_task_and_published(
     assert events[1].payload.status == "processing"
     doc = await _doc(redis_async, spec.task_id)
     assert (doc.progress.progress_percent, doc.task_info.status) == (55, "processing")
+    # The task's step history holds what was applied, with its data; the throttled burst is not.
+    steps = await Registry(redis_async).get_task_steps(spec.task_id)
+    assert [(s.progress, s.step, s.data) for s in steps] == [
+        (10, "extracting_text", {}),
+        (40, "entity_recognition", {"entities_found": 15}),
+        (100, "entity_recognition", {}),
+        (55, "entity_recognition", {}),
+    ]
 
 
 async def test_result_size_limit_and_company_storage_quota(

@@ -56,3 +56,70 @@ def test_an_evicted_runner_is_retried_and_a_permanent_failure_is_not(
     job = jobs.build_job(SPEC, "task-t1", "regtask-system", "uid-1", OperatorSettings())
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert policy_action(rules, exit_code, conditions) == action
+
+
+def pod(name: str, created: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "spec": {"nodeName": "node-1"},
+        "status": status,
+    }
+
+
+def test_job_summary_shows_counts_state_and_the_newest_pods_with_their_exit_codes() -> None:
+    job = {
+        "metadata": {"name": "rt-job-t1", "namespace": "rt-u-c-1", "uid": "abc"},
+        "status": {
+            "failed": 1,
+            "active": 1,
+            "ready": 1,
+            "startTime": "2026-11-28T10:00:00Z",
+        },
+    }
+    runner_ended = {
+        "name": jobs.CONTAINER_NAME,
+        "restartCount": 0,
+        "state": {"terminated": {"exitCode": ExitCode.RETRYABLE, "reason": "Error"}},
+    }
+    runner_restarted = {
+        "name": jobs.CONTAINER_NAME,
+        "restartCount": 2,
+        "state": {"running": {}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+    }
+    pods = [
+        pod(f"old-{i}", f"2026-11-28T09:0{i}:00Z", phase="Failed", containerStatuses=[])
+        for i in range(5)
+    ]
+    pods += [
+        pod("first", "2026-11-28T10:00:01Z", phase="Failed", containerStatuses=[runner_ended]),
+        pod(
+            "second", "2026-11-28T10:01:00Z", phase="Running", containerStatuses=[runner_restarted]
+        ),
+    ]
+    summary = jobs.job_summary(job, pods)
+    assert jobs.pods_selector(job) == "batch.kubernetes.io/controller-uid=abc"
+    assert (summary["name"], summary["namespace"], summary["state"]) == (
+        "rt-job-t1",
+        "rt-u-c-1",
+        "Running",
+    )
+    assert (summary["active"], summary["ready"], summary["failed"]) == (1, 1, 1)
+    names = [p["name"] for p in summary["pods"]]
+    assert names == ["second", "first", "old-4", "old-3", "old-2"]  # newest first, at most 5
+    assert summary["pods"][0] == {
+        "name": "second",
+        "phase": "Running",
+        "node": "node-1",
+        "restarts": 2,
+        "exitCode": 137,
+        "reason": "OOMKilled",
+    }
+    assert summary["pods"][1]["exitCode"] == ExitCode.RETRYABLE
+    assert "exitCode" not in summary["pods"][2]
+    done = {
+        **job,
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    assert jobs.job_summary(done, [])["state"] == "Complete"
+    assert jobs.pods_selector({"metadata": {}}) is None

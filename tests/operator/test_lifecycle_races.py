@@ -102,6 +102,8 @@ class FakeApi:
             return list(self.quotas)
         if path.endswith("/registrytasks"):
             return list(self.tasks)
+        if path.endswith("/pods"):
+            return []  # a Job's pods (status.job): none in this fake
         return list(self.jobs.values())
 
     async def pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Page]:

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from regtask import keys, naming, tokens
 from regtask.crmodels import API_GROUP, API_VERSION
+from regtask.runner_contract import ExitCode
 from regtask_dev.stack import scrape_metrics, wait_until
 from tests.fixtures.platform import gateway_env
 
@@ -172,6 +173,19 @@ def test_failing_runner_is_retried_then_failed(
         tenant, label_selector=f"batch.kubernetes.io/job-name={naming.job_name('fail_task_1')}"
     ).items
     assert [p.status.phase for p in pods] == ["Failed", "Failed"]
+    # ... and the task's status shows the Job and both pods (the console's "Job and pod").
+    job = status["job"]
+    assert (job["name"], job["namespace"], job["state"]) == (
+        naming.job_name("fail_task_1"),
+        tenant,
+        "Failed",
+    )
+    assert job["failed"] == 2
+    assert sorted(p["name"] for p in job["pods"]) == sorted(str(p.metadata.name) for p in pods)
+    for shown in job["pods"]:
+        assert shown["phase"] == "Failed"
+        assert shown["exitCode"] == ExitCode.RETRYABLE
+        assert shown["node"] and shown["restarts"] == 0
 
     labels = 'company="company_abc",phase="Failed",task_type="document_analysis"'
     # The gauges come from a snapshot the event loop takes every status-sync interval.
@@ -263,3 +277,11 @@ def test_document_analysis_succeeds_end_to_end(
     assert doc["task_info"]["status"] == "completed"
     assert "FR7630006000011234567890189" in json.dumps(doc["result"]).replace(" ", "")
     assert status.get("result") == doc["result"]
+    job = status["job"]
+    assert job["state"] == "Complete" and job["succeeded"] == 1
+    assert job["name"] == naming.job_name("doc_ok_1")
+    [pod] = job["pods"]
+    assert pod["phase"] == "Succeeded" and pod["exitCode"] == ExitCode.SUCCESS and pod["node"]
+    # The runner's reports went through the gateway into the task's step history.
+    recorded = int(redis_sync.hget(keys.task("doc_ok_1"), keys.TASK_STEP_COUNT_FIELD) or 0)
+    assert recorded >= 1

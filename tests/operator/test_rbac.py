@@ -48,6 +48,7 @@ def test_operator_identity_has_what_it_uses(
     # Maintenance deletes a finished task past its ttlSecondsAfterFinished (delete_expired):
     # without this verb every expired task stayed, in etcd and in the operator's memory.
     assert can(api, "delete", "registrytasks", "regtask.io", "regtask-system")
+    assert can(api, "list", "pods", "", "rt-some-tenant")  # a Job's pods, for status.job
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,8 @@ def test_operator_identity_has_what_it_uses(
         ("list", "secrets", ""),
         ("create", "secrets", ""),
         ("create", "pods", ""),
+        ("get", "pods", ""),  # pods are listed by their Job's UID, nothing more
+        ("delete", "pods", ""),
         ("create", "clusterrolebindings", "rbac.authorization.k8s.io"),
         ("delete", "customresourcedefinitions", "apiextensions.k8s.io"),
         ("update", "registrytasks", "regtask.io"),

@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 from playwright.sync_api import Browser, Page, expect
 
+from regtask import naming
 from regtask_dev.firebase_auth import FirebaseAuthEmulator, SignedIn
 from regtask_dev.kind import KindCluster
 from regtask_dev.redis_server import RedisServer
@@ -45,6 +46,7 @@ class Stack:
     http: httpx.Client
     emulator: FirebaseAuthEmulator
     shots: list[Path]
+    kube: client.ApiClient
 
     @property
     def console(self) -> str:
@@ -113,7 +115,7 @@ def stack(
             base_url=shim.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         ) as http,
     ):
-        yield Stack(shim, http, auth_emulator, [])
+        yield Stack(shim, http, auth_emulator, [], kube_api)
 
 
 def shoot(page: Page, name: str) -> None:
@@ -208,7 +210,29 @@ def test_console_follows_tasks_live_and_cancels_one(browser: Browser, stack: Sta
     expect(page.locator("#history")).to_contain_text("Admitted")
     expect(page.locator("#result")).to_contain_text("entities")
     expect(page.locator("#cancel")).to_have_count(0)
+    # its steps as the runner reported them, with their data, oldest first
+    steps_table = page.locator("#steps")
+    for shown in ("extracting_text", "entity_recognition", "entities_found", "completed"):
+        expect(steps_table).to_contain_text(shown)
+    expect(steps_table.locator("tbody tr td.step").first).to_have_text("extracting_text")
+    # its Job and pod, as the cluster has them
+    [pod] = (
+        client.CoreV1Api(stack.kube)
+        .list_namespaced_pod(
+            naming.tenant_namespace("ann", ACME),
+            label_selector=f"batch.kubernetes.io/job-name={naming.job_name(second)}",
+        )
+        .items
+    )
+    expect(page.locator("#jobinfo")).to_contain_text(naming.job_name(second))
+    expect(page.locator("#jobinfo .jobstate")).to_have_text("Complete")
+    expect(page.locator("#pods")).to_contain_text(str(pod.metadata.name))
+    expect(page.locator("#pods")).to_contain_text(str(pod.spec.node_name))
+    expect(page.locator("#pods td.exit").first).to_have_text("0")
     shoot(page, "task")
+    behind = stack.api(f"/api/tasks/{second}", TOKEN).json()  # the JSON behind the page
+    assert [s["step"] for s in behind["steps"]][-1] == "completed"
+    assert behind["task"]["job"]["pods"][0]["name"] == pod.metadata.name
     # a finished task is refused by the same rule as TASK.cancel_task (409)
     answer = httpx.post(
         f"{stack.console}/api/tasks/{second}/cancel",
@@ -248,8 +272,12 @@ def test_company_admin_sees_only_its_company_and_nobody_else_gets_in(
     page.goto(f"{stack.console}/tasks/{theirs}")
     expect(page.locator("#error-status")).to_have_text("403")
     assert "gus" not in page.content()  # nothing of the other company's task leaks
+    assert naming.job_name(theirs) not in page.content()  # nor its Job, pods or steps
+    assert page.locator("#steps, #pods, #jobinfo").count() == 0
     page.goto(f"{stack.console}/tasks/{mine}")
     expect(page.locator("h1")).to_contain_text(mine)
+    expect(page.locator("#steps")).to_be_visible()  # its own task: steps, Job and pods
+    expect(page.locator("#jobinfo")).to_be_visible()
     context.close()
 
     # The API behind the pages says the same.
@@ -259,7 +287,9 @@ def test_company_admin_sees_only_its_company_and_nobody_else_gets_in(
     assert [c["company_id"] for c in overview.json()["companies"]] == [ACME]
     assert stack.api(f"/api/companies/{GLOBEX}", token).status_code == 403
     assert stack.api(f"/api/companies/{ACME}", token).status_code == 200
-    assert stack.api(f"/api/tasks/{theirs}", token).status_code == 403
+    denied = stack.api(f"/api/tasks/{theirs}", token)
+    assert denied.status_code == 403
+    assert set(denied.json()) == {"success", "error"}  # no steps, no Job, no pod
     cancel = httpx.post(
         f"{stack.console}/api/tasks/{theirs}/cancel",
         headers={"Authorization": f"Bearer {token}", "X-Regtask-Console": "1"},

@@ -10,7 +10,9 @@ import fakeredis.aioredis
 import pytest
 
 from regtask import keys
+from regtask.documents import TaskStep
 from regtask.ratelimit import LlmRateLimiter
+from regtask.runner_contract import FAILURE_STEP
 from regtask_shim.auth import Principal, claims_from_payload
 from regtask_shim.console import usage, views
 from regtask_shim.console.access import console_scope
@@ -120,12 +122,50 @@ def test_task_page_history_is_in_time_order_and_finished_tasks_cannot_be_cancell
     ]
     done = views.task_from_resource(OBJECTS[0])
     assert done is not None and done.progress == 100
-    page = views.task_page(done, events, NOW)
+    page = views.task_page(done, events, [], NOW)
     assert [e.reason for e in page.events] == ["Admitted", "Succeeded"]
     assert page.cancellable is False
     waiting = views.task_from_resource(OBJECTS[5])
-    assert waiting is not None and views.task_page(waiting, [], NOW).cancellable is True
+    assert waiting is not None and views.task_page(waiting, [], [], NOW).cancellable is True
     assert views.task_from_resource({"spec": {"taskId": "x"}}) is None  # unreadable: left out
+
+
+def test_task_page_shows_the_step_history_and_the_job_with_its_pods() -> None:
+    job = {
+        "name": "rt-job-done1",
+        "namespace": "rt-ann-acme-1a2b3c",
+        "state": "Failed",
+        "failed": 2,
+        "startTime": iso(5),
+        "completionTime": iso(1),
+        "pods": [
+            {"name": "rt-job-done1-b", "phase": "Failed", "node": "n1", "exitCode": 75},
+            {"name": "rt-job-done1-a", "phase": "Failed", "node": "n1", "restarts": 0},
+        ],
+    }
+    task = views.task_from_resource(cr("jobbed", "Failed", jobName="rt-job-done1", job=job))
+    assert task is not None and task.job is not None
+    assert (task.job.state, task.job.failed, task.job.namespace) == ("Failed", 2, job["namespace"])
+    assert [(p.name, p.exit_code) for p in task.job.pods] == [
+        ("rt-job-done1-b", 75),
+        ("rt-job-done1-a", None),
+    ]
+    steps = [
+        TaskStep(at=iso(4), step="reading", progress=10, data={"pages": 3}),
+        TaskStep(at="not a time", step="ocr", progress=40),
+    ]
+    page = views.task_page(task, [], steps, NOW)
+    assert [(s.step, s.progress, s.data) for s in page.steps] == [
+        ("reading", 10, {"pages": 3}),
+        ("ocr", 40, {}),
+    ]
+    assert page.runner_error is None
+    failed = TaskStep(at=iso(1), step=FAILURE_STEP, progress=40, data={"error": "bad PDF"})
+    assert views.task_page(task, [], [*steps, failed], NOW).runner_error == "bad PDF"
+    assert page.steps[0].time == NOW - timedelta(minutes=4) and page.steps[1].time is None
+    dumped = page.model_dump(mode="json")  # the JSON behind the page carries both
+    assert dumped["task"]["job"]["pods"][0]["node"] == "n1"
+    assert dumped["steps"][0]["data"] == {"pages": 3}
 
 
 def test_role_claim_is_a_map_of_company_to_role() -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as aioredis
 from kubernetes import client
 
 from regtask import shards
-from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec
+from regtask.crmodels import API_GROUP, API_VERSION, TASK_KIND, RegistryTaskSpec
+from regtask.registry import Registry
 from regtask.tasktypes import TaskType
 from regtask_dev.kind import KindCluster
 from regtask_gateway.taskspec import KubeTaskSpecSource, TaskNotFound
+from regtask_shim.console.source import ConsoleSource
 from regtask_shim.taskstore import KubeTaskStore
 from tests.fixtures.kube import create_namespace, delete_namespace
 from tests.operator.test_shards import MINE, THEIRS
@@ -82,5 +85,45 @@ async def test_tasks_go_to_their_companys_shard_and_are_found_from_any(
                 await source.get("doc_analysis_nowhere")
         finally:
             await source.close()
+    finally:
+        await store.close()
+
+
+async def test_the_console_reads_tasks_and_their_events_in_every_shard(
+    cluster: KindCluster,
+    kube_api: client.ApiClient,
+    shard_base: str,
+    redis_async: aioredis.Redis,
+) -> None:
+    """The console (its ConsoleSource) over three shards: every shard's tasks listed, each task
+    found in its own shard's namespace, and its Events read there (where its operator posts
+    them), not in the base namespace."""
+    store = KubeTaskStore(shard_base, cluster.kubeconfig_path, shards=3)
+    source = ConsoleSource(store, Registry(redis_async), timeout_s=10)
+    core = client.CoreV1Api(kube_api)
+    try:
+        for task_id, company in (("doc_analysis_c1", MINE), ("doc_analysis_c2", THEIRS)):
+            assert (await store.create(spec(task_id, company))).created
+        listed = {o["spec"]["taskId"] for o in await source.tasks()}
+        assert listed == {"doc_analysis_c1", "doc_analysis_c2"}
+        for task_id, company in (("doc_analysis_c1", MINE), ("doc_analysis_c2", THEIRS)):
+            home = shards.company_namespace(shard_base, company, 3)
+            found = await source.task(task_id)
+            assert found is not None and found["metadata"]["namespace"] == home
+            core.create_namespaced_event(
+                home,
+                client.CoreV1Event(
+                    metadata=client.V1ObjectMeta(generate_name="console-"),
+                    involved_object=client.V1ObjectReference(
+                        kind=TASK_KIND, name=found["metadata"]["name"], namespace=home
+                    ),
+                    reason="Admitted",
+                    message=f"admitted {task_id}",
+                    type="Normal",
+                ),
+            )
+            events = await source.events(found)
+            assert [e["message"] for e in events] == [f"admitted {task_id}"]
+        assert await source.task("doc_analysis_nowhere") is None
     finally:
         await store.close()

@@ -3,8 +3,9 @@
 -- KEYS[1]  registry:task:{task_id}
 -- ARGV     status, progress, current_step, ttl, channel, message, estimated_completion ('' =
 --          unchanged), nonce, the waiting task's place as JSON {queue_position, estimated_start}
---          ('' = not waiting: both removed), then the terminal statuses (a finished task is
---          left alone)
+--          ('' = not waiting: both removed), the step entry to record (JSON; '' = none),
+--          the history's cap, its count field, its ring field prefix, then the terminal
+--          statuses (a finished task is left alone)
 --
 -- Returns 1 applied, 0 left alone (finished), -1 missing, -2 malformed (nothing written).
 -- Same empty-array care as doc_apply.lua, skipped when the document holds no "[]".
@@ -22,7 +23,7 @@ if not ok or type(doc) ~= 'table' or type(doc.task_info) ~= 'table'
   return -2
 end
 local current = doc.task_info.status
-for i = 10, #ARGV do
+for i = 14, #ARGV do
   if current == ARGV[i] then return 0 end
 end
 doc.task_info.status = ARGV[1]
@@ -42,6 +43,11 @@ if marked then
   out = string.gsub(out, '%[' .. string.gsub(ARGV[8], '%-', '%%-') .. '%]', '[]')
 end
 redis.call('HSET', KEYS[1], 'data', out)
+if ARGV[10] ~= '' then
+  -- The step history: a ring of ARGV[11] fields in the same hash, so it shares the TTL.
+  local n = redis.call('HINCRBY', KEYS[1], ARGV[12], 1)
+  redis.call('HSET', KEYS[1], ARGV[13] .. ((n - 1) % tonumber(ARGV[11])), ARGV[10])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1

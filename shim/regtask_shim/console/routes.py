@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.responses import StreamingResponse
 
-from regtask import keys, naming
+from regtask import keys
 from regtask.identifiers import ID_MAX_LENGTH
 from regtask_shim.auth import Authenticator
 from regtask_shim.console import views
@@ -83,6 +83,7 @@ def install_console(
     templates.env.filters["dur"] = _fmt_s
     templates.env.globals["spark_points"] = _spark_points
     templates.env.globals["prefix"] = PREFIX
+    templates.env.globals["step_cap"] = keys.TASK_STEP_HISTORY_CAP
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
     async def scope_of(request: Request) -> Scope:
@@ -148,8 +149,8 @@ def install_console(
         found = views.task_from_resource(obj, live.get(task_id))
         if found is None:
             raise NotFound(f"task {echo(task_id)} is unreadable")
-        events = await source.events(naming.task_resource_name(task_id))
-        return views.task_page(found, events, now())
+        events, steps = await asyncio.gather(source.events(obj), source.steps(task_id))
+        return views.task_page(found, events, steps, now())
 
     # ------------------------------------------------------------------ pages
 

@@ -1,6 +1,8 @@
-"""The console's reads: RegistryTasks, CompanyQuotas and a task's Events from the API (the
-shim's own client and RBAC: ``get``/``list`` in the control namespace), task documents and
-usage counters from Redis. Each failure of a server becomes a 503 with a clear message."""
+"""The console's reads: RegistryTasks (their status carries the Job and pod summary the
+operator records), CompanyQuotas and a task's Events from the API (the shim's own client and
+RBAC: ``get``/``list`` in the control namespace, or in every shard's), task documents, step
+histories and usage counters from Redis. Each failure of a server becomes a 503 with a clear
+message. The shim reads nothing in tenant namespaces."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from redis.exceptions import RedisError
 from regtask import naming
 from regtask.crmodels import API_GROUP, API_VERSION, QUOTA_PLURAL, TASK_KIND, TASK_PLURAL
 from regtask.docstore import DocumentError
+from regtask.documents import TaskStep
 from regtask.registry import Registry
 from regtask_shim.console import usage
 from regtask_shim.console.views import Live, Usage
@@ -31,10 +34,14 @@ class ConsoleSource:
         self.store = store
         self.registry = registry
         self.redis: aioredis.Redis = registry.client
-        self.namespace = store.namespace
+        self.namespaces = store.namespaces  # the control namespace, or every shard's
         self.timeout_s = timeout_s
 
     async def _list(self, plural: str) -> list[dict[str, Any]]:
+        found = await asyncio.gather(*(self._list_in(ns, plural) for ns in self.namespaces))
+        return [item for items in found for item in items]
+
+    async def _list_in(self, namespace: str, plural: str) -> list[dict[str, Any]]:
         api = client.CustomObjectsApi(await self.store.api_client())
         items: list[dict[str, Any]] = []
         token: str | None = None
@@ -44,7 +51,7 @@ class ConsoleSource:
                 page = await api.list_namespaced_custom_object(
                     API_GROUP,
                     API_VERSION,
-                    self.namespace,
+                    namespace,
                     plural,
                     limit=500,
                     _request_timeout=self.timeout_s,
@@ -65,12 +72,17 @@ class ConsoleSource:
         return await self._list(QUOTA_PLURAL)
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's RegistryTask, from whichever shard's namespace holds it."""
+        found = await asyncio.gather(*(self._task_in(ns, task_id) for ns in self.namespaces))
+        return next((obj for obj in found if obj is not None), None)
+
+    async def _task_in(self, namespace: str, task_id: str) -> dict[str, Any] | None:
         api = client.CustomObjectsApi(await self.store.api_client())
         try:
             obj: dict[str, Any] = await api.get_namespaced_custom_object(
                 API_GROUP,
                 API_VERSION,
-                self.namespace,
+                namespace,
                 TASK_PLURAL,
                 naming.task_resource_name(task_id),
                 _request_timeout=self.timeout_s,
@@ -83,14 +95,18 @@ class ConsoleSource:
             raise Unavailable("Kubernetes API unavailable: not reachable") from exc
         return obj if (obj.get("spec") or {}).get("taskId") == task_id else None
 
-    async def events(self, task_resource_name: str) -> list[dict[str, Any]]:
-        """The Kubernetes Events on one RegistryTask (the operator's decisions)."""
+    async def events(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Kubernetes Events on one RegistryTask (the operator's decisions), in its
+        namespace."""
+        meta = task.get("metadata") or {}
+        task_resource_name = str(meta.get("name") or "")
+        namespace = str(meta.get("namespace") or self.store.namespace)
         api_client = await self.store.api_client()
         api = client.CoreV1Api(api_client)
         selector = f"involvedObject.name={task_resource_name},involvedObject.kind={TASK_KIND}"
         try:
             listing = await api.list_namespaced_event(
-                self.namespace, field_selector=selector, _request_timeout=self.timeout_s
+                namespace, field_selector=selector, _request_timeout=self.timeout_s
             )
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("console_read_failed", what="events", error=type(exc).__name__)
@@ -128,6 +144,13 @@ class ConsoleSource:
             llm_tokens=llm.tokens,
             storage_mb=storage,
         )
+
+    async def steps(self, task_id: str) -> list[TaskStep]:
+        """The runner's reported steps, oldest first (the gateway's history; regtask.keys)."""
+        try:
+            return await self.registry.get_task_steps(task_id)
+        except RedisError as exc:
+            raise Unavailable("registry unavailable: Redis did not answer") from exc
 
     async def company_of_task(self, task_id: str) -> str | None:
         """For the live stream's filter: the registry document's company."""

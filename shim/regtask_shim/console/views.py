@@ -10,7 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from regtask.crmodels import CompanyQuotaSpec, Phase, RegistryTaskSpec, RegistryTaskStatus
+from regtask.crmodels import (
+    CompanyQuotaSpec,
+    JobSummary,
+    Phase,
+    RegistryTaskSpec,
+    RegistryTaskStatus,
+)
+from regtask.documents import TaskStep
+from regtask.runner_contract import FAILURE_STEP
 from regtask_shim.console.eta import company_plan
 
 WAITING_PHASES = frozenset({Phase.QUEUED, Phase.WAITING})
@@ -39,6 +47,7 @@ class Task(BaseModel):
     job_name: str | None = None
     attempts: int | None = None
     result: dict[str, Any] | None = None
+    job: JobSummary | None = None  # the Job and its pods, as the operator last recorded them
     cancel_requested: bool = False
     conditions: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -87,6 +96,7 @@ def task_from_resource(obj: Mapping[str, Any], live: Live | None = None) -> Task
         job_name=status.job_name,
         attempts=status.attempts,
         result=status.result,
+        job=status.job,
         cancel_requested=spec.cancel,
         conditions=[c.model_dump(mode="json", by_alias=True) for c in status.conditions],
     )
@@ -321,18 +331,49 @@ def kube_event(obj: Mapping[str, Any]) -> KubeEvent:
     )
 
 
+class Step(BaseModel):
+    """One step the runner reported: when, which, how far, and the data it carried."""
+
+    time: datetime | None
+    step: str
+    progress: int
+    data: dict[str, Any]
+
+
+def step_of(entry: TaskStep) -> Step:
+    try:
+        moment: datetime | None = datetime.fromisoformat(entry.at)
+    except ValueError:
+        moment = None
+    return Step(time=moment, step=entry.step, progress=entry.progress, data=entry.data)
+
+
 class TaskPage(BaseModel):
     task: Task
     events: list[KubeEvent]
+    steps: list[Step]  # oldest first, the last regtask.keys.TASK_STEP_HISTORY_CAP
+    # The runner's own words on its last failure (its FAILURE_STEP's data), beside the Job's
+    # reason: "BackoffLimitExceeded" says that it failed, this says why.
+    runner_error: str | None = None
     cancellable: bool
     generated_at: datetime
 
 
-def task_page(task: Task, events: Iterable[Mapping[str, Any]], now: datetime) -> TaskPage:
+def runner_error(steps: Sequence[Step]) -> str | None:
+    failures = [s for s in steps if s.step == FAILURE_STEP and s.data.get("error")]
+    return str(failures[-1].data["error"]) if failures else None
+
+
+def task_page(
+    task: Task, events: Iterable[Mapping[str, Any]], steps: Iterable[TaskStep], now: datetime
+) -> TaskPage:
     history = sorted((kube_event(e) for e in events), key=lambda e: e.time or now)
+    reported = [step_of(s) for s in steps]
     return TaskPage(
         task=task,
         events=history,
+        steps=reported,
+        runner_error=runner_error(reported),
         cancellable=not task.finished and not task.cancel_requested,
         generated_at=now,
     )
