@@ -224,7 +224,10 @@ class TaskTracker:
             Quotas(
                 max_tasks_per_user=self.settings.default_max_tasks_per_user,
                 max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
+                max_llm_tokens_per_hour=self.settings.default_max_llm_tokens_per_hour,
+                max_llm_tokens_per_day=self.settings.default_max_llm_tokens_per_day,
                 storage_limit_mb=self.settings.default_storage_limit_mb,
+                rate_limit_policy=self.settings.rate_limit_policy.value,
             ),
             self.settings.rate_limit_policy,
         )
