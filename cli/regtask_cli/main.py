@@ -10,25 +10,30 @@ reads from here; what the commands print and call lives in render.py, client.py 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import mimetypes
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 import typer
+from redis.exceptions import RedisError
 
+from regtask import headroom, shards
 from regtask import queueplan as quota
-from regtask import shards
+from regtask.registry import Registry
 from regtask_cli import kube, render
 from regtask_cli.client import DEFAULT_SHIM_URL, ShimClient, TaskStarted
 from regtask_cli.errors import CliError, ExitCode
-from regtask_cli.watching import DEFAULT_REDIS_URL, EventFeed, follow
+from regtask_cli.watching import DEFAULT_REDIS_URL, EventFeed, follow, redact_url
 
 DEFAULT_NAMESPACE = "regtask-system"
 # The operator's REGTASK_DEFAULT_MAX_TASKS_PER_USER when a company has no CompanyQuota.
@@ -479,14 +484,36 @@ def quota_view(
         source = "operator default applies"
     now = datetime.now(UTC)
     plan = quota.plan_company(readable, company, limit, history, now=now)
+    busiest = max(Counter(row.record.user_id for row in plan.running).values(), default=0)
+    room = _headroom(settings.redis_url, company, busiest)
     out = render.make_console()
     if as_json:
         document = render.quota_document(
             company, found.quota, plan, source, history, len(records) - len(readable), now
         )
+        document["headroom"] = room if isinstance(room, str) else asdict(room)
         render.print_json(out, document)
     else:
         render.print_quota(out, company, found.quota, plan, source, history, now)
+        render.print_headroom(out, room)
+
+
+def _headroom(redis_url: str, company: str, busiest_user_running: int) -> headroom.Headroom | str:
+    """The company's headroom from Redis (the limits the gateway enforces, its LLM log and
+    storage counter); a sentence instead when Redis does not answer (the rest still shows)."""
+
+    async def read() -> headroom.Headroom:
+        client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            quotas = await Registry(client).effective_quotas(company)
+            return await headroom.read(client, company, quotas, busiest_user_running)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(read())
+    except (RedisError, OSError) as exc:
+        return f"unknown: Redis at {redact_url(redis_url)} did not answer ({exc})"
 
 
 if __name__ == "__main__":

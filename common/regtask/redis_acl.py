@@ -159,8 +159,8 @@ def user(component: str, *, unified: bool = False) -> AclUser:
         )
     if component == GATEWAY:
         # A runner's task document (progress, result), its conversation (and the user's
-        # document that lists it), the company's LLM log (reserve, settle, refund) and storage; reads quotas, the
-        # legacy user registry and its input blobs.
+        # document that lists it), the company's LLM log (reserve, settle, refund) and
+        # storage; reads quotas, the legacy user registry and its input blobs.
         write = [task, conversation, unified_user, _all(keys.LLM_RATE_PREFIX), storage_used]
         read = [_all(keys.LEGACY_USER_PREFIX), blob, *limits]
         (write if unified else read).append(company)

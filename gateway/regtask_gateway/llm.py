@@ -25,6 +25,7 @@ from regtask.documents import Quotas
 from regtask.gateway_api import CHAT_PATH, EMBEDDINGS_PATH
 from regtask.ratelimit import LlmLimits, LlmUsage, RateDecision
 from regtask.tokens import TaskClaims
+from regtask_gateway import headroom
 from regtask_gateway.auth import ClaimsDep
 from regtask_gateway.llmusage import StreamMeter, body_usage, prompt_bound, reservation
 from regtask_gateway.models import ChatCompletionIn, EmbeddingsIn
@@ -144,7 +145,7 @@ async def _send(
         decision = await state.limiter.reserve(company, limits, reserved)
     except RedisError as exc:
         return _limiter_unavailable(state, claims, exc)
-    _show_headroom(state, company, limits, decision.usage)
+    headroom.show_llm(state.metrics, company, limits, decision.usage)
     outcome = "allowed" if decision.allowed else "rate_limited"
     state.metrics.llm_requests.labels(company, kind, outcome).inc()
     if not decision.allowed:
@@ -242,7 +243,7 @@ class _Call:
             log.error("llm_limiter_unavailable", operation=operation, error=str(exc))
             return
         if usage is not None:
-            _show_headroom(self.state, self.company, self.limits, usage)
+            headroom.show_llm(self.state.metrics, self.company, self.limits, usage)
 
 
 async def _relay_events(
@@ -321,19 +322,6 @@ def _limiter_unavailable(state: GatewayState, claims: TaskClaims, exc: Exception
         "llm_limiter_unavailable",
         **{"Retry-After": str(LIMITER_RETRY_AFTER_S)},
     )
-
-
-def _show_headroom(state: GatewayState, company: str, limits: LlmLimits, usage: LlmUsage) -> None:
-    gauge = state.metrics.headroom
-    gauge.labels(company, "requests_per_hour").set(
-        max(limits.requests_per_hour - usage.requests, 0)
-    )
-    for resource, cap, used in (
-        ("tokens_per_hour", limits.tokens_per_hour, usage.tokens_hour),
-        ("tokens_per_day", limits.tokens_per_day, usage.tokens_day),
-    ):
-        if cap is not None:
-            gauge.labels(company, resource).set(max(cap - used, 0))
 
 
 def _over_caps(body: ChatCompletionIn, max_tokens: int, max_n: int) -> JSONResponse | None:
