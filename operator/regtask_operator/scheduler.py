@@ -130,7 +130,7 @@ class Scheduler:
             tracker.launching.update(c.key for c in decisions.admitted)
             for admitted in decisions.admitted:
                 if admitted.uses_llm:
-                    tracker.admitted_llm(admitted.company_id, now)
+                    tracker.admitted_llm(admitted.company_id, now, admitted.key)
         # Applied beside the step (regtask_operator.launcher): a slow or failing tenant never
         # holds the step, nor the other tenants' launches.
         for candidate in decisions.admitted:
