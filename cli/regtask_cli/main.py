@@ -70,9 +70,14 @@ The limit L = maxTasksPerUser is per user, so only the task's own user counts: e
 user's running tasks frees its slot after max(median(type) - elapsed, 0); the user's waiting
 tasks ahead of it (queue order) each take the earliest free slot for one median(type). The task
 starts ("starts in") when one of the L slots is free after them, never before its retryAfter
-(hourly LLM quota), and is done one median(type) later ("done in"). With equal medians this is
+(LLM request quota), and is done one median(type) later ("done in"). With equal medians this is
 the queue's work divided across the L slots: start = median x (running + ahead) / L, roughly.
 Unknown (-) without Succeeded history of a needed type; never while L is 0.
+
+Headroom (from Redis, --redis-url): what the company may still spend now of the limits the
+gateway enforces: LLM requests and tokens in the rolling last hour, tokens in the rolling last
+24 hours, storage, and the busiest user's free task slots. Redis unreachable: said, the rest
+still shown.
 """
 
 app = typer.Typer(

@@ -346,7 +346,14 @@ def _limits(company_id: str, quota: dict[str, Any] | None, plan: QuotaPlan, sour
     spec = quota.get("spec") or {}
     status = quota.get("status") or {}
     grid.add_row("CompanyQuota", str((quota.get("metadata") or {}).get("name", DASH)))
-    for key in ("maxTasksPerUser", "maxLlmRequestsPerHour", "storageLimitMb", "rateLimitPolicy"):
+    for key in (
+        "maxTasksPerUser",
+        "maxLlmRequestsPerHour",
+        "maxLlmTokensPerHour",
+        "maxLlmTokensPerDay",
+        "storageLimitMb",
+        "rateLimitPolicy",
+    ):
         grid.add_row(key, str(spec.get(key, DASH)))
     for key in ("activeTasks", "waitingTasks", "llmRequestsThisHour", "storageUsedMb"):
         grid.add_row(f"status.{key}", str(status.get(key, DASH)))
