@@ -197,16 +197,20 @@ async def _send(
         )
     log.info("llm_stream_started", task_id=claims.task_id, company_id=company)
     meter = StreamMeter(prompt_bound(body), drop_usage_chunk=not runner_asked_usage)
-    done = False
+    released = settled = False
 
     async def finish() -> None:
         # Hazard: a stream never iterated (client gone before its first chunk) runs no
-        # generator ``finally``; the response's background task ends it then.
-        nonlocal done
-        if not done:
-            done = True
+        # generator ``finally``, and one cancelled by the client's disconnect may be cancelled
+        # again inside it: the response's background task finishes it then. The slot is given
+        # back once; the settlement is repeated until one lands (it is idempotent).
+        nonlocal released, settled
+        if not released:
+            released = True
             state.llm_share.release(company)
+        if not settled:
             await call.settle(meter.used)
+            settled = True
 
     return StreamingResponse(
         _relay_events(upstream, meter, finish),
@@ -259,8 +263,10 @@ async def _relay_events(
         if rest:
             yield rest
     finally:
-        await upstream.aclose()
-        await finish()
+        try:
+            await upstream.aclose()
+        finally:
+            await finish()
 
 
 def _refused(

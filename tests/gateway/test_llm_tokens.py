@@ -207,3 +207,35 @@ async def test_real_model_calls_are_settled_at_what_they_used(
     assert '"usage"' not in streamed.text  # this provider reports none in streams
     bound = len(json.dumps(question).encode())
     assert (await limiter.usage("acme", limits)).tokens_hour == total + bound + chunks
+
+
+async def test_a_stream_the_client_leaves_early_gives_back_what_it_did_not_use(
+    make_gateway: GatewayFactory, fake_llm: FakeLlm, redis_async: aioredis.Redis
+) -> None:
+    """The runner is cancelled mid-answer (it closes the stream): the call is settled at what
+    was relayed (the prompt bound + one token per content chunk), not at its reservation."""
+    await Registry(redis_async).set_company_quotas("acme", Quotas(max_llm_tokens_per_hour=10_000))
+    fake_llm.state.chunk_delay_s = 0.3
+    gateway = make_gateway(llm_base_url=fake_llm.base_url)
+    token = await gateway.add_task(make_spec("llm_c1", TaskType.LLM_CONVERSATION))
+    limiter = LlmRateLimiter(redis_async)
+    words = " ".join(f"w{i}" for i in range(30))
+    messages = [{"role": "user", "content": words}]
+    reserved = len(json.dumps(messages).encode()) + 40
+    body = {"messages": messages, "max_tokens": 40, "stream": True}
+    async with client(gateway.url, token) as http, http.stream("POST", CHAT, json=body) as answer:
+        assert answer.status_code == 200
+        assert (await limiter.usage("acme")).tokens_hour == reserved  # held while it runs
+        seen = 0
+        async for line in answer.aiter_lines():
+            seen += '"content": "' in line or '"content": " ' in line
+            if seen >= 3:
+                break  # the runner is cancelled: it closes the stream
+    bound = len(json.dumps(messages).encode())
+    for _ in range(50):
+        held = (await limiter.usage("acme")).tokens_hour
+        if held != reserved:
+            break
+        await asyncio.sleep(0.1)
+    assert bound < held < reserved  # the unused part of max_tokens came back
+    assert held - bound <= 10  # about the chunks relayed before the client left
