@@ -185,6 +185,15 @@ class Quotas(Document):
     # The fields kept out of the contract's registry:company:{id}.quotas copy.
     OURS: ClassVar[set[str]] = {"allowed_models", "rate_limit_policy"}
 
+    def contract_copy(self) -> dict[str, Any]:
+        """What ``registry:company:{id}.quotas`` holds: the contract's three fields, plus the
+        token limits only when set (a company without them keeps the contract's exact shape)."""
+        copy = self.model_dump(mode="json", exclude=self.OURS)
+        for name in ("max_llm_tokens_per_hour", "max_llm_tokens_per_day"):
+            if copy.get(name) is None:
+                copy.pop(name, None)
+        return copy
+
 
 class CompanyDoc(Document):
     company_info: CompanyInfo
