@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from regtask import keys
 from regtask.documents import Quotas
@@ -181,11 +182,18 @@ class LlmRateLimiter:
         )
 
     async def usage(self, company_id: str, limits: LlmLimits | None = None) -> LlmUsage:
-        """The log as it stands; writes nothing (the operator and the shim only read it)."""
+        """The log as it stands; writes nothing (the operator and the shim only read it).
+
+        Sent as ``EVALSHA_RO``: a plain ``EVALSHA`` counts its keys as written, which the
+        read-only ACL key patterns of the operator and the shim refuse (NOPERM)."""
         retention = (limits or LlmLimits(0, tokens_per_day=0)).retention_us
-        requests, hour, day, reset = await self._script(
-            keys=self.keys(company_id), args=["peek", self._now(), retention]
-        )
+        args: list[str | int] = [*self.keys(company_id), "peek", self._now(), retention]
+        try:
+            raw = await self.client.evalsha_ro(self._script.sha, 2, *args)
+        except NoScriptError:
+            await self.client.script_load(LLM_QUOTA_LUA)
+            raw = await self.client.evalsha_ro(self._script.sha, 2, *args)
+        requests, hour, day, reset = raw
         return LlmUsage(int(requests), int(hour), int(day), int(reset))
 
     async def peek(self, company_id: str, limit: int, pending: int = 0) -> RateDecision:

@@ -41,7 +41,7 @@ def _all(prefix: str) -> str:
 # DEL, EXPIRE, PUBLISH), storage (GET, INCRBY, SET).
 # The LLM quota's sliding log (lua/llm_quota.lua): what its read-only peek calls, for every
 # component that reads it, then what its reservations add, for the gateway alone.
-_LLM_LOG_READ = ("time", "hmget", "zrangebyscore", "zcount")
+_LLM_LOG_READ = ("evalsha_ro", "time", "hmget", "zrangebyscore", "zcount")
 _LLM_LOG_WRITE = (*_LLM_LOG_READ, "hdel", "zadd", "zrem", "zscore", "pexpire")
 _BASE_COMMANDS = (
     "ping",
