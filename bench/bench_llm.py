@@ -7,7 +7,9 @@ llama.cpp server (Gemma 3 270M) and gateway on loopback. Temperature 0 and a fix
 both paths generate the same tokens, so tokens/s compare like for like; the paths alternate
 per request so machine noise hits both alike.
 
-Then retrieval quality of the two embedding models side by side (:mod:`bench.retrieval`):
+First the limiter's own cost per call inside Redis (:mod:`bench.limiter`): the rolling-window
+sliding log beside the fixed window it replaced. Then retrieval quality of the two embedding
+models side by side (:mod:`bench.retrieval`):
 all-MiniLM-L6-v2 (the dev ``/v1/embeddings``) and Gemma 3 270M's mean-pooled hidden states
 (what it served before), each through its own OpenAI-compatible server, on the same pairs.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import openai
 
-from bench import retrieval
+from bench import limiter, retrieval
 from bench.common import emit
 from regtask.crmodels import RegistryTaskSpec
 from regtask.tasktypes import TaskType
@@ -102,7 +104,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--limiter-only", action="store_true", help="only the limiter's cost (no LLM server)"
+    )
     args = parser.parse_args()
+    with RedisServer() as redis_server:
+        limiter_cost = limiter.measure(redis_server.url)
+    if args.limiter_only:
+        emit("bench_llm_limiter", {"limiter": limiter_cost})
+        return
     with (
         RedisServer() as redis_server,
         LlamaServer() as llm,
@@ -154,6 +164,7 @@ def main() -> None:
             ),
             "completion_tokens_direct": sum(s.completion_tokens for s in direct_samples),
             "completion_tokens_via_runner": sum(s.completion_tokens for s in via_samples),
+            "limiter": limiter_cost,
             "retrieval": {
                 "pairs_file": "bench/retrieval_pairs.json",
                 "all-minilm-l6-v2": minilm,

@@ -10,25 +10,30 @@ reads from here; what the commands print and call lives in render.py, client.py 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import mimetypes
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 import typer
+from redis.exceptions import RedisError
 
+from regtask import headroom, shards
 from regtask import queueplan as quota
-from regtask import shards
+from regtask.registry import Registry
 from regtask_cli import kube, render
 from regtask_cli.client import DEFAULT_SHIM_URL, ShimClient, TaskStarted
 from regtask_cli.errors import CliError, ExitCode
-from regtask_cli.watching import DEFAULT_REDIS_URL, EventFeed, follow
+from regtask_cli.watching import DEFAULT_REDIS_URL, EventFeed, follow, redact_url
 
 DEFAULT_NAMESPACE = "regtask-system"
 # The operator's REGTASK_DEFAULT_MAX_TASKS_PER_USER when a company has no CompanyQuota.
@@ -69,11 +74,16 @@ The limit L = maxTasksPerUser is per user; without maxTasksPerCompany only the t
 counts: each of the user's running tasks frees its slot after max(median(type) - elapsed, 0);
 the user's waiting tasks ahead of it (queue order) each take the earliest free slot for one
 median(type). The task starts ("starts in") when one of the L slots is free after them, never
-before its retryAfter (hourly LLM quota), and is done one median(type) later ("done in"). With
+before its retryAfter (LLM request quota), and is done one median(type) later ("done in"). With
 equal medians this is the queue's work divided across the L slots: start = median x (running +
 ahead) / L, roughly. With maxTasksPerCompany C the whole company is simulated: each slot that
 frees goes by fair share, and no more than C run at once. Unknown (-) without Succeeded history
 of a needed type; never while L or C is 0.
+
+Headroom (from Redis, --redis-url): what the company may still spend now of the limits the
+gateway enforces: LLM requests and tokens in the rolling last hour, tokens in the rolling last
+24 hours, storage, and the busiest user's free task slots. Redis unreachable: said, the rest
+still shown.
 """
 
 app = typer.Typer(
@@ -497,14 +507,36 @@ def quota_view(
         source = "operator default applies"
     now = datetime.now(UTC)
     plan = quota.plan_company(readable, company, limit, history, now=now, company_cap=company_cap)
+    busiest = max(Counter(row.record.user_id for row in plan.running).values(), default=0)
+    room = _headroom(settings.redis_url, company, busiest)
     out = render.make_console()
     if as_json:
         document = render.quota_document(
             company, found.quota, plan, source, history, len(records) - len(readable), now
         )
+        document["headroom"] = room if isinstance(room, str) else asdict(room)
         render.print_json(out, document)
     else:
         render.print_quota(out, company, found.quota, plan, source, history, now)
+        render.print_headroom(out, room)
+
+
+def _headroom(redis_url: str, company: str, busiest_user_running: int) -> headroom.Headroom | str:
+    """The company's headroom from Redis (the limits the gateway enforces, its LLM log and
+    storage counter); a sentence instead when Redis does not answer (the rest still shows)."""
+
+    async def read() -> headroom.Headroom:
+        client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            quotas = await Registry(client).effective_quotas(company)
+            return await headroom.read(client, company, quotas, busiest_user_running)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(read())
+    except (RedisError, OSError) as exc:
+        return f"unknown: Redis at {redact_url(redis_url)} did not answer ({exc})"
 
 
 if __name__ == "__main__":

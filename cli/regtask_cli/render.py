@@ -26,7 +26,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from regtask.headroom import Headroom
 from regtask.queueplan import QuotaPlan
+from regtask.storage import MB
 from regtask.timeutil import parse_iso
 from regtask_cli.client import TaskStarted, TaskStatus
 from regtask_cli.watching import Change, WatchState
@@ -348,7 +350,14 @@ def _limits(company_id: str, quota: dict[str, Any] | None, plan: QuotaPlan, sour
     spec = quota.get("spec") or {}
     status = quota.get("status") or {}
     grid.add_row("CompanyQuota", str((quota.get("metadata") or {}).get("name", DASH)))
-    for key in ("maxTasksPerUser", "maxLlmRequestsPerHour", "storageLimitMb", "rateLimitPolicy"):
+    for key in (
+        "maxTasksPerUser",
+        "maxLlmRequestsPerHour",
+        "maxLlmTokensPerHour",
+        "maxLlmTokensPerDay",
+        "storageLimitMb",
+        "rateLimitPolicy",
+    ):
         grid.add_row(key, str(spec.get(key, DASH)))
     _company_cap(grid, plan)
     for key in ("activeTasks", "waitingTasks", "llmRequestsThisHour", "storageUsedMb"):
@@ -363,6 +372,26 @@ def _company_cap(grid: Table, plan: QuotaPlan) -> None:
         return
     grid.add_row("maxTasksPerCompany", str(plan.company_cap))
     grid.add_row("slot headroom", str(plan.headroom))
+
+
+def print_headroom(console: Console, room: Headroom | str) -> None:
+    """What the company may still spend now, per limit (rolling windows for the LLM)."""
+    if isinstance(room, str):
+        console.print(Text(f"headroom: {room}", style="yellow"))
+        return
+    grid = Table(title="Headroom (left now)", title_justify="left", show_header=False)
+    grid.add_column(style="dim")
+    grid.add_column(justify="right")
+    grid.add_row("LLM requests, last 60 min", str(room.requests_per_hour))
+    for name, value in (
+        ("LLM tokens, last 60 min", room.tokens_per_hour),
+        ("LLM tokens, last 24 h", room.tokens_per_day),
+    ):
+        grid.add_row(name, "no limit" if value is None else str(value))
+    grid.add_row("storage", f"{room.storage_bytes / MB:.1f} MB")
+    if room.slots_busiest_user is not None:
+        grid.add_row("task slots, busiest user", str(room.slots_busiest_user))
+    console.print(grid)
 
 
 def print_quota(

@@ -280,6 +280,16 @@ class CompanyQuotaSpec(CRModel):
     )
     max_tasks_per_user: int = Field(default=10, ge=0, le=10_000)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
+    max_llm_tokens_per_hour: int | None = Field(
+        default=None,
+        ge=0,
+        description="LLM tokens (prompt + completion) per rolling hour; unset = no limit.",
+    )
+    max_llm_tokens_per_day: int | None = Field(
+        default=None,
+        ge=0,
+        description="LLM tokens (prompt + completion) per rolling 24 hours; unset = no limit.",
+    )
     storage_limit_mb: int = Field(default=5000, ge=0)
     allowed_models: list[ModelName] = Field(
         default_factory=list,
@@ -289,8 +299,9 @@ class CompanyQuotaSpec(CRModel):
     )
     rate_limit_policy: RateLimitPolicy = Field(
         default=RateLimitPolicy.WAIT,
-        description="Wait: over the hourly LLM quota a task waits for the window;"
-        " Refuse: it fails at once.",
+        description="Wait: over the hourly LLM quota a task waits for the window, and an"
+        " LLM call over a request or token limit gets 429 with Retry-After (the runner waits);"
+        " Refuse: the task fails at once (admission), the call gets 403.",
     )
 
 

@@ -7,7 +7,7 @@ Field names and nesting are the web app's (CONTRACT.md section 1). Unknown field
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -184,17 +184,29 @@ class Quotas(Document):
     max_tasks_per_user: int = Field(default=10, ge=0)
     max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     storage_limit_mb: int = Field(default=5000, ge=0)
+    # Additions to the contract's quotas (issue 18): LLM tokens (prompt + completion) per
+    # rolling hour and day; None = no token limit.
+    max_llm_tokens_per_hour: int | None = Field(default=None, ge=0)
+    max_llm_tokens_per_day: int | None = Field(default=None, ge=0)
     # Ours, not in the contract's company document (left out of it): the LLM models the
-    # company's tasks may use beside the gateway's default model (CompanyQuota.allowedModels).
+    # company's tasks may use beside the gateway's default model (CompanyQuota.allowedModels),
+    # and what the gateway does with an LLM call over a limit (CompanyQuota.rateLimitPolicy:
+    # Wait = 429 with Retry-After, the runner waits; Refuse = 403, the task fails).
     allowed_models: list[str] = Field(default_factory=list)
+    rate_limit_policy: str = Field(default="Wait", pattern="^(Wait|Refuse)$")
 
-    def in_company_doc(self) -> dict[str, Any]:
-        """What ``registry:company:{id}.quotas`` shows: the contract's three fields, exactly as
-        before, plus ``max_tasks_per_company`` only when a cap is set (additions only)."""
-        shown = self.model_dump(mode="json", exclude={"allowed_models", "max_tasks_per_company"})
-        if self.max_tasks_per_company is not None:
-            shown["max_tasks_per_company"] = self.max_tasks_per_company
-        return shown
+    # The fields kept out of the contract's registry:company:{id}.quotas copy.
+    OURS: ClassVar[set[str]] = {"allowed_models", "rate_limit_policy"}
+
+    def contract_copy(self) -> dict[str, Any]:
+        """What ``registry:company:{id}.quotas`` holds: the contract's three fields, plus our
+        additions only when set (the company cap, the token limits): a company without them
+        keeps the contract's exact shape."""
+        copy = self.model_dump(mode="json", exclude=self.OURS)
+        for name in ("max_tasks_per_company", "max_llm_tokens_per_hour", "max_llm_tokens_per_day"):
+            if copy.get(name) is None:
+                copy.pop(name, None)
+        return copy
 
 
 class CompanyDoc(Document):

@@ -38,7 +38,10 @@ LEGACY_CHROMA_PREFIX = "registry:chroma:"
 CONVERSATION_PREFIX = "conversation:"
 # Ours: session id -> user id, so ``REGISTRY.unregister_session(session_id)`` finds its user.
 SESSION_PREFIX = "registry:session:"
-# Ours: counters of LLM requests per company in fixed hour windows (regtask.ratelimit).
+# Ours: each company's LLM calls in a sliding log (regtask.ratelimit): a sorted set of calls by
+# time and a hash of their tokens, kept an hour (a day when the company has a daily token
+# budget). The company id is a hash tag (``{...}``): the two keys of one company share a Redis
+# Cluster slot, as the limiter's one script needs.
 LLM_RATE_PREFIX = "quota:llm:"
 # Ours: real-time events, one pub/sub channel per user.
 EVENTS_PREFIX = "events:user:"
@@ -86,8 +89,14 @@ def session(session_id: str) -> str:
     return f"{SESSION_PREFIX}{session_id}"
 
 
-def llm_rate(company_id: str, hour_bucket: int) -> str:
-    return f"{LLM_RATE_PREFIX}{company_id}:{hour_bucket}"
+def llm_calls(company_id: str) -> str:
+    """The company's LLM calls: sorted set, member = call id, score = time in microseconds."""
+    return f"{LLM_RATE_PREFIX}{{{company_id}}}:calls"
+
+
+def llm_tokens(company_id: str) -> str:
+    """The tokens of the company's LLM calls (call id -> tokens) and their running totals."""
+    return f"{LLM_RATE_PREFIX}{{{company_id}}}:tokens"
 
 
 def company_limits(company_id: str) -> str:

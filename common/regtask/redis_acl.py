@@ -38,8 +38,11 @@ def _all(prefix: str) -> str:
 
 # Connection and script plumbing every client needs (redis-py's Script: EVALSHA, then SCRIPT
 # LOAD on NOSCRIPT), and what the shared Lua scripts call: doc_apply/task_progress (HGET, HSET,
-# DEL, EXPIRE, PUBLISH), storage (GET, INCRBY, SET), the LLM rate window (GET, INCRBY, TTL,
-# EXPIRE).
+# DEL, EXPIRE, PUBLISH), storage (GET, INCRBY, SET).
+# The LLM quota's sliding log (lua/llm_quota.lua): what its read-only peek calls, for every
+# component that reads it, then what its reservations add, for the gateway alone.
+_LLM_LOG_READ = ("evalsha_ro", "time", "hmget", "zrangebyscore", "zcount")
+_LLM_LOG_WRITE = (*_LLM_LOG_READ, "hdel", "zadd", "zrem", "zscore", "pexpire")
 _BASE_COMMANDS = (
     "ping",
     "evalsha",
@@ -118,7 +121,16 @@ def user(component: str, *, unified: bool = False) -> AclUser:
                 storage_used,
                 *limits,
             ),
-            commands=("scan", "incrby", "set", "ttl", "strlen", "hgetall", *storage_commands),
+            commands=(
+                "scan",
+                "incrby",
+                "set",
+                "ttl",
+                "strlen",
+                "hgetall",
+                *storage_commands,
+                *_LLM_LOG_READ,
+            ),
         )
     if component == SHIM:
         # Sessions and collections (legacy, and unified when on), task and conversation
@@ -136,19 +148,28 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             storage_used,
             _all(keys.SHIM_START_RATE_PREFIX),
         ]
-        read: list[str] = [*limits]
+        # The web console reads the companies' LLM logs.
+        read: list[str] = [*limits, _all(keys.LLM_RATE_PREFIX)]
         (write if unified else read).append(company)
         return AclUser(
             SHIM,
             read=tuple(read),
             write=tuple(write),
             # hmget: a task's step history for the console (regtask.keys.task_step_field).
-            commands=("set", "incr", "incrby", "strlen", "hmget", *storage_commands),
+            commands=(
+                "set",
+                "incr",
+                "incrby",
+                "strlen",
+                "hmget",
+                *storage_commands,
+                *_LLM_LOG_READ,
+            ),
         )
     if component == GATEWAY:
         # A runner's task document (progress, result), its conversation (and the user's
-        # document that lists it), the company's LLM window and storage; reads quotas, the
-        # legacy user registry and its input blobs.
+        # document that lists it), the company's LLM log (reserve, settle, refund) and
+        # storage; reads quotas, the legacy user registry and its input blobs.
         write = [task, conversation, unified_user, _all(keys.LLM_RATE_PREFIX), storage_used]
         read = [_all(keys.LEGACY_USER_PREFIX), blob, *limits]
         (write if unified else read).append(company)
@@ -156,7 +177,7 @@ def user(component: str, *, unified: bool = False) -> AclUser:
             GATEWAY,
             read=tuple(read),
             write=tuple(write),
-            commands=("incrby", "set", "ttl", "strlen", *storage_commands),
+            commands=("incrby", "set", "ttl", "strlen", *storage_commands, *_LLM_LOG_WRITE),
         )
     raise ValueError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
 

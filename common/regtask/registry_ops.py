@@ -53,9 +53,9 @@ def new_user_doc(user_id: str, presence: UserPresence = UserPresence.ONLINE) -> 
 
 
 def new_company_doc(company_id: str, quotas: Quotas | None = None) -> dict[str, Any]:
-    doc = CompanyDoc(company_info=CompanyInfo(company_id=company_id), quotas=quotas or Quotas())
-    body = doc.model_dump(mode="json", exclude={"quotas"})
-    return {**body, "quotas": doc.quotas.in_company_doc()}
+    limits = quotas or Quotas()
+    doc = CompanyDoc(company_info=CompanyInfo(company_id=company_id), quotas=limits)
+    return {**doc.model_dump(mode="json", exclude={"quotas"}), "quotas": limits.contract_copy()}
 
 
 def _user_update(user_id: str, ops: list[dict[str, Any]], **kw: Any) -> DocUpdate:
@@ -417,7 +417,7 @@ def finish_task(
 
 
 def company_quotas(company_id: str, quotas: Quotas, company_name: str | None = None) -> DocUpdate:
-    ops = [op_set(("quotas",), quotas.in_company_doc())]
+    ops = [op_set(("quotas",), quotas.contract_copy())]
     if company_name is not None:
         ops.append(op_set(("company_info", "company_name"), company_name))
     return _company_update(company_id, ops)

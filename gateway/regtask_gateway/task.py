@@ -43,6 +43,7 @@ from regtask.gateway_api import (
     RunnerTask,
 )
 from regtask.storage import store_result
+from regtask_gateway import headroom
 from regtask_gateway.auth import ClaimsDep
 from regtask_gateway.inputs import resolve_input
 from regtask_gateway.state import (
@@ -121,6 +122,7 @@ async def post_result(request: Request, state: StateDep, claims: ClaimsDep) -> R
     # Held as the task's document: released once that expires (maintenance reconciles).
     item = keys.task(claims.task_id)
     decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb, item)
+    headroom.show_storage(state.metrics, claims.company_id, decision)
     if not decision.allowed:
         raise HTTPException(
             507,

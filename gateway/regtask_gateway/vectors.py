@@ -16,6 +16,7 @@ from regtask import registry_ops
 from regtask.gateway_api import VECTORS_UPSERT_PATH, VectorUpsertIn, VectorUpsertOut
 from regtask.naming import derived_name
 from regtask.storage import vectors_item
+from regtask_gateway import headroom
 from regtask_gateway.auth import ClaimsDep
 from regtask_gateway.state import StateDep, company_quotas, json_size
 
@@ -38,6 +39,7 @@ async def vectors_upsert(
     quotas = await company_quotas(state, claims.company_id)
     item = vectors_item(name)
     decision = await state.storage.reserve(claims.company_id, size, quotas.storage_limit_mb, item)
+    headroom.show_storage(state.metrics, claims.company_id, decision)
     if not decision.allowed:
         raise HTTPException(507, "company storage quota exhausted")
     try:

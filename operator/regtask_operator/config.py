@@ -75,6 +75,9 @@ class OperatorSettings(BaseSettings):
     default_max_tasks_per_company: int | None = Field(default=None, ge=0)
     default_max_llm_requests_per_hour: int = Field(default=1000, ge=0)
     default_storage_limit_mb: int = Field(default=5000, ge=0)
+    # LLM tokens per rolling hour / day of a company without a CompanyQuota; unset = no limit.
+    default_max_llm_tokens_per_hour: int | None = Field(default=None, ge=0)
+    default_max_llm_tokens_per_day: int | None = Field(default=None, ge=0)
     rate_limit_policy: RateLimitPolicy = RateLimitPolicy.WAIT
     # An LLM task admitted this long ago is assumed to have made its first request (it is then
     # in the gateway's window counter); until then admission counts it on top of the counter.

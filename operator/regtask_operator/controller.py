@@ -163,8 +163,11 @@ class Controller:
             max_tasks_per_company=quota.max_tasks_per_company,
             max_tasks_per_user=quota.max_tasks_per_user,
             max_llm_requests_per_hour=quota.max_llm_requests_per_hour,
+            max_llm_tokens_per_hour=quota.max_llm_tokens_per_hour,
+            max_llm_tokens_per_day=quota.max_llm_tokens_per_day,
             storage_limit_mb=quota.storage_limit_mb,
             allowed_models=list(quota.allowed_models),
+            rate_limit_policy=quota.rate_limit_policy.value,
         )
         tracker = self.tracker
         tracker.show_usage_in(quota.company_id, key)

@@ -120,7 +120,9 @@ async def reassert_limits(
                 doc = await registry.get_company(company_id)
             except DocumentError:
                 continue
-            if doc is not None and doc.quotas != defaults:
+            # The copy holds the contract's fields only (Quotas.OURS stay out of it).
+            shown = doc.quotas.model_dump(exclude=Quotas.OURS) if doc is not None else None
+            if shown is not None and shown != defaults.model_dump(exclude=Quotas.OURS):
                 await registry.show_company_quotas(company_id, defaults)
                 written += 1
     except RedisError as exc:

@@ -3,7 +3,7 @@ wait. "Why is my task Waiting?" is answered here and in :mod:`regtask_operator.a
 
 A step, in order:
 
-1. read the hourly LLM windows of the companies with queued LLM tasks (Redis; before the lock);
+1. read the rolling LLM windows of the companies with queued LLM tasks (Redis; before the lock);
    the LLM tasks admitted in the last ``REGTASK_LLM_ADMISSION_GRACE_S`` of the window count on
    top of the counter (their runners have not made their first request yet);
 2. decide, under the one lock, with :meth:`~regtask_operator.admission.AdmissionState.decide`:
@@ -118,10 +118,9 @@ class Scheduler:
         def rate(company_id: str, pending: int) -> RateVerdict:
             used, reset_in = windows.get(company_id, (0, 0))
             limit = tracker.company_limits(company_id)[0].max_llm_requests_per_hour
-            # Admitted in this window lately and maybe not in the counter yet (each task makes
-            # at least one request): they take room too.
-            window_start = now + reset_in - WINDOW_S
-            recent = tracker.recent_llm_admissions(company_id, max(window_start, now - grace))
+            # Admitted lately and maybe not in the log yet (each task makes at least one
+            # request): they take room too. The window rolls: it always began an hour ago.
+            recent = tracker.recent_llm_admissions(company_id, max(now - WINDOW_S, now - grace))
             return RateVerdict(used + recent + pending < limit, reset_in)
 
         async with tracker.lock:
@@ -131,7 +130,7 @@ class Scheduler:
             tracker.launching.update(c.key for c in decisions.admitted)
             for admitted in decisions.admitted:
                 if admitted.uses_llm:
-                    tracker.admitted_llm(admitted.company_id, now)
+                    tracker.admitted_llm(admitted.company_id, now, admitted.key)
         # Applied beside the step (regtask_operator.launcher): a slow or failing tenant never
         # holds the step, nor the other tenants' launches.
         for candidate in decisions.admitted:

@@ -206,9 +206,9 @@ class TaskTracker:
     usage_owed: set[str] = field(default_factory=set)
     # companies whose current limits are written in the Redis registry
     limits_in_registry: set[str] = field(default_factory=set)
-    # company_id -> times (time.time()) of its LLM tasks admitted lately, not yet assumed to be
-    # in the gateway's window counter (see recent_llm_admissions)
-    llm_admissions: dict[str, list[float]] = field(default_factory=dict)
+    # company_id -> (time.time(), task) of its LLM tasks admitted lately, not yet assumed to be
+    # in the gateway's log (see recent_llm_admissions); a task's entry goes with its slot
+    llm_admissions: dict[str, list[tuple[float, TaskKey | None]]] = field(default_factory=dict)
     # Recent run times per task type: the ETA model's medians (regtask.eta)
     runs: RunHistory = field(default_factory=RunHistory)
     # False until the CompanyQuotas and the live Jobs were listed (start-up, and each time this
@@ -257,7 +257,10 @@ class TaskTracker:
                 max_tasks_per_company=self.settings.default_max_tasks_per_company,
                 max_tasks_per_user=self.settings.default_max_tasks_per_user,
                 max_llm_requests_per_hour=self.settings.default_max_llm_requests_per_hour,
+                max_llm_tokens_per_hour=self.settings.default_max_llm_tokens_per_hour,
+                max_llm_tokens_per_day=self.settings.default_max_llm_tokens_per_day,
                 storage_limit_mb=self.settings.default_storage_limit_mb,
+                rate_limit_policy=self.settings.rate_limit_policy.value,
             ),
             self.settings.rate_limit_policy,
         )
@@ -302,8 +305,16 @@ class TaskTracker:
 
     # ------------------------------------------------------------------ LLM admissions
 
-    def admitted_llm(self, company_id: str, now: float) -> None:
-        self.llm_admissions.setdefault(company_id, []).append(now)
+    def admitted_llm(self, company_id: str, now: float, key: TaskKey | None = None) -> None:
+        self.llm_admissions.setdefault(company_id, []).append((now, key))
+
+    def _drop_llm_admission(self, key: TaskKey) -> None:
+        """A task that ended (cancelled, failed, done) or went back to the queue gives back
+        the room its admission held: whatever it called is in the gateway's log already."""
+        task = self.tasks.get(key)
+        held = self.llm_admissions.get(task.company_id) if task is not None else None
+        if held:
+            held[:] = [entry for entry in held if entry[1] != key]
 
     def recent_llm_admissions(self, company_id: str, since: float) -> int:
         """LLM tasks of the company admitted at or after ``since``: counted against its window
@@ -313,7 +324,7 @@ class TaskTracker:
         times = self.llm_admissions.get(company_id)
         if not times:
             return 0
-        kept = [t for t in times if t >= since]
+        kept = [entry for entry in times if entry[0] >= since]
         if kept:
             self.llm_admissions[company_id] = kept
         else:
@@ -479,14 +490,16 @@ class TaskTracker:
             task.finished_at = None
 
     async def release(self, key: TaskKey) -> None:
-        """Free the task's slot (or its place in the queue)."""
+        """Free the task's slot (or its place in the queue), and its LLM admission."""
         async with self.lock:
             self.state.release(key)
+            self._drop_llm_admission(key)
 
     async def requeue(self, task: TrackedTask) -> None:
         """Back in the queue after a failed launch, unless it ended meanwhile (a cancel)."""
         async with self.lock:
             self.state.release(task.key)
+            self._drop_llm_admission(task.key)
             if task.phase not in TERMINAL_PHASES:
                 self.state.submit(task.candidate())
 

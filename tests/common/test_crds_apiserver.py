@@ -161,3 +161,42 @@ def test_short_name_and_category(kube_api: client.ApiClient, crds: list[str]) ->
 def test_applying_the_crds_again_replaces_them(kube_api: client.ApiClient, crds: list[str]) -> None:
     """A second apply (a cluster where the chart installed them first) replaces, not fails."""
     assert apply_crds(kube_api) == crds
+
+
+def test_company_quota_token_budgets_are_optional_and_validated(
+    kube_api: client.ApiClient, crds: list[str], namespace: str
+) -> None:
+    """Issue 18: maxLlmTokensPerHour/PerDay are additions: absent is valid (no limit), set
+    they are kept, negative is refused by the apiserver naming the field."""
+    api = client.CustomObjectsApi(kube_api)
+
+    def quota(name: str, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "CompanyQuota",
+            "metadata": {"name": name},
+            "spec": {"companyId": name, **spec},
+        }
+
+    plain = api.create_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, "companyquotas", quota("plain")
+    )
+    assert "maxLlmTokensPerHour" not in plain["spec"]
+    assert plain["spec"]["maxLlmRequestsPerHour"] == 1000
+    budgets = api.create_namespaced_custom_object(
+        API_GROUP,
+        API_VERSION,
+        namespace,
+        "companyquotas",
+        quota("budgets", maxLlmTokensPerHour=50_000, maxLlmTokensPerDay=400_000),
+    )
+    assert (budgets["spec"]["maxLlmTokensPerHour"], budgets["spec"]["maxLlmTokensPerDay"]) == (
+        50_000,
+        400_000,
+    )
+    with pytest.raises(ApiException) as info:
+        api.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, "companyquotas", quota("bad", maxLlmTokensPerDay=-1)
+        )
+    assert info.value.status == 422
+    assert "spec.maxLlmTokensPerDay" in str(json.loads(info.value.body or "{}")["message"])

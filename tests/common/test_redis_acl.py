@@ -111,3 +111,35 @@ def test_the_command_prints_one_setuser_per_component(
         ["ACL", "SETUSER", f"regtask-{c}"] for c in redis_acl.COMPONENTS
     ]
     assert all(f">pw-{c}" in line for c, line in zip(redis_acl.COMPONENTS, lines, strict=True))
+
+
+async def test_each_component_uses_the_llm_log_as_it_needs_and_only_so(
+    redis_acl_urls: dict[str, str], redis_sync: redis.Redis
+) -> None:
+    """Issue 18: the gateway reserves, settles and refunds in the LLM log; the operator
+    (admission) and the shim (console) read it, without NOPERM (found on the real cluster: the
+    operator's read-only key pattern refused the script's EVALSHA, whose keys count as
+    written; the peek runs as EVALSHA_RO)."""
+    from regtask.ratelimit import LlmLimits, LlmRateLimiter
+
+    limits = LlmLimits(10, tokens_per_hour=1000, tokens_per_day=5000)
+    gateway = aioredis.Redis.from_url(redis_acl_urls[redis_acl.GATEWAY])
+    try:
+        limiter = LlmRateLimiter(gateway)
+        held = await limiter.reserve("acme", limits, 200)
+        assert held.allowed
+        assert await limiter.settle("acme", held.call_id, 50)
+        second = await limiter.reserve("acme", limits, 100)
+        assert await limiter.refund("acme", second.call_id)
+    finally:
+        await gateway.aclose()
+    for component in (redis_acl.OPERATOR, redis_acl.SHIM):
+        reader = aioredis.Redis.from_url(redis_acl_urls[component])
+        try:
+            usage = await LlmRateLimiter(reader).usage("acme", limits)
+            assert (usage.requests, usage.tokens_hour) == (1, 50)
+            with pytest.raises(NoPermissionError):  # reading is all they may do
+                await LlmRateLimiter(reader).reserve("acme", limits, 1)
+        finally:
+            await reader.aclose()
+    redis_sync.execute_command("ACL", "LOG", "RESET")  # the two refusals above were expected

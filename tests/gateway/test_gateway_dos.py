@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.asyncio as aioredis
+
 from regtask.tasktypes import TaskType
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.llm import FakeLlm
@@ -91,8 +93,9 @@ async def test_unauthenticated_big_body_is_401_before_it_is_read(
 
 
 async def test_a_company_at_its_llm_share_waits_then_429_while_another_proceeds(
-    make_gateway: GatewayFactory, fake_llm: FakeLlm
+    make_gateway: GatewayFactory, fake_llm: FakeLlm, redis_async: aioredis.Redis
 ) -> None:
+    """(``redis_async`` empties Redis: a limit another test left for acme must not count.)"""
     fake_llm.state.chunk_delay_s = 0.5  # slow streams hold their connections
     gateway = make_gateway(
         llm_base_url=fake_llm.base_url,

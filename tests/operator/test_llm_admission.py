@@ -77,3 +77,20 @@ async def test_admissions_older_than_the_grace_are_left_to_the_counter() -> None
     await yields(50)
     second = await step(made)
     assert len(first.admitted) == len(second.admitted) == LIMIT - USED
+
+
+async def test_a_task_that_ends_before_calling_gives_its_room_back() -> None:
+    """Issue 18, item 5: two of the four admitted LLM tasks are cancelled before their runners
+    call; their room is free at the next step (before: held for the whole grace)."""
+    made = controller(grace_s=120)
+    await queue(made, 20)
+    first = await step(made)
+    await yields(50)
+    assert len(first.admitted) == LIMIT - USED
+    for candidate in first.admitted[:2]:
+        await made.tracker.release(candidate.key)  # what a cancel or a Job's end does
+    second = await step(made)
+    await yields(50)
+    assert len(second.admitted) == 2
+    third = await step(made)
+    assert third.admitted == []  # the two new ones hold the room again

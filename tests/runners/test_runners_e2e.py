@@ -60,7 +60,7 @@ async def _task_doc(client: aioredis.Redis, task_id: str) -> TaskDoc:
 
 
 async def _llm_count(client: aioredis.Redis, company_id: str) -> int:
-    return int(await client.get(LlmRateLimiter(client).key(company_id)) or 0)
+    return (await LlmRateLimiter(client).usage(company_id)).requests
 
 
 def _real_llm(llm_server: LlamaServer, **extra: Any) -> dict[str, Any]:
@@ -452,17 +452,9 @@ async def test_max_duration_stops_the_runner_as_deadline(
 # ------------------------------------------------------------ the LLM window (issue 15, item 8)
 
 
-def window_keys(limiter: LlmRateLimiter, company_id: str) -> list[str]:
-    """This hour's counter and the next one's: a test running across the turn of an hour
-    meets the same full window."""
-    now = time.time()
-    return [limiter.key(company_id, now), limiter.key(company_id, now + 3600)]
-
-
 async def fill_llm_window(client: aioredis.Redis, company_id: str) -> None:
-    """The company's one request per hour used up, now and in the next hour."""
-    for key in window_keys(LlmRateLimiter(client), company_id):
-        await client.set(key, 1, ex=3 * 3600)
+    """The company's one request per hour used up now (its rolling hour full)."""
+    assert (await LlmRateLimiter(client).hit(company_id, limit=1)).allowed
 
 
 @pytest.mark.llm
@@ -499,7 +491,7 @@ async def test_a_full_llm_window_is_waited_for_not_failed(
         assert proc.returncode is None  # waiting, not failed
         await asyncio.sleep(1.5)  # a few refused polls: they cost nothing
         assert await _llm_count(redis_async, "acme") == 1
-        await redis_async.delete(*window_keys(limiter, "acme"))  # the next hour begins
+        await redis_async.delete(*limiter.keys("acme"))  # the hour's call has left the window
 
     async with watch_events(redis_async, spec.user_id) as events:
         run = await run_runner(

@@ -6,15 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import fakeredis.aioredis
 import pytest
 
 from regtask import keys
 from regtask.documents import TaskStep
-from regtask.ratelimit import LlmRateLimiter
 from regtask.runner_contract import FAILURE_STEP
 from regtask_shim.auth import Principal, claims_from_payload
-from regtask_shim.console import usage, views
+from regtask_shim.console import views
 from regtask_shim.console.access import console_scope
 from regtask_shim.console.routes import _event_task_id
 from regtask_shim.errors import Forbidden, Unauthenticated
@@ -198,15 +196,6 @@ def test_console_scope_service_all_admin_its_companies_others_refused() -> None:
     # no company claim at all: the role alone opens nothing
     with pytest.raises(Forbidden):
         console_scope(Principal(kind="firebase", uid="alice", token_roles=(("acme", "admin"),)))
-
-
-async def test_llm_usage_reads_the_gateways_counter_of_the_current_window() -> None:
-    client = fakeredis.aioredis.FakeRedis()
-    limiter = LlmRateLimiter(client)
-    await client.set(limiter.key("acme"), 3)  # what the gateway's hits left in this window
-    await client.set(limiter.key("acme", now=0), 99)  # another window: not counted
-    assert (await usage.llm_usage(client, "acme")).requests == 3
-    assert (await usage.llm_usage(client, "globex")).requests == 0
 
 
 def test_stream_filter_finds_the_task_of_each_event() -> None:

@@ -1,8 +1,7 @@
 """Usage counters a company's quota is measured against, read from Redis.
 
-Hazard: the LLM figure is the gateway's request count in the current fixed hour window
-(``quota:llm:{company}:{hour}``); rolling windows and token budgets are being built elsewhere:
-:func:`llm_usage` is the one place to point at them when they land.
+The LLM figures are the gateway's sliding log (:mod:`regtask.ratelimit`): requests and tokens
+in the rolling last hour, read without writing (the shim's Redis user only reads it).
 """
 
 from __future__ import annotations
@@ -19,13 +18,14 @@ from regtask.storage import MB, StorageAccounting
 class LlmUsage:
     requests: int
     window: str  # what the count covers, shown beside it
-    tokens: int | None = None  # not counted yet anywhere
+    tokens: int | None = None  # tokens (reserved or settled) in the same window
 
 
 async def llm_usage(client: aioredis.Redis, company_id: str) -> LlmUsage:
-    """LLM requests of the company in the current window, as the gateway counts them."""
-    decision = await LlmRateLimiter(client).peek(company_id, limit=0)
-    return LlmUsage(requests=decision.count, window="this clock hour")
+    """LLM requests and tokens of the company in the rolling last hour, as the gateway
+    counts them."""
+    log = await LlmRateLimiter(client).usage(company_id)
+    return LlmUsage(requests=log.requests, window="last 60 min", tokens=log.tokens_hour)
 
 
 async def storage_used_mb(client: aioredis.Redis, company_id: str) -> float:

@@ -133,7 +133,7 @@ class Quota(BaseModel):
 
 class Usage(BaseModel):
     llm_requests: int = 0
-    llm_window: str = "this clock hour"
+    llm_window: str = "last 60 min"
     llm_tokens: int | None = None
     storage_mb: float = 0.0
 
