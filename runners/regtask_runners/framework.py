@@ -45,7 +45,7 @@ from regtask.runner_contract import (
     ExitCode,
 )
 from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, RunnerError
-from regtask_runners.gateway_client import GatewayClient
+from regtask_runners.gateway_client import FIRST_CONTACT_GRACE_S, GatewayClient
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +339,7 @@ async def run_task(task_type: str, environ: dict[str, str] | None = None) -> Exi
     structlog.contextvars.bind_contextvars(task_id=env.task_id, task_type=task_type)
     gateway = GatewayClient(env.gateway_url, env.read_token)
     try:
-        task = await gateway.get_task()
+        task = await gateway.get_task(connect_grace_s=FIRST_CONTACT_GRACE_S)
         ctx = TaskContext(env=env, gateway=gateway, task=task, progress=ProgressReporter(gateway))
         log.info("runner_started", inputs=[i.name for i in task.inputs])
         return await supervise(ctx, runner)

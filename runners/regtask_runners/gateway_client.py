@@ -10,6 +10,7 @@ quota, and the Job's retry decides instead.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -31,6 +32,10 @@ from regtask.gateway_api import (
 from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError, retry_after_s
 
 GATEWAY_ATTEMPTS = 3
+# A brand-new pod's first connections may be refused for a moment: its NetworkPolicy is not yet
+# programmed on the node (about 1 s on an idle node, measured; longer under load). The first
+# call keeps retrying refused connections this long before it counts as a failure.
+FIRST_CONTACT_GRACE_S = 30.0
 GATEWAY_TIMEOUT_S = 30.0
 # A CPU-served model may take minutes for a large embedding batch; the task deadline bounds it.
 LLM_TIMEOUT_S = 600.0
@@ -90,15 +95,21 @@ class GatewayClient:
         timeout_s: float | None = None,
         attempts: int | None = None,
         retry_unsent_only: bool = False,
+        connect_grace_s: float = 0.0,
     ) -> httpx.Response:
         """Retry transport errors and 5xx a few times; then fail as retryable.
 
         ``retry_unsent_only`` (LLM calls, each counted against the company's quota): a request
         that may have been sent (read timeout, dropped connection) is not sent again.
+        ``connect_grace_s``: connections refused during this long are retried without counting
+        as attempts (the pod's first contact, see :data:`FIRST_CONTACT_GRACE_S`).
         """
         tries = attempts or self.attempts
+        grace_until = time.monotonic() + connect_grace_s
+        grace_delay = 0.2
         last = ""
-        for attempt in range(tries):
+        attempt = 0
+        while attempt < tries:
             try:
                 response = await self.http.request(
                     method,
@@ -112,12 +123,18 @@ class GatewayClient:
                     # The request may have reached the provider (and the quota): the Job's
                     # retry decides, not a silent resend.
                     raise RetryableError(f"gateway {method} {path}: {last}") from exc
+                left = grace_until - time.monotonic()
+                if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and left > 0:
+                    await asyncio.sleep(min(grace_delay, left))
+                    grace_delay = min(grace_delay * 2, 2.0)
+                    continue
             else:
                 if response.status_code < 500 and response.status_code != 408:
                     return self._check(path, response)
                 last = f"HTTP {response.status_code}: {_detail(response)}"
-            if attempt + 1 < tries:
-                await asyncio.sleep(0.2 * 2**attempt)
+            attempt += 1
+            if attempt < tries:
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
         raise RetryableError(f"gateway {method} {path} failed after {tries} attempts ({last})")
 
     @staticmethod
@@ -130,9 +147,18 @@ class GatewayClient:
         raise PermanentError(message)
 
     async def get_task(
-        self, timeout_s: float | None = None, attempts: int | None = None
+        self,
+        timeout_s: float | None = None,
+        attempts: int | None = None,
+        connect_grace_s: float = 0.0,
     ) -> RunnerTask:
-        response = await self.request("GET", TASK_PATH, timeout_s=timeout_s, attempts=attempts)
+        response = await self.request(
+            "GET",
+            TASK_PATH,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            connect_grace_s=connect_grace_s,
+        )
         try:
             return RunnerTask.model_validate(response.json())
         except (ValidationError, ValueError) as exc:

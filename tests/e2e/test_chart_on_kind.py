@@ -657,7 +657,23 @@ def test_three_shards_each_admit_their_companies_and_one_takes_over_while_the_ot
                     "10",
                     check=False,
                 )
-                pytest.fail(f"not all 12 tasks Succeeded: {now}\n{shown}\n{logs}")
+                runners = "".join(
+                    cluster.kubectl(
+                        "logs",
+                        "-n",
+                        naming.tenant_namespace(f"{company}_user", company),
+                        "-l",
+                        naming.LABEL_TASK,
+                        "--tail",
+                        "8",
+                        "--prefix",
+                        "--max-log-requests",
+                        "20",
+                        check=False,
+                    )
+                    for company in companies
+                )
+                pytest.fail(f"not all 12 tasks Succeeded: {now}\n{shown}\n{logs}\n{runners}")
             # Uninstalling removes the shard namespaces: their tasks' finalizers are the
             # operators' to remove, while they still run.
             for namespace in namespaces:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -81,5 +82,31 @@ async def test_refusals_map_to_exit_classes(flaky_gateway: tuple[str, dict[str, 
             await client.store_result({"big": "x"})
         with pytest.raises(RetryableError, match="429"):
             await client.chat({"messages": []})
+    finally:
+        await client.aclose()
+
+
+async def test_the_first_contact_waits_for_the_pods_network() -> None:
+    """A brand-new pod's connections may be refused until its NetworkPolicy is programmed on
+    the node (longer than the 3 quick attempts under load): the first call keeps retrying
+    refused connections within its grace; other calls fail as before."""
+    refused = {"left": 5}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if refused["left"] > 0:
+            refused["left"] -= 1
+            raise httpx.ConnectError("Connection refused", request=request)
+        return httpx.Response(200, json={})
+
+    client = GatewayClient("http://gateway.invalid", "token")
+    client.http = httpx.AsyncClient(
+        base_url="http://gateway.invalid", transport=httpx.MockTransport(handler)
+    )
+    try:
+        with pytest.raises(RetryableError, match="ConnectError"):
+            await client.request("GET", "/v1/task")  # 3 attempts, all refused
+        refused["left"] = 5
+        response = await client.request("GET", "/v1/task", connect_grace_s=30.0)
+        assert response.status_code == 200 and refused["left"] == 0
     finally:
         await client.aclose()
