@@ -183,6 +183,31 @@ async def quota_usage_companies_visited(companies: int) -> int:
     return len(visited)
 
 
+async def step_seconds_after_one_change(waiting: int, rounds: int = 40) -> float:
+    """Steps that each follow one new task of a new company, with ``waiting`` tasks of 500
+    other companies queued and unchanged (issue 19, item 2)."""
+    made, _, _ = controller()
+    await add_tasks(made, "w", waiting, companies=500)
+    await made.scheduler.step()
+    await made.launcher.settle()
+    elapsed = 0.0
+    for i in range(rounds):
+        spec = {
+            "taskId": f"n{i}",
+            "taskType": "document_analysis",
+            "userId": "u1",
+            "companyId": f"new{i}",
+        }
+        await made.task_seen(
+            TaskKey(NAMESPACE, f"task-n{i}"), f"uid-n{i}", spec, {}, "2026-11-28T00:00:00Z"
+        )
+        started = time.perf_counter()
+        await made.scheduler.step()
+        elapsed += time.perf_counter() - started
+        await made.launcher.settle()
+    return elapsed
+
+
 async def step_while_a_launch_hangs() -> dict[str, Any]:
     """A step with one tenant's Job create hanging: does it return, and do the other tenants'
     tasks start meanwhile?"""
@@ -245,6 +270,7 @@ def main() -> None:
     trips_small, trips_large = (asyncio.run(progress_round_trips(n)) for n in (100, 1000))
     quota_small, quota_large = (asyncio.run(quota_usage_seconds(n)) for n in (1000, 10_000))
     visited = asyncio.run(quota_usage_companies_visited(1000))
+    step_small, step_large = (asyncio.run(step_seconds_after_one_change(n)) for n in (1000, 20_000))
     hung = asyncio.run(step_while_a_launch_hangs())
     failed, scrapes = failed_scrapes()
     settings = kopf.OperatorSettings()
@@ -258,6 +284,7 @@ def main() -> None:
             "progress_sync_round_trips": {"running_100": trips_small, "running_1000": trips_large},
             "quota_usage_time_ratio_10000_vs_1000_tasks": round(quota_large / quota_small, 2),
             "quota_usage_companies_visited_after_one_change_of_1000": visited,
+            "step_time_ratio_20000_vs_1000_other_tasks_waiting": round(step_large / step_small, 2),
             "step_with_one_launch_hanging_of_10": hung,
             "scrapes_failed_while_tasks_change": {"failed": failed, "scrapes": scrapes},
             "job_watch_label_selector": ",".join(selector),

@@ -13,10 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from regtask.crmodels import Priority, RateLimitPolicy
 from regtask.documents import Quotas
 from regtask.fairshare import FairShare, Rank, merge_order, rank
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,33 +100,59 @@ class AdmissionState:
         # walking every task of every company.
         self._running_per_company: Counter[str] = Counter()
         self._queued_per_company: Counter[str] = Counter()
+        # The same two sets per company, so that a decision for one company reads only its own
+        # tasks (a step's work follows the companies that changed, not every task).
+        self._running_of: dict[str, dict[TaskKey, Candidate]] = {}
+        self._queued_of: dict[str, dict[TaskKey, tuple[Rank, Candidate]]] = {}
+        # Queued LLM tasks per company: the companies whose LLM window a step must read.
+        self._queued_llm_per_company: Counter[str] = Counter()
         # Companies whose counts changed since the last take_changed(): the quota-usage round
         # visits only them, not every company.
         self._changed: set[str] = set()
+        # Companies to decide again at the next step (see take_to_decide).
+        self._to_decide: set[str] = set()
+
+    def _touch(self, company_id: str) -> None:
+        self._changed.add(company_id)
+        self._to_decide.add(company_id)
 
     def _run(self, candidate: Candidate) -> None:
         self._unrun(candidate.key)  # replaced (rebuild): counted once
-        self._running_per_company[candidate.company_id] += 1
-        self._changed.add(candidate.company_id)
+        company_id = candidate.company_id
+        self._running_per_company[company_id] += 1
+        self._running_of.setdefault(company_id, {})[candidate.key] = candidate
+        self._touch(company_id)
         self._running[candidate.key] = candidate
 
     def _unrun(self, key: TaskKey) -> Candidate | None:
         candidate = self._running.pop(key, None)
         if candidate is not None:
-            _decrement(self._running_per_company, candidate.company_id)
-            self._changed.add(candidate.company_id)
+            company_id = candidate.company_id
+            _decrement(self._running_per_company, company_id)
+            _forget(self._running_of, company_id, key)
+            self._touch(company_id)
         return candidate
 
     def _queue(self, candidate: Candidate) -> None:
-        self._queued[candidate.key] = (_rank(candidate, next(self._seq)), candidate)
-        self._queued_per_company[candidate.company_id] += 1
-        self._changed.add(candidate.company_id)
+        company_id = candidate.company_id
+        entry = (_rank(candidate, next(self._seq)), candidate)
+        self._queued[candidate.key] = entry
+        self._queued_of.setdefault(company_id, {})[candidate.key] = entry
+        self._queued_per_company[company_id] += 1
+        if candidate.uses_llm:
+            self._queued_llm_per_company[company_id] += 1
+        self._touch(company_id)
 
     def _unqueue(self, key: TaskKey) -> None:
         item = self._queued.pop(key, None)
         if item is not None:
-            _decrement(self._queued_per_company, item[1].company_id)
-            self._changed.add(item[1].company_id)
+            candidate = item[1]
+            company_id = candidate.company_id
+            _decrement(self._queued_per_company, company_id)
+            _forget(self._queued_of, company_id, key)
+            if candidate.uses_llm:
+                _decrement(self._queued_llm_per_company, company_id)
+            self._touch(company_id)
 
     # ---------------------------------------------------------------- state changes
 
@@ -151,15 +180,32 @@ class AdmissionState:
             self._unrun(key)
         added = 0
         for key, candidate in truth.items():
-            if key not in self._running:
+            known = self._running.get(key)
+            if known is None:
                 added += 1
-            self.mark_running(candidate)
+            if known != candidate or key in self._queued:
+                self.mark_running(candidate)  # unchanged ones stay as they are: no re-decision
         return added, len(dropped)
 
     def take_changed(self) -> set[str]:
         """The companies whose running or queued count may have moved since the last call."""
         changed, self._changed = self._changed, set()
         return changed
+
+    def mark_to_decide(self, company_id: str) -> None:
+        """Decide this company again at the next step (its limits changed)."""
+        self._to_decide.add(company_id)
+
+    def take_to_decide(self) -> set[str]:
+        """The companies a step must decide: those whose tasks or limits changed since the last
+        step, and those with queued LLM tasks (their window moves with time). A company with
+        none of these would be decided exactly as before: nothing to admit, positions as
+        published."""
+        due, self._to_decide = self._to_decide, set()
+        return due | set(self._queued_llm_per_company)
+
+    def companies_with_queued_llm(self) -> set[str]:
+        return set(self._queued_llm_per_company)
 
     # ---------------------------------------------------------------- queries
 
@@ -189,7 +235,9 @@ class AdmissionState:
 
     # ---------------------------------------------------------------- the decision
 
-    def decide(self, quotas: QuotaLookup, rate: RateCheck) -> Decisions:
+    def decide(
+        self, quotas: QuotaLookup, rate: RateCheck, companies: Iterable[str] | None = None
+    ) -> Decisions:
         """Admit every queued task that fits, company by company, in fair-share order
         (:mod:`regtask.fairshare`: the user with the fewest running first, then priority, then
         age), within ``maxTasksPerUser`` and ``maxTasksPerCompany``.
@@ -198,17 +246,20 @@ class AdmissionState:
         past them. Admitted tasks move to the running set before this returns. The waiting get
         their position in the company's fair-share order, so the next slot to free goes to the
         one at position 1.
+
+        ``companies``: only these (their waiting only in the answer); None: every company with
+        queued tasks. The work is that of the companies decided, whatever the others hold.
         """
         decisions = Decisions()
-        per_company: dict[str, list[tuple[Rank, Candidate]]] = {}
-        for entry in self._queued.values():
-            per_company.setdefault(entry[1].company_id, []).append(entry)
-        users_running: dict[str, Counter[str]] = {}
-        for candidate in self._running.values():
-            users_running.setdefault(candidate.company_id, Counter())[candidate.user_id] += 1
-        for company_id, queued in per_company.items():
-            running = users_running.get(company_id, Counter())
+        chosen = sorted(self._queued_of if companies is None else companies)
+        for company_id in chosen:
+            queued = list(self._queued_of.get(company_id, {}).values())
+            if not queued:
+                continue
+            running = Counter(c.user_id for c in self._running_of.get(company_id, {}).values())
             self._decide_company(company_id, queued, running, quotas, rate, decisions)
+        # Its own admissions changed these companies: already decided with them, not due again.
+        self._to_decide.difference_update(chosen)
         # Launched in priority, then age order across companies (stable: fair share within one).
         decisions.admitted.sort(key=lambda c: _rank(c, 0))
         return decisions
@@ -297,6 +348,14 @@ def _rank(candidate: Candidate, seq: int) -> Rank:
 
 def _first(entry: tuple[Rank, Candidate]) -> Rank:
     return entry[0]
+
+
+def _forget(index: dict[str, dict[TaskKey, _T]], company_id: str, key: TaskKey) -> None:
+    entries = index.get(company_id)
+    if entries is not None:
+        entries.pop(key, None)
+        if not entries:
+            del index[company_id]  # a company without tasks leaves no entry behind
 
 
 def _decrement(counts: Counter[str], company_id: str) -> None:

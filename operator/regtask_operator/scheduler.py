@@ -27,14 +27,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from regtask.crmodels import TERMINAL_PHASES, Phase
 from regtask.eta import Busy, Eta, Queued, schedule_company
 from regtask.ratelimit import WINDOW_S
-from regtask.tasktypes import TASK_TYPES
 from regtask.timeutil import iso_in
 from regtask_operator.admission import (
     Candidate,
@@ -90,6 +89,9 @@ class Scheduler:
     tenants: Tenants
     llm_window: LlmWindow
     launcher: Launcher
+    # company -> time.monotonic() when a waiting task's CR status write, held back by
+    # REGTASK_QUEUE_POSITION_REFRESH_S, is due: the company is decided again then.
+    _recheck_at: dict[str, float] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event, active: asyncio.Event) -> None:
         """The single decision loop: wakes on every kick, and at least every few seconds; steps
@@ -124,7 +126,10 @@ class Scheduler:
             return RateVerdict(used + recent + pending < limit, reset_in)
 
         async with tracker.lock:
-            decisions = tracker.state.decide(tracker.company_limits, rate)
+            # Only the companies whose tasks or limits changed (and those waiting on an LLM
+            # window): a step's work does not grow with other companies' queues.
+            due = tracker.state.take_to_decide() | self._rechecks_due()
+            decisions = tracker.state.decide(tracker.company_limits, rate, due)
             # Marked in the same critical section: a reconcile that lists Jobs meanwhile must
             # count these slots as taken even though their Jobs do not exist yet.
             tracker.launching.update(c.key for c in decisions.admitted)
@@ -211,13 +216,16 @@ class Scheduler:
             waiting.retry_after_s // 60,
         )
 
+    def _rechecks_due(self) -> set[str]:
+        now = time.monotonic()
+        due = {company for company, at in self._recheck_at.items() if at <= now}
+        for company in due:
+            del self._recheck_at[company]
+        return due
+
     async def _llm_windows(self) -> dict[str, tuple[int, int]]:
         tracker = self.tracker
-        companies = {
-            t.company_id
-            for t in tracker.tasks.values()
-            if tracker.state.is_queued(t.key) and TASK_TYPES[t.task_type].uses_llm
-        }
+        companies = tracker.state.companies_with_queued_llm()
         windows: dict[str, tuple[int, int]] = {}
         for company_id in companies:
             try:
@@ -250,6 +258,9 @@ class Scheduler:
         ):
             # Every admission shifts every waiting task's position: the CR status follows at
             # most this often per task (the registry and the events: see _publish_waiting).
+            due = task.reported_at + self.settings.queue_position_refresh_s
+            company = task.company_id
+            self._recheck_at[company] = min(self._recheck_at.get(company, due), due)
             await self._publish_waiting(task, waiting, eta)
             return
         if not self.tracker.transition(task, Phase.WAITING):

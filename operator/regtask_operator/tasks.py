@@ -284,12 +284,14 @@ class TaskTracker:
             return False
         self.limits[company_id] = limits
         self.limits_in_registry.discard(company_id)
+        self.state.mark_to_decide(company_id)
         self.kick()
         return True
 
     def drop_limits(self, company_id: str) -> None:
         self.limits.pop(company_id, None)
         self.limits_in_registry.discard(company_id)
+        self.state.mark_to_decide(company_id)
         self.kick()
 
     def show_usage_in(self, company_id: str, key: TaskKey) -> None:
