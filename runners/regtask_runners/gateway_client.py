@@ -34,8 +34,9 @@ from regtask_runners.errors import LlmQuotaWait, PermanentError, RetryableError,
 GATEWAY_ATTEMPTS = 3
 # A brand-new pod's first connections may be refused for a moment: its NetworkPolicy is not yet
 # programmed on the node (about 1 s on an idle node, measured; longer under load). The first
-# call keeps retrying refused connections this long before it counts as a failure.
-FIRST_CONTACT_GRACE_S = 30.0
+# call keeps retrying refused connections this long before it counts as a failure. Not longer:
+# a gateway that is really down costs each Job attempt this much more before it fails.
+FIRST_CONTACT_GRACE_S = 10.0
 GATEWAY_TIMEOUT_S = 30.0
 # A CPU-served model may take minutes for a large embedding batch; the task deadline bounds it.
 LLM_TIMEOUT_S = 600.0
