@@ -329,11 +329,10 @@ class AdmissionState:
         waiting = share.remaining()
         for user, aside in set_aside.items():
             waiting[user] = aside + waiting.get(user, [])
-        at_limit = {user for user, count in share.running.items() if count >= per_user}
         ordered = merge_order(waiting, share.running)
         for position, (task_rank, candidate) in enumerate(ordered, start=1):
             blocked = over_window.get(candidate.key) if over_window else None
-            if candidate.user_id in at_limit:
+            if share.running[candidate.user_id] >= per_user:  # 0 >= 0 too: maxTasksPerUser 0
                 reason, retry = WaitReason.USER_CONCURRENCY, 0
             elif blocked is not None:
                 reason, retry = WaitReason.LLM_RATE, blocked.retry_after_s

@@ -534,7 +534,11 @@ class TaskTracker:
         return counts
 
     def companies(self) -> set[str]:
-        """Every company with a task or limits known."""
+        """Every company with a task (in play, or ended and awaiting its TTL) or limits known:
+        a company whose tasks all ended still shows its usage, 0, until they are deleted."""
         return (
-            self.state.companies() | set(self.limits) | {t.company_id for t in self.tasks.values()}
+            self.state.companies()
+            | set(self.limits)
+            | {t.company_id for t in self.tasks.values()}
+            | {company for _, _, company in self._ended_counts}
         )

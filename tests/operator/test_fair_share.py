@@ -295,3 +295,15 @@ def test_the_headroom_gauge_shows_the_slots_left_under_the_cap() -> None:
     assert samples[("regtask_quota_company_slot_headroom", "capped")] == 1
     assert samples[("regtask_quota_max_tasks_per_company", "capped")] == 4
     assert ("regtask_quota_company_slot_headroom", "free") not in samples  # no cap, no gauge
+
+
+def test_a_user_with_no_slot_at_all_waits_for_their_own_limit() -> None:
+    """maxTasksPerUser 0 and no company cap: the task waits for its user's limit, not for a
+    company cap that does not exist (a user with nothing running was missed: 0 >= 0)."""
+    state = AdmissionState()
+    state.submit(Candidate(TaskKey(NAMESPACE, "t0"), "t0", "u0", "frozen", Priority.NORMAL, 1.0))
+    decisions = state.decide(
+        lambda _company: (Quotas(max_tasks_per_user=0), RateLimitPolicy.WAIT), open_window
+    )
+    [waiting] = decisions.waiting
+    assert (waiting.position, waiting.reason) == (1, WaitReason.USER_CONCURRENCY)
