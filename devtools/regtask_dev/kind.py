@@ -155,6 +155,26 @@ class _Record:
     work_dir: str
 
 
+# An image archive unused this long is deleted when a new one is made: every build of a changed
+# checkout makes new ones (200-700 MB each), and without this they filled the disk (61 archives,
+# 22 GB, until `kind load image-archive` failed for want of space).
+ARCHIVE_KEEP_S = 6 * 3600
+
+
+def prune_archives(archives: Path, keep_s: float = ARCHIVE_KEEP_S) -> list[Path]:
+    """Delete the archives (and leftover partial ones) not used for ``keep_s``; their paths."""
+    cutoff = time.time() - keep_s
+    removed = []
+    for path in [*archives.glob("*.tar"), *archives.glob("*.part")]:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue  # another process removed it first
+    return removed
+
+
 class KindCluster:
     """One kind cluster; ``create()`` then ``delete()`` (also as a context manager)."""
 
@@ -327,7 +347,9 @@ class KindCluster:
         archives = kind_dir() / "archives"
         archives.mkdir(parents=True, exist_ok=True)
         archive = archives / f"{image_id[:24]}.tar"
-        if not archive.exists():
+        if archive.exists():
+            os.utime(archive)  # in use: kept by prune_archives
+        else:
             fd, tmp = tempfile.mkstemp(dir=archives, suffix=".part")
             os.close(fd)
             Path(tmp).unlink()
@@ -337,6 +359,7 @@ class KindCluster:
                 timeout=600,
             )
             Path(tmp).replace(archive)
+            prune_archives(archives)
         return archive
 
     # -- API access ------------------------------------------------------------------------
