@@ -111,9 +111,11 @@ def install_chart(
         ) as shim:
             yield Installed(namespace, release, shim.url, token)
     finally:
-        install.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
-        client.CoreV1Api(kube_api).delete_namespace(namespace)
-        services.stop()
+        try:
+            install.helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
+            client.CoreV1Api(kube_api).delete_namespace(namespace)
+        finally:
+            services.stop()  # also when the uninstall fails: its Redis was left running
 
 
 @pytest.fixture
