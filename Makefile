@@ -64,9 +64,10 @@ bench-operator-costs: setup
 	$(PY) -m bench.bench_operator_costs
 
 ## bench-scale: Kueue's benchmark shape (TASKS=50000 over COMPANIES=1000 at RATE/s) on an
-##              envtest-shaped control plane (etcd + kube-apiserver), runtimes simulated
+##              envtest-shaped control plane (etcd + kube-apiserver), runtimes simulated;
+##              SHARDS=3: three operators, one per shard, the aggregate rate
 bench-scale: setup
-	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" $(PY) -m bench.bench_scale
+	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" SHARDS="$(or $(SHARDS),1)" $(PY) -m bench.bench_scale
 
 ## bench-cluster: the kind cluster's create/delete, image load, Job create -> Complete
 bench-cluster: setup

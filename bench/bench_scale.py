@@ -13,7 +13,10 @@ One JSON line: admissions/s sustained, admission latency from "room exists" (the
 returned while its user had a free slot) to its Job appearing in a watch, plain creates/s of
 the same client on the same API server, the operator's API writes per task (the API server's
 own ``apiserver_request_total``), its RSS at the known-task milestones and once the finished
-tasks are collected, its CPU seconds per admission.
+tasks are collected, its CPU seconds per admission. With ``SHARDS=N`` (N > 1) N operators run,
+one per shard (``regtask.shards``: each with its control namespace, the tasks and quotas of its
+companies placed there as the shim places them); rates are the aggregate, RSS and CPU the sum
+over the operators (each one's apart too).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from kubernetes import client, config
 from bench.common import emit
 from bench.envtest import EnvtestControlPlane
 from regtask.crmodels import API_GROUP, API_VERSION, RegistryTaskSpec, TaskInput
+from regtask.shards import all_control_namespaces, company_namespace
 from regtask.tasktypes import TaskType
 from regtask_dev.procs import start_process, stop_process
 from regtask_dev.redis_server import RedisServer
@@ -54,6 +58,7 @@ RUNTIME_MAX = float(os.environ.get("RUNTIME_MAX_S", "3"))
 TASK_TTL_S = int(os.environ.get("TASK_TTL_S", "20"))
 RAW_CREATES = int(os.environ.get("RAW_CREATES", "2000"))
 PROFILE = os.environ.get("PROFILE", "")  # a path: the operator runs under py-spy record
+SHARDS = int(os.environ.get("SHARDS", "1"))
 CONCURRENCY = 16  # in-flight creates, for the tasks and the raw baseline alike
 NAMESPACE = "regtask-system"
 TRIM_S = 30  # the operator's memory-trim cadence (REGTASK_MEMORY_TRIM_INTERVAL_S default)
@@ -122,6 +127,16 @@ def cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
+def total_rss_mb(pids: list[int], field: str = "VmRSS:") -> float:
+    """The operators' RSS summed (one shard: the operator's)."""
+    return round(sum(rss_mb(pid, field) for pid in pids), 1)
+
+
+def task_namespace(company_id: str) -> str:
+    """Where the shim puts a company's tasks and quota: its shard's control namespace."""
+    return company_namespace(NAMESPACE, company_id, SHARDS)
+
+
 def company(n: int) -> str:
     return f"co{n:04d}"
 
@@ -137,7 +152,7 @@ def task_body(n: int) -> tuple[str, str, dict[str, Any]]:
         inputs=[TaskInput(name="document", value=f"Facture {n}")],
         ttl_seconds_after_finished=TASK_TTL_S,
     )
-    return spec.task_id, user, task_manifest(spec, NAMESPACE)
+    return spec.task_id, user, task_manifest(spec, task_namespace(company_id))
 
 
 class Api:
@@ -166,6 +181,14 @@ class Api:
         async with self.session.get(self.server + path, params={"limit": "1"}) as answer:
             body = await answer.json()
         return len(body["items"]) + int(body["metadata"].get("remainingItemCount") or 0)
+
+    async def count_all(self, plural: str) -> int:
+        return sum(
+            [
+                await self.count(f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{ns}/{plural}")
+                for ns in all_control_namespaces(NAMESPACE, SHARDS)
+            ]
+        )
 
     async def raw_rate(self, n: int, tag: str) -> float:
         """Plain creates of a small object (a ConfigMap) per second, CONCURRENCY in flight."""
@@ -220,14 +243,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def drive(plane: EnvtestControlPlane, operator_pid: int, ledger_path: Path) -> dict[str, Any]:
+async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) -> dict[str, Any]:
     api = Api(plane)
     try:
         await api.raw_rate(RAW_CREATES // 4, "warm")  # a fresh API server's first calls are slow
         raw_before = await api.raw_rate(RAW_CREATES, "raw-a")
         for n in range(COMPANIES):
             await api.create(
-                f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/companyquotas",
+                f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{task_namespace(company(n))}"
+                "/companyquotas",
                 {
                     "apiVersion": f"{API_GROUP}/{API_VERSION}",
                     "kind": "CompanyQuota",
@@ -236,18 +260,19 @@ async def drive(plane: EnvtestControlPlane, operator_pid: int, ledger_path: Path
                 },
             )
         await asyncio.sleep(15)  # the operator sees the quotas and settles
-        rss_start = rss_mb(operator_pid)
+        rss_start = total_rss_mb(pids)
         before = request_counts(plane)
-        cpu_before = cpu_s(operator_pid)
+        cpu_before = [cpu_s(pid) for pid in pids]
         milestones = sorted({max(1, TASKS // 5), max(1, TASKS // 2), TASKS})
         rss_at: dict[str, float] = {}
         created: dict[str, float] = {}
         users: dict[str, str] = {}
         gate = asyncio.Semaphore(CONCURRENCY)
-        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/registrytasks"
 
         async def one(n: int) -> None:
             task_id, user, body = task_body(n)
+            namespace = body["metadata"]["namespace"]
+            path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/registrytasks"
             try:
                 await api.create(path, body)
             finally:
@@ -255,7 +280,7 @@ async def drive(plane: EnvtestControlPlane, operator_pid: int, ledger_path: Path
             created[task_id] = time.time()
             users[task_id] = user
             if len(created) in milestones:
-                rss_at[str(len(created))] = rss_mb(operator_pid)
+                rss_at[str(len(created))] = total_rss_mb(pids)
 
         began = time.monotonic()
         pending: list[asyncio.Task[None]] = []
@@ -273,18 +298,18 @@ async def drive(plane: EnvtestControlPlane, operator_pid: int, ledger_path: Path
         while len(read_ledger(ledger_path)) < TASKS and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(2)
         all_done = time.monotonic()
-        cpu_used = cpu_s(operator_pid) - cpu_before
-        await asyncio.sleep(10)  # the last ends' status writes land
+        cpu_used = [cpu_s(pid) - was for pid, was in zip(pids, cpu_before, strict=True)]
+        await asyncio.sleep(15)  # the last ends' status writes land (usage: 10 s after)
         after = request_counts(plane)
-        rss_done = rss_mb(operator_pid)
+        rss_done = total_rss_mb(pids)
 
-        task_list = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/registrytasks"
-        while await api.count(task_list) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while await api.count_all("registrytasks") and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(5)
         collected_s = time.monotonic() - all_done
         after_collection = request_counts(plane)
         await asyncio.sleep(TRIM_S + 10)  # one memory-trim round of the operator
-        rss_collected = rss_mb(operator_pid)
+        rss_collected = total_rss_mb(pids)
+        rss_each = [rss_mb(pid) for pid in pids]
         raw_after = await api.raw_rate(RAW_CREATES, "raw-b")
     finally:
         await api.session.close()
@@ -318,14 +343,55 @@ async def drive(plane: EnvtestControlPlane, operator_pid: int, ledger_path: Path
         "operator_writes_by_kind_per_task_collection": {
             k: round(v / TASKS, 3) for k, v in collection.items()
         },
-        "operator_cpu_s_per_admission": round(cpu_used / TASKS, 5),
+        "operator_cpu_s_per_admission": round(sum(cpu_used) / TASKS, 5),
         "operator_rss_mb_start": rss_start,
         "operator_rss_mb_at_known": rss_at,
         "operator_rss_mb_all_finished": rss_done,
         "operator_rss_mb_collected": rss_collected,
-        "operator_rss_mb_peak": rss_mb(operator_pid, "VmHWM:"),
+        "operator_rss_mb_peak": total_rss_mb(pids, "VmHWM:"),
         "collected_s": round(collected_s, 1),
+        **(
+            {
+                "per_shard_cpu_s": [round(c, 1) for c in cpu_used],
+                "per_shard_rss_mb_collected": rss_each,
+            }
+            if SHARDS > 1
+            else {}
+        ),
     }
+
+
+def start_operator(
+    plane: EnvtestControlPlane, redis_srv: RedisServer, shard: int, work: Path
+) -> OperatorProcess:
+    """The real operator as its ServiceAccount; with several shards, shard ``shard`` of them."""
+    sharding = (
+        {
+            "REGTASK_SHARDS": str(SHARDS),
+            "REGTASK_SHARD": str(shard),
+            "REGTASK_TASK_NAMESPACES": all_control_namespaces(NAMESPACE, SHARDS)[shard],
+        }
+        if SHARDS > 1
+        else {}
+    )
+    operator = OperatorProcess(
+        plane.service_account_kubeconfig(NAMESPACE, "regtask-operator"),
+        {
+            "REDIS_URL": redis_srv.url,
+            "REGTASK_NAMESPACE": NAMESPACE,
+            "REGTASK_STANDALONE": "true",
+            "REGTASK_RUNNER_IMAGE": "regtask-runner:bench-no-pod-runs",
+            "REGTASK_GATEWAY_URL": "http://127.0.0.1:9",
+            "REGTASK_MAINTENANCE_INTERVAL_S": "10",
+            # Jobs are deleted by the completer's stand-in TTL controller this long after
+            # their end (the shipped default, 3600 s, would keep all 50,000).
+            "REGTASK_TTL_SECONDS_AFTER_FINISHED": "30",
+            **sharding,
+        },
+        work / f"operator-{shard}",
+    )
+    operator.start(timeout_s=120)
+    return operator
 
 
 def main() -> None:
@@ -334,7 +400,6 @@ def main() -> None:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
         apply_crds(api)
         apply_manifests(api, RBAC_DIR / "operator.yaml")
-        client.CoreV1Api(api).read_namespace(NAMESPACE)
         ledger = work / "ledger.jsonl"
         completer = start_process(
             [
@@ -351,48 +416,40 @@ def main() -> None:
             ],
             work / "completer.log",
         )
-        operator = OperatorProcess(
-            plane.service_account_kubeconfig(NAMESPACE, "regtask-operator"),
-            {
-                "REDIS_URL": redis_srv.url,
-                "REGTASK_NAMESPACE": NAMESPACE,
-                "REGTASK_STANDALONE": "true",
-                "REGTASK_RUNNER_IMAGE": "regtask-runner:bench-no-pod-runs",
-                "REGTASK_GATEWAY_URL": "http://127.0.0.1:9",
-                "REGTASK_MAINTENANCE_INTERVAL_S": "10",
-                # Jobs are deleted by the completer's stand-in TTL controller this long after
-                # their end (the shipped default, 3600 s, would keep all 50,000).
-                "REGTASK_TTL_SECONDS_AFTER_FINISHED": "30",
-            },
-            work / "operator",
-        )
-        operator.start(timeout_s=120)
-        assert operator.proc is not None
-        pid = operator.proc.pid
+        core = client.CoreV1Api(api)
+        core.read_namespace(NAMESPACE)
+        for namespace in all_control_namespaces(NAMESPACE, SHARDS):
+            if namespace != NAMESPACE:
+                core.create_namespace(client.V1Namespace(metadata={"name": namespace}))
+        operators: list[OperatorProcess] = []
         profiler = None
-        if PROFILE:  # py-spy samples the operator from the outside (no change to it)
-            profiler = start_process(
-                [
-                    str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--rate",
-                    "40",
-                    "--format",
-                    "raw",
-                    "-o",
-                    PROFILE,
-                ],
-                work / "py-spy.log",
-            )
         try:
-            result = asyncio.run(drive(plane, pid, ledger))
+            for shard in range(SHARDS):
+                operators.append(start_operator(plane, redis_srv, shard, work))
+            pids = [op.proc.pid for op in operators if op.proc is not None]
+            if PROFILE:  # py-spy samples the (first) operator from the outside (no change to it)
+                profiler = start_process(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(pids[0]),
+                        "--rate",
+                        "40",
+                        "--format",
+                        "raw",
+                        "-o",
+                        PROFILE,
+                    ],
+                    work / "py-spy.log",
+                )
+            result = asyncio.run(drive(plane, pids, ledger))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=60)
-            operator.stop()
+            for operator in operators:
+                operator.stop()
             stop_process(completer)
         emit(
             "scale",
@@ -400,6 +457,7 @@ def main() -> None:
                 "shape": {
                     "tasks": TASKS,
                     "companies": COMPANIES,
+                    "shards": SHARDS,
                     "users": USERS,
                     "limit_per_user": LIMIT,
                     "rate_per_s": RATE,

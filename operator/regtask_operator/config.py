@@ -107,6 +107,14 @@ class OperatorSettings(BaseSettings):
     queue_position_refresh_s: float = Field(default=300.0, ge=0)
     # Runner progress in the CR status at most this often per task (the registry: real time).
     progress_status_interval_s: float = Field(default=60.0, ge=0)
+    # A running task's Job and pods (status.job) in its CR status at most this often, the first
+    # time this long after they changed; its end always writes the last summary. A task shorter
+    # than this costs no write for them (each Job change was one, and one pod list).
+    job_status_interval_s: float = Field(default=10.0, ge=0)
+    # A company's usage in its CompanyQuota status follows this long after it changed (one
+    # write for all the changes meanwhile, none when they cancel out: a task that starts and
+    # ends within it). Its first showing is not delayed. The registry and events: real time.
+    quota_usage_interval_s: float = Field(default=10.0, ge=0)
     # Freed heap is handed back to the OS this often (see regtask_operator.memory).
     memory_trim_interval_s: float = Field(default=30.0, gt=0)
     # Re-apply every tenant namespace's fences (drift repair) at most this often, on the

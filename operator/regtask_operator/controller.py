@@ -278,10 +278,11 @@ class Controller:
         await self.reconciler.reconcile(await self.reconciler.live_jobs(), listed_at)
 
     async def sync_status(self) -> None:
-        """Final status writes still owed, runner progress into task status, usage into
-        CompanyQuota status (throttled loop)."""
+        """Final status writes still owed, runner progress and Job summaries into task status,
+        usage into CompanyQuota status (throttled loop)."""
         await self.status.retry_final_writes()
         await self.reconciler.sync_progress()
+        await self.reconciler.sync_jobs()
         await self.reconciler.publish_quota_usage()
 
     async def delete_expired(self) -> int:

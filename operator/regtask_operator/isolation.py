@@ -1,7 +1,8 @@
 """The tenant namespace of one (user, company) pair and everything that fences it in.
 
 Desired state only (plain dicts, pure functions); :mod:`regtask_operator.tenants` applies it
-with server-side apply, which both creates and repairs drift, and decides when.
+with server-side apply, which both creates and repairs drift, and decides when; :func:`holds`
+tells a live object that still holds what was applied from one that drifted.
 """
 
 from __future__ import annotations
@@ -174,3 +175,39 @@ def namespaced_manifests(
             },
         },
     ]
+
+
+def holds(manifest: dict[str, Any], live: dict[str, Any]) -> bool:
+    """Whether a live object still holds what ``manifest`` applies. ``apiVersion`` and ``kind``
+    are not compared: the items of a list come without them."""
+    return conforms({k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}, live)
+
+
+def conforms(desired: Any, live: Any, quantities: bool = False) -> bool:
+    """Whether ``live`` still holds every field of ``desired`` with its value.
+
+    Fields only the server or others set (uid, defaults, status) are not drift, so this is a
+    subset test: maps by key, lists element by element and of the same length. Under ``spec``
+    two strings that are the same quantity are equal ("1Gi" is "1024Mi"): the API server
+    stores quantities in its own canonical form. Hazard: a field the operator stopped setting
+    is not seen as drift here; server-side apply removes it at the next real apply.
+    """
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and conforms(value, live[key], quantities or key == "spec")
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(conforms(d, v, quantities) for d, v in zip(desired, live, strict=True))
+        )
+    if desired == live and type(desired) is type(live):
+        return True
+    if quantities and isinstance(desired, str) and isinstance(live, str):
+        try:
+            return quantity.parse(desired) == quantity.parse(live)
+        except ValueError:
+            return False
+    return False

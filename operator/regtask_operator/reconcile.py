@@ -72,8 +72,14 @@ class Reconciler:
     _foreign_reported: set[tuple[TaskKey, str]] = field(default_factory=set)
     # company_id -> the usage its CompanyQuota's status shows
     _quota_shown: dict[str, dict[str, int]] = field(default_factory=dict)
-    # running task -> the Job summary its status shows (status.job: written when it changes)
+    # company_id -> time.monotonic() at which its changed usage is written (quota_usage_interval_s)
+    _quota_due: dict[str, float] = field(default_factory=dict)
+    # running task -> the Job summary its status shows (status.job)
     _job_shown: dict[TaskKey, dict[str, Any]] = field(default_factory=dict)
+    # running task -> its Job as last seen, not yet summarised in its status, and the
+    # time.monotonic() from which sync_jobs may write it (REGTASK_JOB_STATUS_INTERVAL_S)
+    _job_owed: dict[TaskKey, dict[str, Any]] = field(default_factory=dict)
+    _job_due: dict[TaskKey, float] = field(default_factory=dict)
 
     def forget_shown(self, company_id: str | None = None) -> None:
         """What the CompanyQuotas' status shows is unknown again (another replica wrote it, or
@@ -81,9 +87,13 @@ class Reconciler:
         company (a prime), the tasks' Job summaries too."""
         if company_id is None:
             self._quota_shown.clear()
+            self._quota_due.clear()
             self._job_shown.clear()
+            self._job_owed.clear()
+            self._job_due.clear()
         else:
             self._quota_shown.pop(company_id, None)
+            self._quota_due.pop(company_id, None)
 
     async def live_jobs(self) -> list[dict[str, Any]]:
         """Every Job of this operator (of its shard), in every namespace."""
@@ -109,14 +119,42 @@ class Reconciler:
             if outcome.phase is None and not (job.get("metadata") or {}).get("deletionTimestamp"):
                 await self.status.delete_job(task)
             return
-        summary = jobs.job_summary(job, await self._pods_of(job))
         if outcome.phase is not None:
-            self._job_shown.pop(task.key, None)
+            summary = jobs.job_summary(job, await self._pods_of(job))
+            self._forget_job(task.key)
             await self.status.finish_as_job(task, outcome, job=summary)
-        elif self._job_shown.get(task.key) != summary and await self.status.write(
-            task, {"job": summary}
-        ):
-            self._job_shown[task.key] = summary
+            return
+        # Still running: its summary waits for sync_jobs (one write for a burst of changes,
+        # none for a task that ends first: its end writes the last summary).
+        self._job_owed[task.key] = job
+        self._job_due.setdefault(task.key, time.monotonic() + self.settings.job_status_interval_s)
+
+    def _forget_job(self, key: TaskKey) -> None:
+        self._job_shown.pop(key, None)
+        self._job_owed.pop(key, None)
+        self._job_due.pop(key, None)
+
+    async def sync_jobs(self) -> int:
+        """Write the Job summaries owed to running tasks whose time has come (status-sync
+        loop); returns how many were written. A task that ended or left meanwhile is dropped."""
+        now = time.monotonic()
+        written = 0
+        for key in [k for k, due in self._job_due.items() if due <= now]:
+            job = self._job_owed.pop(key, None)
+            task = self.tracker.tasks.get(key)
+            if job is None or task is None or task.phase is not Phase.RUNNING:
+                # Nothing new since the last write (the next change waits an interval again),
+                # or nothing to show it on.
+                self._job_due.pop(key, None)
+                continue
+            self._job_due[key] = now + self.settings.job_status_interval_s
+            summary = jobs.job_summary(job, await self._pods_of(job))
+            if self._job_shown.get(key) != summary and await self.status.write(
+                task, {"job": summary}
+            ):
+                self._job_shown[key] = summary
+                written += 1
+        return written
 
     async def _pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         """The Job's own pods (read-only, its namespace only); none when the API refuses: the
@@ -153,7 +191,7 @@ class Reconciler:
         key = job_task_key(job, self.settings)
         task = self.tracker.tasks.get(key) if key is not None else None
         if key is not None:
-            self._job_shown.pop(key, None)
+            self._forget_job(key)
         if task is not None and key is not None and owns(task, job):
             self.tracker.drained(key)
 
@@ -272,11 +310,25 @@ class Reconciler:
 
     async def publish_quota_usage(self) -> int:
         """Patch the CompanyQuota status of each company whose running or waiting count moved
-        since the last round (or whose quota object is new): the round's work follows what
-        changed, not the number of companies. A failed patch is owed to the next round."""
-        patched = 0
+        (or whose quota object is new): the round's work follows what changed, not the number
+        of companies. A company already shown is written ``quota_usage_interval_s`` after its
+        first change, with the usage of then: the changes meanwhile cost one write, or none
+        when they cancel out. A failed patch is owed to the next round."""
         tracker = self.tracker
-        owed = sorted(tracker.take_usage_changes())
+        now = time.monotonic()
+        delay = self.settings.quota_usage_interval_s
+        ready: set[str] = set()
+        for company_id in tracker.take_usage_changes():
+            if delay and company_id in self._quota_shown:
+                self._quota_due.setdefault(company_id, now + delay)
+            else:
+                ready.add(company_id)
+        for company_id, due in list(self._quota_due.items()):
+            if due <= now:
+                del self._quota_due[company_id]
+                ready.add(company_id)
+        patched = 0
+        owed = sorted(ready)
         for done, company_id in enumerate(owed):
             key = tracker.quota_objects.get(company_id)
             if key is None:

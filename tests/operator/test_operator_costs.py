@@ -69,9 +69,9 @@ class CountingMirror(FakeMirror):
         return None
 
 
-def controller_with(mirror: CountingMirror) -> tuple[Controller, FakeApi]:
+def controller_with(mirror: CountingMirror, **overrides: Any) -> tuple[Controller, FakeApi]:
     api = FakeApi(random.Random(0))
-    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1)
+    settings = OperatorSettings(namespace=NAMESPACE, default_max_tasks_per_user=1, **overrides)
     controller = Controller(settings, api, mirror, no_llm_use)  # type: ignore[arg-type]
     controller.tracker.ready = True  # as after prime()
     return controller, api
@@ -219,7 +219,7 @@ async def test_quota_usage_reads_counts_without_walking_the_tasks() -> None:
 async def test_the_quota_usage_round_visits_only_the_companies_that_changed() -> None:
     """Issue 15, item 10: the round ran every 2 s over every company with a CompanyQuota
     (an O(1) lookup and a comparison each, 1,000 companies: 1,000 lookups for one change)."""
-    controller, api = controller_with(CountingMirror())
+    controller, api = controller_with(CountingMirror(), quota_usage_interval_s=0.0)
     patched: list[str] = []
 
     async def patch_quota(path: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -316,3 +316,80 @@ def test_the_job_watch_is_filtered_by_the_api_server() -> None:
     tasks_resource = kopf.Resource("regtask.io", "v1alpha1", "registrytasks")
     for other in (tasks_resource, kopf.Resource("", "v1", "pods")):
         assert settings.watching.label_selectors.collect(other) == []
+
+
+async def test_a_short_task_costs_two_status_writes_its_job_summary_comes_with_its_end() -> None:
+    """Each change of a running task's Job (created, started, a pod ready) was one status write
+    and one pod list; a task shorter than REGTASK_JOB_STATUS_INTERVAL_S now costs none for
+    them, its end writes the Job's last summary."""
+    controller, api = controller_with(CountingMirror())
+    key = await see(controller, "short")
+    await step(controller)
+    await yields(20)
+    task = controller.tracker.tasks[key]
+    job = api.jobs[(task.tenant_namespace, naming.job_name("short"))]
+    for status in ({"active": 1}, {"active": 1, "startTime": "2026-11-28T00:00:00Z", "ready": 1}):
+        job["status"] = status
+        await controller.job_seen(job)
+        await controller.sync_status()  # the throttled loop runs meanwhile: not due yet
+    await controller.job_seen(api.complete(task.tenant_namespace, naming.job_name("short")))
+    writes = api.writes["task-short"]
+    assert [w.get("phase") for w in writes] == ["Running", "Succeeded"], writes
+    assert writes[-1]["job"]["state"] == "Complete"
+
+
+async def test_a_long_task_shows_its_job_once_per_interval_and_only_when_it_changed() -> None:
+    controller, api = controller_with(CountingMirror(), job_status_interval_s=0.0)
+    key = await see(controller, "long")
+    await step(controller)
+    await yields(20)
+    task = controller.tracker.tasks[key]
+    job = api.jobs[(task.tenant_namespace, naming.job_name("long"))]
+    job["status"] = {"active": 1, "startTime": "2026-11-28T00:00:00Z"}
+    await controller.job_seen(job)
+    await controller.job_seen(job)  # the same again: one summary owed
+    assert await controller.reconciler.sync_jobs() == 1
+    assert await controller.reconciler.sync_jobs() == 0  # nothing new
+    await controller.job_seen(job)  # an event that changes nothing shown
+    assert await controller.reconciler.sync_jobs() == 0
+    shown = [w["job"] for w in api.writes["task-long"] if "job" in w]
+    assert [j["state"] for j in shown] == ["Running"], shown
+
+
+async def test_quota_usage_changing_and_changing_back_within_the_interval_costs_no_write() -> None:
+    """At 1,000 companies nearly every task moved its company's count twice (admitted, ended):
+    1.3 CompanyQuota writes per task in bench-scale. A change is now written an interval after
+    it happened, with the usage of then: a short task's changes cancel out."""
+    controller, api = controller_with(CountingMirror(), quota_usage_interval_s=0.05)
+    patched: list[dict[str, int]] = []
+    patch_task = api.patch_merge
+
+    async def patch(path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        if "/companyquotas/" not in path:
+            return await patch_task(path, patch)
+        patched.append(patch["status"])
+        return {}
+
+    api.patch_merge = patch  # type: ignore[method-assign]
+    tracker = controller.tracker
+    tracker.show_usage_in("c1", TaskKey(NAMESPACE, "quota-c1"))
+    assert await controller.reconciler.publish_quota_usage() == 1  # a new quota: at once
+    patched.clear()
+    key = await see(controller, "quick", companyId="c1")
+    await step(controller)
+    await yields(20)
+    assert tracker.queue_summary("c1") == {"activeTasks": 1, "waitingTasks": 0}
+    assert await controller.reconciler.publish_quota_usage() == 0  # not yet: within the interval
+    task = controller.tracker.tasks[key]
+    await controller.job_seen(api.complete(task.tenant_namespace, naming.job_name("quick")))
+    await asyncio.sleep(0.06)
+    assert await controller.reconciler.publish_quota_usage() == 0  # back to what is shown
+    assert patched == []
+
+    await see(controller, "slow", companyId="c1")
+    await step(controller)
+    await yields(20)
+    assert await controller.reconciler.publish_quota_usage() == 0
+    await asyncio.sleep(0.06)
+    assert await controller.reconciler.publish_quota_usage() == 1  # shown, an interval late
+    assert patched[-1] == {"activeTasks": 1, "waitingTasks": 0}

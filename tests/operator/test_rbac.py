@@ -49,6 +49,14 @@ def test_operator_identity_has_what_it_uses(
     # without this verb every expired task stayed, in etcd and in the operator's memory.
     assert can(api, "delete", "registrytasks", "regtask.io", "regtask-system")
     assert can(api, "list", "pods", "", "rt-some-tenant")  # a Job's pods, for status.job
+    # The drift repair lists the fences cluster-wide and applies only what drifted.
+    for resource, group in (
+        ("serviceaccounts", ""),
+        ("resourcequotas", ""),
+        ("limitranges", ""),
+        ("networkpolicies", "networking.k8s.io"),
+    ):
+        assert can(api, "list", resource, group, None), resource
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -14,7 +16,7 @@ from regtask.timeutil import iso_z, parse_iso, utc_now
 from regtask_operator import isolation, quantity, tenants
 from regtask_operator.admission import TaskKey
 from regtask_operator.config import OperatorSettings
-from regtask_operator.kube import Kube, KubeError
+from regtask_operator.kube import Kube, KubeError, Page, object_path
 from regtask_operator.tasks import TaskTracker
 from regtask_operator.tenants import Tenants
 
@@ -132,27 +134,53 @@ def test_repair_leaves_namespaces_it_cannot_rebuild(listed: dict[str, Any]) -> N
 # ------------------------------------------------------------------ a repair round, API counted
 
 
+def server_form(manifest: dict[str, Any]) -> dict[str, Any]:
+    """An applied object as the API server lists it: no apiVersion or kind in a list's items,
+    fields of its own added, quantities in another spelling of the same value."""
+    live = copy.deepcopy({k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")})
+    live["metadata"].update(uid=f"uid-{manifest['metadata']['name']}", resourceVersion="7")
+    hard = (live.get("spec") or {}).get("hard")
+    if hard:  # "2Gi" comes back as "2147483648", "500m" as "0.5": the same quantities
+        live["spec"]["hard"] = {k: str(quantity.parse(v).normalize()) for k, v in hard.items()}
+    if manifest["kind"] == "ResourceQuota":
+        live["status"] = {"hard": hard, "used": {}}
+    return live
+
+
 @dataclass
 class FakeKube:
-    """Records the calls maintenance makes; ``fail_in`` answers 403 for one namespace."""
+    """An API server's tenant objects, and the calls maintenance makes; ``fail_in`` answers 403
+    for one namespace. An apply changes what later lists return, as on a real server."""
 
     namespaces: list[dict[str, Any]]
     fail_in: str | None = None
     applied: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     selectors: list[str | None] = field(default_factory=list)
+    fences: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
     async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         assert path == "/api/v1/namespaces"
         self.selectors.append(label_selector)
-        return self.namespaces
+        return copy.deepcopy(self.namespaces)
+
+    async def pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Page]:
+        assert label_selector == f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+        kinds = {object_path(v, k, None): k for v, k in tenants.FENCE_KINDS}
+        yield [copy.deepcopy(o) for (_, kind, _), o in self.fences.items() if kind == kinds[path]]
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         if self.fail_in is not None and self.fail_in in (meta.get("namespace"), meta["name"]):
             raise KubeError(403, "PATCH", meta["name"], "forbidden")
         self.applied.append(manifest)
-        return manifest
+        live = server_form(manifest)
+        if manifest["kind"] == "Namespace":
+            self.namespaces = [n for n in self.namespaces if n["metadata"]["name"] != meta["name"]]
+            self.namespaces.append(live)
+        else:
+            self.fences[tenants.object_key(manifest)] = live
+        return live
 
     async def delete(
         self,
@@ -193,10 +221,54 @@ async def test_a_repair_round_applies_each_object_once_per_namespace() -> None:
         for m in tenants.repair_manifests(namespace(u, c), owner.settings, max_tasks) or []
     ]
     assert kube.applied == expected
-    # The same again next round: no more calls than objects.
+    # Nothing drifted since: the next round reads, and writes nothing.
     kube.applied.clear()
-    assert await owner.repair(skip=skip) == per_namespace * 3
-    assert kube.applied == expected
+    assert await owner.repair(skip=skip) == 0
+    assert kube.applied == []
+
+
+async def test_a_repair_round_applies_only_what_drifted() -> None:
+    pairs = [("alice", "acme"), ("bob", "acme"), ("carol", "globex")]
+    kube = FakeKube([namespace(u, c) for u, c in pairs])
+    owner = tenants_on(kube)
+    await owner.repair()
+    assert await owner.repair() == 0
+    alice, bob = (naming.tenant_namespace(u, c) for u, c in pairs[:2])
+    # Drift, as a careless admin would make it: a policy widened, a quota raised, a fence
+    # deleted, a namespace label removed.
+    kube.fences[(alice, "NetworkPolicy", "default-deny-all")]["spec"]["policyTypes"] = ["Ingress"]
+    kube.fences[(alice, "ResourceQuota", "tenant-quota")]["spec"]["hard"]["pods"] = "999"
+    del kube.fences[(bob, "LimitRange", "tenant-limits")]
+    bob_ns = next(n for n in kube.namespaces if n["metadata"]["name"] == bob)
+    del bob_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    kube.applied.clear()
+    assert await owner.repair() == 4
+    assert sorted(tenants.object_key(m) for m in kube.applied) == sorted(
+        [
+            (alice, "NetworkPolicy", "default-deny-all"),
+            (alice, "ResourceQuota", "tenant-quota"),
+            (bob, "LimitRange", "tenant-limits"),
+            ("", "Namespace", bob),
+        ]
+    )
+    kube.applied.clear()
+    assert await owner.repair() == 0
+
+
+def test_holds_is_a_subset_test_with_quantities_compared_by_value() -> None:
+    quota = isolation.namespaced_manifests("u", "c", SETTINGS, 4)[3]
+    assert quota["kind"] == "ResourceQuota"
+    assert isolation.holds(quota, server_form(quota))
+    assert not isolation.holds(quota, {**server_form(quota), "spec": {"hard": {}}})
+    policy = isolation.namespaced_manifests("u", "c", SETTINGS, 4)[2]
+    live = server_form(policy)
+    live["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    assert not isolation.holds(policy, live)  # a list element more is drift
+    assert isolation.conforms({"spec": {"cpu": "500m"}}, {"spec": {"cpu": "0.5"}})
+    assert not isolation.conforms({"spec": {"cpu": "500m"}}, {"spec": {"cpu": "0.6"}})
+    assert not isolation.conforms({"labels": {"size": "1k"}}, {"labels": {"size": "1000"}})
+    assert not isolation.conforms({"a": False}, {"a": 0})
+    assert not isolation.conforms({"a": True}, {})
 
 
 async def test_a_repair_round_skips_namespaces_admission_just_applied() -> None:
