@@ -393,3 +393,18 @@ async def test_quota_usage_changing_and_changing_back_within_the_interval_costs_
     await asyncio.sleep(0.06)
     assert await controller.reconciler.publish_quota_usage() == 1  # shown, an interval late
     assert patched[-1] == {"activeTasks": 1, "waitingTasks": 0}
+
+
+def test_kopf_copies_no_event_body_for_a_diff_nobody_reads() -> None:
+    """Kopf builds a deep copy of every watched object's body per event for its diff-base (and
+    copies that again): 10 % of the operator's CPU in bench-scale. Nothing here reads it."""
+    raw = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j", "namespace": "n", "labels": {"a": "b"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "c"}] * 3}}},
+        "status": {"active": 1},
+    }
+    storage = handlers._NoDiffBase()
+    assert storage.build(body=kopf.Body(raw)) == {}
+    assert storage.fetch(body=kopf.Body(raw)) is None
