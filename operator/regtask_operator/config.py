@@ -155,8 +155,13 @@ class OperatorSettings(BaseSettings):
             selector += f",{LABEL_SHARD}={self.shard}"
         return selector
 
+    @property
+    def task_namespace_scope(self) -> list[str]:
+        """REGTASK_TASK_NAMESPACES as a list; empty: every namespace."""
+        return sorted({n.strip() for n in self.task_namespaces.split(",") if n.strip()})
+
     def handles_namespace(self, namespace: str | None) -> bool:
-        scope = {n.strip() for n in self.task_namespaces.split(",") if n.strip()}
+        scope = self.task_namespace_scope
         return not scope or (namespace or "") in scope
 
     def image_for(self, task_type: TaskType) -> str:

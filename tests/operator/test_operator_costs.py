@@ -307,7 +307,7 @@ def test_the_job_watch_is_filtered_by_the_api_server() -> None:
     """Kopf matches a handler's ``labels=`` on the client: the label selector it sends with
     the list and the watch comes from ``settings.watching.label_selectors`` only."""
     settings = kopf.OperatorSettings()
-    handlers.filter_jobs_on_the_server(settings)
+    handlers.filter_watches_on_the_server(settings)
     jobs_resource = kopf.Resource("batch", "v1", "jobs")
     # What kopf._cogs.clients.watching / fetching put into ``labelSelector``:
     assert settings.watching.label_selectors.collect(jobs_resource) == [
@@ -316,6 +316,33 @@ def test_the_job_watch_is_filtered_by_the_api_server() -> None:
     tasks_resource = kopf.Resource("regtask.io", "v1alpha1", "registrytasks")
     for other in (tasks_resource, kopf.Resource("", "v1", "pods")):
         assert settings.watching.label_selectors.collect(other) == []
+
+
+@pytest.mark.parametrize(
+    ("scope", "selector"),
+    [
+        ("regtask-system-shard-1", ["metadata.namespace=regtask-system-shard-1"]),
+        (" ns-a ,", ["metadata.namespace=ns-a"]),
+        ("ns-a,ns-b", []),  # no field selector names two namespaces
+        ("", []),
+    ],
+)
+def test_tasks_and_quotas_of_other_namespaces_are_filtered_by_the_api_server(
+    monkeypatch: pytest.MonkeyPatch, scope: str, selector: list[str]
+) -> None:
+    """Seen by Kopf, another shard's task lost its finalizer to this operator (Kopf removes it
+    where no handler requires it): with one task namespace, Kopf never sees the others."""
+    monkeypatch.setattr(
+        handlers,
+        "get_operator_settings",
+        lambda: OperatorSettings(namespace="regtask-system", task_namespaces=scope),
+    )
+    settings = kopf.OperatorSettings()
+    handlers.filter_watches_on_the_server(settings)
+    for plural in ("registrytasks", "companyquotas"):
+        resource = kopf.Resource("regtask.io", "v1alpha1", plural)
+        assert settings.watching.field_selectors.collect(resource) == selector
+    assert settings.watching.field_selectors.collect(kopf.Resource("batch", "v1", "jobs")) == []
 
 
 async def test_a_short_task_costs_two_status_writes_its_job_summary_comes_with_its_end() -> None:

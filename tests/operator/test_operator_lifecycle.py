@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from kubernetes import client
 from regtask import keys, naming, tokens
 from regtask.crmodels import API_GROUP, API_VERSION
 from regtask.runner_contract import ExitCode
-from regtask_dev.stack import scrape_metrics, wait_until
+from regtask_dev.stack import ensure_namespace, scrape_metrics, wait_until
 from tests.fixtures.platform import gateway_env
 
 pytestmark = pytest.mark.kube
@@ -285,3 +287,37 @@ def test_document_analysis_succeeds_end_to_end(
     # The runner's reports went through the gateway into the task's step history.
     recorded = int(redis_sync.hget(keys.task("doc_ok_1"), keys.TASK_STEP_COUNT_FIELD) or 0)
     assert recorded >= 1
+
+
+def test_an_operator_leaves_the_tasks_of_other_namespaces_alone(
+    kube_api: client.ApiClient, control_namespace: str, operator_factory: Any
+) -> None:
+    """Kopf removes its finalizer from every object no handler of it requires, and a handler's
+    scope (``when=``) counts there: watching every namespace, each shard's operator stripped
+    the other shards' tasks of their finalizer (a task deleted then ends without its cleanup).
+    With one task namespace the API server sends the operator that namespace's tasks only."""
+    run = secrets.token_hex(3)
+    other = f"regtask-{run}"
+    ensure_namespace(kube_api, other)
+    api = client.CustomObjectsApi(kube_api)
+    theirs = new_task(kube_api, other, f"theirs_{run}", preset_finalizer=True)
+    try:
+        operator_factory()
+        mine = new_task(kube_api, control_namespace, f"mine_{run}", preset_finalizer=True)
+        wait_until(
+            lambda: phase_of(kube_api, control_namespace, mine) == "Running", 60, "its own task"
+        )
+        time.sleep(3)  # the other namespace's task had long been seen by then on the old code
+        task = get_task(kube_api, other, theirs)
+        assert task["metadata"].get("finalizers") == [naming.TASK_FINALIZER]
+        assert (task.get("status") or {}).get("phase") in (None, "Queued")
+    finally:
+        api.patch_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            other,
+            "registrytasks",
+            theirs,
+            {"metadata": {"finalizers": None}},
+        )
+        client.CoreV1Api(kube_api).delete_namespace(other)
