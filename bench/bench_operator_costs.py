@@ -274,7 +274,7 @@ def main() -> None:
     hung = asyncio.run(step_while_a_launch_hangs())
     failed, scrapes = failed_scrapes()
     settings = kopf.OperatorSettings()
-    handlers.filter_jobs_on_the_server(settings)
+    handlers.filter_watches_on_the_server(settings)
     selector = settings.watching.label_selectors.collect(kopf.Resource("batch", "v1", "jobs"))
     emit(
         "operator_costs",
