@@ -65,7 +65,8 @@ bench-operator-costs: setup
 
 ## bench-scale: Kueue's benchmark shape (TASKS=50000 over COMPANIES=1000 at RATE/s) on an
 ##              envtest-shaped control plane (etcd + kube-apiserver), runtimes simulated;
-##              SHARDS=3: three operators, one per shard, the aggregate rate
+##              SHARDS=3: three operators, one per shard, the aggregate rate; WAVES=2: the
+##              same tasks again once collected (RSS after each)
 bench-scale: setup
 	REGTASK_TOOLS_BIN="$(TOOLS_BIN)" SHARDS="$(or $(SHARDS),1)" $(PY) -m bench.bench_scale
 

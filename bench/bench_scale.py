@@ -16,7 +16,8 @@ own ``apiserver_request_total``), its RSS at the known-task milestones and once 
 tasks are collected, its CPU seconds per admission. With ``SHARDS=N`` (N > 1) N operators run,
 one per shard (``regtask.shards``: each with its control namespace, the tasks and quotas of its
 companies placed there as the shim places them); rates are the aggregate, RSS and CPU the sum
-over the operators (each one's apart too).
+over the operators (each one's apart too). With ``WAVES=2`` the same number of tasks again once
+the first are collected: the RSS after each collection (the figures are the first wave's).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ TASK_TTL_S = int(os.environ.get("TASK_TTL_S", "20"))
 RAW_CREATES = int(os.environ.get("RAW_CREATES", "2000"))
 PROFILE = os.environ.get("PROFILE", "")  # a path: the operator runs under py-spy record
 SHARDS = int(os.environ.get("SHARDS", "1"))
+# WAVES=2: once the first TASKS are collected, TASKS more (new ids, the same users): the RSS
+# after each wave's collection tells a plateau (heap kept and reused) from a leak.
+WAVES = int(os.environ.get("WAVES", "1"))
 CONCURRENCY = 16  # in-flight creates, for the tasks and the raw baseline alike
 NAMESPACE = "regtask-system"
 TRIM_S = 30  # the operator's memory-trim cadence (REGTASK_MEMORY_TRIM_INTERVAL_S default)
@@ -125,6 +129,10 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (and its waited-for children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_s(pids: list[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
 
 
 def total_rss_mb(pids: list[int], field: str = "VmRSS:") -> float:
@@ -206,14 +214,16 @@ class Api:
 
 def admission_latencies(
     created: dict[str, float], users: dict[str, str], ledger: dict[str, tuple[float, float]]
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
     """Seconds from create to Job seen, for the tasks created while their user had room: fewer
     than LIMIT of the user's tasks running (Job seen, not done) or created before and not
-    started yet."""
+    started yet. Two lists: the users' first tasks (their admission creates the tenant
+    namespace and its fences, six applies more) and the later ones."""
     per_user: dict[str, list[str]] = defaultdict(list)
     for task in sorted(created, key=created.__getitem__):
         per_user[users[task]].append(task)
-    out: list[float] = []
+    first: list[float] = []
+    later: list[float] = []
     for tasks in per_user.values():
         for i, task in enumerate(tasks):
             if task not in ledger:
@@ -225,8 +235,8 @@ def admission_latencies(
                 if other not in ledger or ledger[other][1] > at  # running or not started at `at`
             )
             if busy < LIMIT:
-                out.append(ledger[task][0] - at)
-    return out
+                (later if i else first).append(ledger[task][0] - at)
+    return first, later
 
 
 def read_ledger(path: Path) -> dict[str, tuple[float, float]]:
@@ -243,7 +253,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) -> dict[str, Any]:
+def ms_summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values) * 1000, 1),
+        "p99": round(percentile(values, 0.99) * 1000, 1),
+    }
+
+
+async def drive(
+    plane: EnvtestControlPlane, pids: list[int], others: dict[str, list[int]], ledger_path: Path
+) -> dict[str, Any]:
     api = Api(plane)
     try:
         await api.raw_rate(RAW_CREATES // 4, "warm")  # a fresh API server's first calls are slow
@@ -263,6 +285,7 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
         rss_start = total_rss_mb(pids)
         before = request_counts(plane)
         cpu_before = [cpu_s(pid) for pid in pids]
+        others_before = {name: group_cpu_s(group) for name, group in others.items()}
         milestones = sorted({max(1, TASKS // 5), max(1, TASKS // 2), TASKS})
         rss_at: dict[str, float] = {}
         created: dict[str, float] = {}
@@ -282,16 +305,21 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
             if len(created) in milestones:
                 rss_at[str(len(created))] = total_rss_mb(pids)
 
+        async def create_wave(offset: int) -> float:
+            """TASKS creates at RATE from task number ``offset``; returns their duration."""
+            started = time.monotonic()
+            pending: list[asyncio.Task[None]] = []
+            for n in range(TASKS):
+                delay = started + n / RATE - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await gate.acquire()
+                pending.append(asyncio.create_task(one(offset + n)))
+            await asyncio.gather(*pending)
+            return time.monotonic() - started
+
         began = time.monotonic()
-        pending: list[asyncio.Task[None]] = []
-        for n in range(TASKS):
-            delay = began + n / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await gate.acquire()
-            pending.append(asyncio.create_task(one(n)))
-        await asyncio.gather(*pending)
-        create_s = time.monotonic() - began
+        create_s = await create_wave(0)
 
         deadline = time.monotonic() + 3600
         # Polls: the ledger file and the API server are outside this process (no event).
@@ -299,6 +327,7 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
             await asyncio.sleep(2)
         all_done = time.monotonic()
         cpu_used = [cpu_s(pid) - was for pid, was in zip(pids, cpu_before, strict=True)]
+        others_used = {name: group_cpu_s(g) - others_before[name] for name, g in others.items()}
         await asyncio.sleep(15)  # the last ends' status writes land (usage: 10 s after)
         after = request_counts(plane)
         rss_done = total_rss_mb(pids)
@@ -311,14 +340,30 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
         rss_collected = total_rss_mb(pids)
         rss_each = [rss_mb(pid) for pid in pids]
         raw_after = await api.raw_rate(RAW_CREATES, "raw-b")
+        ledger = read_ledger(ledger_path)
+        first_wave = dict(created)
+        rss_by_wave = [rss_collected]
+        for wave in range(1, WAVES):
+            await create_wave(wave * TASKS)
+            deadline = time.monotonic() + 3600
+            # Polls, as above.
+            while (  # noqa: ASYNC110
+                len(read_ledger(ledger_path)) < (wave + 1) * TASKS and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(2)
+            while await api.count_all("registrytasks") and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(5)
+            await asyncio.sleep(TRIM_S + 10)
+            rss_by_wave.append(total_rss_mb(pids))
     finally:
         await api.session.close()
 
-    ledger = read_ledger(ledger_path)
+    created = first_wave
     seen = sorted(s for s, _ in ledger.values())
     lo, hi = seen[len(seen) // 10], seen[(9 * len(seen)) // 10]
     sustained = (len(seen) * 0.8) / (hi - lo) if hi > lo else 0.0
-    latencies = admission_latencies(created, users, ledger)
+    first, later = admission_latencies(created, users, ledger)
+    latencies = first + later
     raw = (raw_before + raw_after) / 2
     kinds = writes_by_kind(before, after, TASKS)
     lifecycle = {
@@ -337,6 +382,8 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
         "admission_latency_tasks_with_room": len(latencies),
         "admission_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "admission_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "admission_ms_users_later_tasks": ms_summary(later),
+        "admission_ms_users_first_task": ms_summary(first),
         "operator_writes_per_task": round(sum(lifecycle.values()) / TASKS, 2),
         "event_posts_per_task": round(kinds.get("POST events", 0.0) / TASKS, 2),
         "operator_writes_by_kind_per_task": {k: round(v / TASKS, 3) for k, v in kinds.items()},
@@ -344,12 +391,16 @@ async def drive(plane: EnvtestControlPlane, pids: list[int], ledger_path: Path) 
             k: round(v / TASKS, 3) for k, v in collection.items()
         },
         "operator_cpu_s_per_admission": round(sum(cpu_used) / TASKS, 5),
+        # The rest of the machine's work per task meanwhile: with 2 cores, their sum bounds the
+        # rate whatever the number of operators.
+        "cpu_s_per_admission_others": {k: round(v / TASKS, 5) for k, v in others_used.items()},
         "operator_rss_mb_start": rss_start,
         "operator_rss_mb_at_known": rss_at,
         "operator_rss_mb_all_finished": rss_done,
         "operator_rss_mb_collected": rss_collected,
         "operator_rss_mb_peak": total_rss_mb(pids, "VmHWM:"),
         "collected_s": round(collected_s, 1),
+        **({"operator_rss_mb_collected_by_wave": rss_by_wave} if WAVES > 1 else {}),
         **(
             {
                 "per_shard_cpu_s": [round(c, 1) for c in cpu_used],
@@ -443,7 +494,8 @@ def main() -> None:
                     ],
                     work / "py-spy.log",
                 )
-            result = asyncio.run(drive(plane, pids, ledger))
+            others = {"kube_apiserver_and_etcd": plane.pids, "job_completer": [completer.pid]}
+            result = asyncio.run(drive(plane, pids, others, ledger))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
@@ -458,6 +510,7 @@ def main() -> None:
                     "tasks": TASKS,
                     "companies": COMPANIES,
                     "shards": SHARDS,
+                    "waves": WAVES,
                     "users": USERS,
                     "limit_per_user": LIMIT,
                     "rate_per_s": RATE,

@@ -99,6 +99,11 @@ class EnvtestControlPlane:
     def apiserver_pid(self) -> int:
         return self._procs[-1].pid
 
+    @property
+    def pids(self) -> list[int]:
+        """etcd's and kube-apiserver's, for their CPU time."""
+        return [proc.pid for proc in self._procs]
+
     def start(self) -> EnvtestControlPlane:
         self._write_pki()
         etcd_port, peer_port = free_port(), free_port()
