@@ -218,11 +218,11 @@ class AdmissionState:
     def running_count(self, company_id: str, user_id: str | None = None) -> int:
         if user_id is None:
             return self._running_per_company[company_id]  # O(1): no walk over every task
-        return sum(
-            1
-            for c in self._running.values()
-            if c.company_id == company_id and (user_id is None or c.user_id == user_id)
-        )
+        return sum(1 for c in self.running_in(company_id) if c.user_id == user_id)
+
+    def running_in(self, company_id: str) -> Iterable[Candidate]:
+        """One company's running tasks, from its index: never a walk over every company's."""
+        return self._running_of.get(company_id, {}).values()
 
     def queued_count(self, company_id: str) -> int:
         return self._queued_per_company[company_id]

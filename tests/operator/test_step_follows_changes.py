@@ -155,3 +155,37 @@ def test_the_llm_windows_read_are_those_of_companies_with_queued_llm_tasks() -> 
     for n in range(3, 200, 50):
         state.release(TaskKey(NAMESPACE, f"t{n}"))
     assert state.companies_with_queued_llm() == set()
+
+
+async def test_a_step_reads_the_running_tasks_of_the_companies_it_reports_only() -> None:
+    """The ETAs of the waiting tasks a step reports need the running tasks of their companies;
+    the step read every company's (20,000 running at 50,000 tasks known: a quarter of the
+    operator's CPU in bench-scale)."""
+    controller, _ = await controller_with_waiting(2_000, companies=500)
+    await step(controller)  # 500 running (one per company), 1,500 waiting
+    state = controller.tracker.state
+    assert len(state.running()) == 500
+    read: list[str] = []
+    running_in = state.running_in
+
+    def counting(company_id: str) -> Any:
+        read.append(company_id)
+        return running_in(company_id)
+
+    def everyone() -> list[Any]:
+        raise AssertionError("a step walked the running tasks of every company")
+
+    state.running_in = counting  # type: ignore[method-assign]
+    state.running = everyone  # type: ignore[method-assign]
+    for n in range(2):  # the second waits behind the first: its ETA is computed
+        spec = {"taskId": f"solo{n}", "taskType": "document_analysis", "userId": "solo"}
+        await controller.task_seen(
+            TaskKey(NAMESPACE, f"task-solo{n}"),
+            f"uid-solo{n}",
+            {**spec, "companyId": "newcomer"},
+            {},
+            "2026-11-28T00:00:00Z",
+        )
+    decisions = await step(controller)
+    assert [w.candidate.task_id for w in decisions.waiting] == ["solo1"]
+    assert set(read) == {"newcomer"}
