@@ -205,6 +205,7 @@ class Reconciler:
         from scratch behind the user's back.
         """
         tracker = self.tracker
+        listed_wall = time.time() - (time.monotonic() - listed_at)  # tasks' ends are wall times
         running: list[Candidate] = []
         finished: list[tuple[TrackedTask, jobs.JobOutcome]] = []
         orphans: list[TrackedTask] = []
@@ -226,10 +227,18 @@ class Reconciler:
                         finished.append((task, outcome))
                 elif task.phase in TERMINAL_PHASES:
                     # Its pods may still run (or terminate): the slot stays taken until the
-                    # Job is gone, and a Job nobody is deleting is deleted now.
+                    # Job is gone, and a Job nobody is deleting is deleted now; unless the
+                    # task ended after the list was taken: the list is older than its end,
+                    # and a Job that has finished since looks running in it (CI: a Complete
+                    # Job deleted within its TTL).
                     running.append(task.candidate())
                     draining.add(key)
-                    if not meta.get("deletionTimestamp"):
+                    ended = task.finished_at
+                    if (
+                        not meta.get("deletionTimestamp")
+                        and ended is not None
+                        and ended < listed_wall
+                    ):
                         orphans.append(task)
                 elif not meta.get("deletionTimestamp"):
                     running.append(task.candidate())

@@ -14,6 +14,7 @@ hold in all of them (issue 15, items 1 and 2):
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -303,8 +304,27 @@ async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
     await controller.status.cancel(task, "CancelRequested", "by request")
     assert api.jobs, "the delete was refused: the Job is still there"
     del api.delete  # the API server answers again
-    await controller.reconciler.reconcile([job], listed_at=0.0)
+    await controller.reconciler.reconcile([job], listed_at=time.monotonic())  # listed now
     assert api.jobs == {}
+
+
+async def test_a_job_listed_before_its_tasks_end_is_not_deleted_by_that_reconcile() -> None:
+    """CI: a task's Job completed, its task ended, and a reconcile whose list was taken just
+    before saw the Job still running for an ended task and deleted it, within its TTL."""
+    api = FakeApi(random.Random(0))
+    controller = make(api)
+    key = await see(controller, "t1")
+    await step(controller)
+    await yields(50)
+    task = controller.tracker.tasks[key]
+    job_key = (task.tenant_namespace, naming.job_name("t1"))
+    listed_at = time.monotonic()
+    stale = copy.deepcopy(api.jobs[job_key])  # listed while it ran
+    await asyncio.sleep(0.01)
+    await controller.job_seen(api.complete(*job_key))
+    assert phase(task) is Phase.SUCCEEDED
+    await controller.reconciler.reconcile([stale], listed_at=listed_at)
+    assert job_key in api.jobs, "a Complete Job was deleted by a reconcile older than its end"
 
 
 class FlakyApi(FakeApi):
