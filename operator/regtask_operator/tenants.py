@@ -243,7 +243,8 @@ class Tenants:
         )
         skipped = set(skip)
         interval = self.settings.namespace_repair_interval_s
-        due: dict[str, dict[str, Any]] = {}
+        # name -> (the namespace as listed, what admission applies in it)
+        due: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         for namespace in namespaces:
             meta = namespace.get("metadata") or {}
             name = meta.get("name", "")
@@ -251,14 +252,16 @@ class Tenants:
                 continue
             if self.applied_within(name, interval):
                 continue  # admission applied it (fences included) less than an interval ago
-            due[name] = namespace
-        holding = await self._conforming_fences(due)
-        checked = repaired = applies = 0
-        for name, namespace in due.items():
             manifests = repair_manifests(namespace, self.settings, self.max_tasks)
             if manifests is None:
                 log.warning("tenant_namespace_unrepairable", namespace=name)
                 continue
+            due[name] = (namespace, manifests)
+        holding = await self._conforming_fences(
+            {object_key(m): m for _, manifests in due.values() for m in manifests}
+        )
+        checked = repaired = applies = 0
+        for name, (namespace, manifests) in due.items():
             checked += 1
             drifted = [
                 manifest
@@ -294,27 +297,22 @@ class Tenants:
         )
         return applies
 
-    async def _conforming_fences(self, due: dict[str, dict[str, Any]]) -> set[tuple[str, str, str]]:
-        """(namespace, kind, name) of the live fences in ``due`` that hold what admission
+    async def _conforming_fences(
+        self, wanted: dict[tuple[str, str, str], dict[str, Any]]
+    ) -> set[tuple[str, str, str]]:
+        """The keys (namespace, kind, name) of ``wanted`` whose live object holds what it
         applies. Page by page: only these keys are kept, never the listed objects."""
         holding: set[tuple[str, str, str]] = set()
-        if not due:
+        if not wanted:
             return holding
-        desired: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
         for api_version, kind in FENCE_KINDS:
             async for page in self.kube.pages(
                 object_path(api_version, kind, None), label_selector=MANAGED_SELECTOR
             ):
                 for live in page:
                     meta = live.get("metadata") or {}
-                    name = meta.get("namespace", "")
-                    if name not in due:
-                        continue
-                    if name not in desired:
-                        manifests = repair_manifests(due[name], self.settings, self.max_tasks)
-                        desired[name] = {object_key(m): m for m in manifests or []}
-                    key = (name, kind, meta.get("name", ""))
-                    wanted = desired[name].get(key)
-                    if wanted is not None and isolation.holds(wanted, live):
+                    key = (meta.get("namespace", ""), kind, meta.get("name", ""))
+                    manifest = wanted.get(key)
+                    if manifest is not None and isolation.holds(manifest, live):
                         holding.add(key)
         return holding

@@ -286,15 +286,21 @@ def test_nothing_leaves_a_terminal_phase(seed: int, cancel_after: int, complete_
     asyncio.run(scenario())
 
 
-async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
-    """(The API refused the cancel's delete: the reconcile loop finishes the job.)"""
-    api = FakeApi(random.Random(0))
+async def running(api: FakeApi, task_id: str) -> tuple[Controller, Any]:
+    """A controller on ``api`` with one task admitted and launched (its Job made)."""
     controller = make(api)
-    key = await see(controller, "t1")
+    key = await see(controller, task_id)
     await step(controller)
     await yields(50)
     task = controller.tracker.tasks[key]
     assert phase(task) is Phase.RUNNING
+    return controller, task
+
+
+async def test_a_live_job_of_a_finished_task_is_deleted_by_reconcile() -> None:
+    """(The API refused the cancel's delete: the reconcile loop finishes the job.)"""
+    api = FakeApi(random.Random(0))
+    controller, task = await running(api, "t1")
     job = api.jobs[(task.tenant_namespace, naming.job_name("t1"))]
 
     async def refuse(*args: Any, **kwargs: Any) -> bool:
@@ -312,11 +318,7 @@ async def test_a_job_listed_before_its_tasks_end_is_not_deleted_by_that_reconcil
     """CI: a task's Job completed, its task ended, and a reconcile whose list was taken just
     before saw the Job still running for an ended task and deleted it, within its TTL."""
     api = FakeApi(random.Random(0))
-    controller = make(api)
-    key = await see(controller, "t1")
-    await step(controller)
-    await yields(50)
-    task = controller.tracker.tasks[key]
+    controller, task = await running(api, "t1")
     job_key = (task.tenant_namespace, naming.job_name("t1"))
     listed_at = time.monotonic()
     stale = copy.deepcopy(api.jobs[job_key])  # listed while it ran
